@@ -1,0 +1,442 @@
+"""The graph pass: identity, order, targets, rebuilding and filling of module trees.
+
+A caskax model is a nested immutable tree, but its *graph* is keyed by node id (uid):
+a Param or Module placed in several parents is one node. Everything here runs in
+Python at trace time only; nothing of it survives into compiled code.
+
+Order of the flat vector (caskade's rule, so both libraries give the same vector):
+a depth-first search that visits children in reverse and records nodes after their
+children; the reversed record puts every parent before all of its children. On a tree
+this is plain pre-order; a shared node comes after every parent that holds it.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+
+from .errors import FillError, GraphError
+from .param import Param, Pointer
+
+__all__ = [
+    "is_node",
+    "children",
+    "walk",
+    "topological_order",
+    "dynamic_order",
+    "resolve",
+    "replace",
+    "fill",
+    "copy_with",
+    "values_to_dict",
+]
+
+
+def is_node(x) -> bool:
+    """True for a caskax `Param` or `Module`."""
+    return isinstance(x, Param) or getattr(type(x), "_caskax_module", False)
+
+
+def copy_with(obj, **changes):
+    """A new instance of the (frozen) dataclass ``obj`` with some fields changed.
+
+    This builds a new object, as equinox's own unflatten does; ``obj`` is untouched.
+    """
+    new = object.__new__(type(obj))
+    for name in obj.__dataclass_fields__:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
+
+
+def node_fields(node) -> list[str]:
+    """Names of the non-static dataclass fields of a module, in declaration order."""
+    return [f.name for f in dataclasses.fields(node) if not f.metadata.get("static", False)]
+
+
+class Child(NamedTuple):
+    key: tuple  # keys as caskade (and its HDF5 files) name this child
+    path: str  # attribute/index path from the parent, e.g. ".models[0]"
+    node: Any
+
+
+def _collect(value, key, path, out):
+    if is_node(value):
+        out.append(Child(key, path, value))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            sub = key + (v.name,) if is_node(v) else key + (str(i),)
+            _collect(v, sub, f"{path}[{i}]", out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _collect(v, key + (str(k),), f"{path}[{k!r}]", out)
+
+
+def children(node) -> list[Child]:
+    """The direct child nodes of ``node`` in order: a module's fields in declaration
+    order (list/tuple members in order, dict values in insertion order), or a pointer
+    param's inputs."""
+    out: list[Child] = []
+    if isinstance(node, Param):
+        if node.link is not None:
+            for i, inp in enumerate(node.link.inputs):
+                if is_node(inp):
+                    out.append(Child((inp.name,), f".link.inputs[{i}]", inp))
+        return out
+    for name in node_fields(node):
+        _collect(getattr(node, name), (name,), "." + name, out)
+    return out
+
+
+class Walk(NamedTuple):
+    nodes: dict  # uid -> canonical node (first visit, pre-order)
+    paths: dict  # uid -> path of the first visit ("" for the root)
+    copies: dict  # uid -> list of distinct objects carrying that uid
+    owner: dict  # uid -> uid of the parent at the first visit (None for the root)
+
+
+def walk(root) -> Walk:
+    """Visit every node below ``root`` (pre-order), grouping copies by uid."""
+    nodes, paths, copies, owner, seen = {}, {}, {}, {}, set()
+
+    def visit(node, path, parent):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if node.uid not in nodes:
+            nodes[node.uid], paths[node.uid], copies[node.uid] = node, path, [node]
+            owner[node.uid] = parent
+        else:
+            copies[node.uid].append(node)
+        for child in children(node):
+            visit(child.node, (path + child.path).lstrip("."), node.uid)
+
+    visit(root, "", None)
+    return Walk(nodes, paths, copies, owner)
+
+
+def _label(w: Walk, uid) -> str:
+    return w.paths[uid] or w.nodes[uid].name
+
+
+def topological_order(root, w: Walk | None = None) -> list:
+    """Uids below ``root`` with every parent before its children (caskade's order).
+
+    Raises `GraphError` naming the cycle if pointers form one.
+    """
+    w = walk(root) if w is None else w
+    visited, on_stack, stack, order = set(), [], set(), []
+
+    def visit(uid):
+        if uid in stack:
+            cycle = on_stack[on_stack.index(uid) :] + [uid]
+            raise GraphError(
+                "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param "
+                "cannot depend on itself; make one of them static or dynamic."
+            )
+        if uid in visited:
+            return
+        visited.add(uid)
+        stack.add(uid)
+        on_stack.append(uid)
+        for child in reversed(children(w.nodes[uid])):
+            visit(child.node.uid)
+        on_stack.pop()
+        stack.discard(uid)
+        order.append(uid)
+
+    visit(root.uid)
+    return order[::-1]
+
+
+def dynamic_order(root, w: Walk | None = None) -> list[Param]:
+    """The dynamic params below ``root`` in flat-vector order (groups ascending)."""
+    w = walk(root) if w is None else w
+    params = [w.nodes[u] for u in topological_order(root, w)]
+    params = [p for p in params if isinstance(p, Param) and p.dynamic]
+    return sorted(params, key=lambda p: p.group)  # stable: order kept within a group
+
+
+def check_copies(w: Walk) -> None:
+    """Raise `GraphError` if two objects with one uid differ (compile time only)."""
+    for uid, objs in w.copies.items():
+        if len(objs) > 1:
+            first = _own_state(objs[0])
+            for other in objs[1:]:
+                if not _same_state(first, _own_state(other)):
+                    raise GraphError(
+                        f"node '{_label(w, uid)}' appears in two different states (two "
+                        "copies of one node were edited separately, e.g. linked between "
+                        "trees before one side changed). Link after combining the trees, "
+                        "or edit the combined tree so every copy changes at once."
+                    )
+
+
+def _own_state(node):
+    leaves, treedef = jax.tree_util.tree_flatten(
+        node, is_leaf=lambda x: x is not node and is_node(x)
+    )
+    leaves = [("node", x.uid) if is_node(x) else x for x in leaves]
+    return treedef, leaves
+
+
+def _same_state(a, b) -> bool:
+    if a[0] != b[0] or len(a[1]) != len(b[1]):
+        return False
+    for x, y in zip(a[1], b[1]):
+        if x is y:
+            continue
+        if isinstance(x, jax.core.Tracer) or isinstance(y, jax.core.Tracer):
+            continue  # values under a transform are checked when compiled, not here
+        try:
+            if hasattr(x, "shape") or hasattr(y, "shape"):
+                if np.shape(x) != np.shape(y) or not np.array_equal(x, y, equal_nan=True):
+                    return False
+            elif x != y:
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+# -- targets ---------------------------------------------------------------------------
+_TOKEN = re.compile(r"\.?([A-Za-z_]\w*)|\[(-?\d+)\]|\[\s*(['\"])(.*?)\3\s*\]")
+
+
+def parse_path(path: str) -> list:
+    """``"models[0].x0"`` -> ``["models", 0, "x0"]``."""
+    tokens, pos = [], 0
+    while pos < len(path):
+        m = _TOKEN.match(path, pos)
+        if m is None or m.end() == pos:
+            raise GraphError(f"cannot parse target path {path!r} at position {pos}.")
+        if m.group(1) is not None:
+            tokens.append(m.group(1))
+        elif m.group(2) is not None:
+            tokens.append(int(m.group(2)))
+        else:
+            tokens.append(m.group(4))
+        pos = m.end()
+    return tokens
+
+
+def _step(obj, token, path):
+    try:
+        if isinstance(token, str) and not isinstance(obj, dict):
+            return getattr(obj, token)
+        return obj[token]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        avail = ""
+        if is_node(obj) and not isinstance(obj, Param):
+            avail = " Fields here: " + ", ".join(node_fields(obj)) + "."
+        raise GraphError(f"target path {path!r}: no {token!r} in {_name(obj)}.{avail}") from None
+
+
+def _name(obj):
+    return getattr(obj, "name", type(obj).__name__)
+
+
+def lookup(root, path: str):
+    """The object at ``path`` below ``root``."""
+    obj = root
+    for token in parse_path(path):
+        obj = _step(obj, token, path)
+    return obj
+
+
+def resolve(root, target, w: Walk | None = None) -> int:
+    """The uid of ``target`` in ``root``: a node object, a path string or a
+    where-function. A node object stands for the tree's current state of it."""
+    w = walk(root) if w is None else w
+    if isinstance(target, str):
+        node = lookup(root, target) if target else root
+    elif is_node(target):
+        node = target
+    elif callable(target):
+        node = target(root)
+    else:
+        raise GraphError(
+            f"cannot use {type(target).__name__} as a target: give a Param or Module, a "
+            "path string like 'models[0].x0', or a function like lambda m: m.models[0].x0."
+        )
+    if not is_node(node):
+        raise GraphError(
+            f"target {target!r} is a {type(node).__name__}, not a Param or Module."
+        )
+    if node.uid not in w.nodes:
+        raise GraphError(
+            f"{type(node).__name__} '{node.name}' is not in the tree of '{root.name}'. "
+            "Targets must be nodes of the receiver (or paths relative to it)."
+        )
+    return node.uid
+
+
+# -- rebuilding --------------------------------------------------------------------------
+def map_nodes(value, fn: Callable):
+    """Rebuild lists/tuples/dicts in ``value``, replacing each node ``n`` by ``fn(n)``."""
+    if is_node(value):
+        return fn(value)
+    if isinstance(value, list):
+        return [map_nodes(v, fn) for v in value]
+    if isinstance(value, tuple):
+        items = [map_nodes(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, dict):
+        return type(value)((k, map_nodes(v, fn)) for k, v in value.items())
+    return value
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return all(_same(a[k], b[k]) for k in a)
+    return False
+
+
+def rebuild_children(node, fn: Callable, **extra):
+    """A copy of ``node`` whose child nodes are replaced by ``fn(child)`` (``node``
+    itself when nothing changed and no ``extra`` field changes are given)."""
+    if isinstance(node, Param):
+        if node.link is None:
+            return copy_with(node, **extra) if extra else node
+        inputs = map_nodes(node.link.inputs, fn)
+        if _same(inputs, node.link.inputs) and not extra:
+            return node
+        return copy_with(node, link=copy_with(node.link, inputs=inputs), **extra)
+    changes = {}
+    for name in node_fields(node):
+        old = getattr(node, name)
+        new = map_nodes(old, fn)
+        if not _same(old, new):
+            changes[name] = new
+    changes.update(extra)
+    return copy_with(node, **changes) if changes else node
+
+
+def replace(root, new_nodes: dict):
+    """Rebuild ``root`` with every copy of each uid in ``new_nodes`` replaced."""
+    memo = {}
+
+    def rebuild(node):
+        if node.uid in new_nodes:
+            return new_nodes[node.uid]
+        if id(node) not in memo:
+            memo[id(node)] = rebuild_children(node, rebuild)
+        return memo[id(node)]
+
+    return rebuild(root)
+
+
+# -- filling -----------------------------------------------------------------------------
+def fill(root, values: dict, w: Walk | None = None):
+    """The filled tree: each dynamic param takes ``values[uid]`` (or keeps its stored
+    value), each pointer is computed once from its filled inputs, children first, and
+    every module is marked filled so its forward methods use these values as they are.
+    """
+    w = walk(root) if w is None else w
+    done, on_stack = {}, []
+
+    def fill_node(node):
+        uid = node.uid
+        if uid in done:
+            return done[uid]
+        if uid in on_stack:
+            cycle = on_stack[on_stack.index(uid) :] + [uid]
+            raise GraphError(
+                "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param "
+                "cannot depend on itself; make one of them static or dynamic."
+            )
+        on_stack.append(uid)
+        node = w.nodes[uid]
+        if isinstance(node, Param):
+            new = _fill_param(node, values, fill_node, w)
+        else:
+            new = rebuild_children(node, fill_node, _filled=True)
+        on_stack.pop()
+        done[uid] = new
+        return new
+
+    return fill_node(root)
+
+
+def _fill_param(p: Param, values, fill_node, w):
+    if p.pointer:
+        filled = rebuild_children(p, fill_node)
+        args = [a.value if isinstance(a, Param) else a for a in filled.link.inputs]
+        try:
+            value = filled.link.fn(*args)
+        except Exception as err:
+            raise type(err)(f"while computing pointer '{_label(w, p.uid)}': {err}") from err
+        return copy_with(filled, value=value)
+    if p.uid in values:
+        return copy_with(p, value=values[p.uid])
+    return p
+
+
+def values_to_dict(root, params: list, getter: Callable) -> dict:
+    """Nested dict keyed as caskade keys children, holding ``getter(p)`` for each of
+    ``params`` (each once, at its first visit)."""
+    wanted = {p.uid for p in params}
+    seen = set()
+
+    def build(node):
+        out = {}
+        for child in children(node):
+            c = child.node
+            if isinstance(c, Param) and c.uid in wanted and c.uid not in seen:
+                seen.add(c.uid)
+                _put(out, child.key, getter(c))
+            elif not isinstance(c, Param) or c.pointer:
+                sub = build(c)
+                if sub:
+                    _put(out, child.key, sub)
+        return out
+
+    return build(root)
+
+
+def _put(d, key, value):
+    for k in key[:-1]:
+        d = d.setdefault(k, {})
+    d[key[-1]] = value
+
+
+def dict_to_values(root, params: list, mapping: dict) -> dict:
+    """Inverse of `values_to_dict`: uid -> value for the params named in ``mapping``."""
+    wanted = {p.uid for p in params}
+    out = {}
+
+    def take(node, sub, where):
+        kids = {}
+        for child in children(node):
+            d = kids
+            for k in child.key[:-1]:
+                d = d.setdefault(k, {})
+            d[child.key[-1]] = child.node
+        _match(kids, sub, where)
+
+    def _match(kids, sub, where):
+        for key, value in sub.items():
+            if key not in kids:
+                raise FillError(
+                    f"params dict: no child {key!r} under '{where}'. Available: "
+                    + ", ".join(map(repr, kids))
+                )
+            target = kids[key]
+            if isinstance(target, dict):
+                _match(target, value, f"{where}.{key}")
+            elif isinstance(target, Param) and target.uid in wanted and not isinstance(value, dict):
+                out[target.uid] = value
+            elif isinstance(value, dict):
+                take(target, value, f"{where}.{key}")
+            else:
+                raise FillError(
+                    f"params dict: '{where}.{key}' is not a dynamic param of '{root.name}'."
+                )
+
+    take(root, mapping, root.name)
+    return out

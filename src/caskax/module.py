@@ -1,0 +1,580 @@
+"""Modules: immutable containers of Params and other Modules, and ``@cx.forward``.
+
+Every editing method returns a new tree; nothing here mutates a module after
+construction. See `graph.py` for how targets, copies and filling work.
+"""
+
+import inspect
+import math
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import graph
+from .errors import FillError, GraphError, ParamError
+from .param import Param, Pointer, link, new_uid
+
+__all__ = ["Module", "forward", "batch_axes"]
+
+_MISSING = object()
+
+
+class Module(eqx.Module):
+    """Base class of caskax models: an Equinox module whose fields hold Params,
+    Modules, lists/tuples/dicts of them, arrays and plain values.
+
+    Subclasses annotate their fields, call ``super().__init__(name)`` and mark the
+    methods that read their params with `caskax.forward`.
+
+    Example:
+        >>> import caskax as cx
+        >>> class Line(cx.Module):
+        ...     slope: cx.Param
+        ...     def __init__(self, name=None, slope=None):
+        ...         super().__init__(name)
+        ...         self.slope = cx.Param("slope", slope)
+        ...     @cx.forward
+        ...     def __call__(self, x, slope):
+        ...         return slope * x
+        >>> line = Line(slope=2.0)
+        >>> float(line(3.0)), float(line(3.0, [5.0]))  # second call fills from params
+        (6.0, 15.0)
+    """
+
+    _caskax_module: ClassVar[bool] = True
+    name: str = eqx.field(static=True)
+    uid: int = eqx.field(static=True)
+    _filled: bool = eqx.field(static=True)
+
+    def __init__(self, name: str | None = None):
+        self.name = type(self).__name__ if name is None else str(name)
+        self.uid = new_uid()
+        self._filled = False
+
+    # Equinox hashes modules by their fields, which fails on arrays. Nodes are
+    # references, so identity is the right notion here (jax.jit(m.method) needs it).
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+    # -- editing ----------------------------------------------------------------------
+    def to_dynamic(self, *targets, children_only: bool = True) -> "Module":
+        """A copy in which ``targets`` are dynamic.
+
+        With no targets, this module's own params (all params below it with
+        ``children_only=False``). A module target means its params; pointers among them
+        are left alone, but a pointer named directly becomes dynamic at its current value.
+
+        Example:
+            >>> g = Gaussian("g", x0=[0., 0.], q=0.5, phi=0., sigma=1., flux=1.)  # doctest: +SKIP
+            >>> g.to_dynamic("q", g.sigma).dynamic_params  # doctest: +SKIP
+        """
+        return _set_kind(self, targets, children_only, dynamic=True)
+
+    def to_static(self, *targets, children_only: bool = True) -> "Module":
+        """A copy in which ``targets`` are static (a param with no value becomes live).
+        Same target rules as `to_dynamic`."""
+        return _set_kind(self, targets, children_only, dynamic=False)
+
+    def set(self, target=_MISSING, value=_MISSING, /, **fields) -> "Module":
+        """A copy with one target (and/or named fields) set.
+
+        ``value`` may be an array (new value, kind kept; a pointer becomes static), a
+        `Param` (the target points to it), a `cx.Pointer` (function pointer), or, for a
+        target that is not a param, anything (the field is replaced). Inside a forward
+        method, ``self.set(flux=value)`` fills a live param.
+
+        Example:
+            >>> import caskax as cx
+            >>> class Two(cx.Module):
+            ...     a: cx.Param
+            ...     b: cx.Param
+            ...     def __init__(self):
+            ...         super().__init__("two")
+            ...         self.a, self.b = cx.Param("a", 1.0), cx.Param("b", 2.0)
+            >>> m = Two().set("b", cx.Pointer(lambda a: 10 * a, "a"))  # doctest: +SKIP
+            >>> m = Two().set(a=3.0)
+            >>> float(m.a.value)
+            3.0
+        """
+        root = self
+        if target is not _MISSING:
+            if value is _MISSING:
+                raise TypeError("Module.set(target, value): value is missing.")
+            root = _set_one(root, target, value)
+        for key, val in fields.items():
+            root = _set_one(root, key, val)
+        return root
+
+    def set_values(self, values, group: int | None = None) -> "Module":
+        """A copy whose dynamic params store ``values`` (array, list or dict, the
+        schemes of `get_values`)."""
+        w = graph.walk(self)
+        new = {}
+        for uid, val in params_to_values(self, values, w, group=group, check=True).items():
+            new[uid] = graph.copy_with(w.nodes[uid], value=val)
+        return graph.replace(self, new)
+
+    # -- reading ----------------------------------------------------------------------
+    def get_values(self, scheme: str = "array", group: int | None = None):
+        """Current values of the dynamic params.
+
+        ``scheme="array"``: one flat vector; ``"list"``: one array per param;
+        ``"dict"``: nested dict keyed like the tree. With several param groups and
+        ``group=None``, a tuple with one entry per group.
+
+        Example:
+            >>> import caskax as cx
+            >>> p = cx.Param("p", [1.0, 2.0], dynamic=True)
+            >>> class M(cx.Module):
+            ...     p: cx.Param
+            ...     def __init__(self):
+            ...         super().__init__("m"); self.p = p
+            >>> M().get_values().tolist()
+            [1.0, 2.0]
+        """
+        w = graph.walk(self)
+        layout = dynamic_layout(self, w)
+        groups = sorted(layout) if group is None else [group]
+        out = []
+        for g in groups:
+            params = layout.get(g, [])
+            vals = []
+            for p in params:
+                _check_has_value(p, w)
+                vals.append(p.value)
+            if scheme == "array":
+                out.append(
+                    jnp.concatenate([jnp.ravel(v) for v in vals]) if vals else jnp.zeros((0,))
+                )
+            elif scheme == "list":
+                out.append(vals)
+            elif scheme == "dict":
+                out.append(graph.values_to_dict(self, params, lambda p: p.value))
+            else:
+                raise ValueError(f"scheme must be 'array', 'list' or 'dict', got {scheme!r}")
+        if not out:
+            return jnp.zeros((0,)) if scheme == "array" else ([] if scheme == "list" else {})
+        return out[0] if len(out) == 1 else tuple(out)
+
+    @property
+    def dynamic_params(self) -> tuple:
+        """Dynamic params below this module, in flat-vector order."""
+        return tuple(graph.dynamic_order(self))
+
+    @property
+    def static_params(self) -> tuple:
+        """Static (and live) params below this module, in graph order."""
+        return self._params_of_kind(lambda p: p.static)
+
+    @property
+    def pointer_params(self) -> tuple:
+        """Pointer params below this module, in graph order."""
+        return self._params_of_kind(lambda p: p.pointer)
+
+    def _params_of_kind(self, pred) -> tuple:
+        w = graph.walk(self)
+        nodes = (w.nodes[u] for u in graph.topological_order(self, w))
+        return tuple(n for n in nodes if isinstance(n, Param) and pred(n))
+
+    def param_order(self) -> str:
+        """The flat-vector order, one line per group: ``owner: name, ...``."""
+        w = graph.walk(self)
+        lines = []
+        for g, params in sorted(dynamic_layout(self, w).items()):
+            lines.append(", ".join(f"{_owner_name(w, p)}: {p.name}" for p in params))
+        return "\n".join(lines)
+
+    def find_param(self, i: int, group: int | None = None) -> tuple:
+        """The param at index ``i`` of the flat vector, and the index inside it."""
+        layout = dynamic_layout(self)
+        g = _one_group(layout, group)
+        offset = 0
+        for p in layout.get(g, []):
+            n = p.size()
+            if offset <= i < offset + n:
+                shape = p.full_shape()
+                idx = tuple(int(k) for k in np.unravel_index(i - offset, shape)) if shape else ()
+                return p, idx
+            offset += n
+        raise IndexError(f"index {i} is outside the flat vector of length {offset}.")
+
+    def find_index(self, target) -> int | slice:
+        """Index (scalar param) or slice of ``target`` in the flat vector of its group."""
+        w = graph.walk(self)
+        uid = graph.resolve(self, target, w)
+        for params in dynamic_layout(self, w).values():
+            offset = 0
+            for p in params:
+                if p.uid == uid:
+                    return offset if p.full_shape() == () else slice(offset, offset + p.size())
+                offset += p.size()
+        raise ParamError(f"'{w.paths[uid] or w.nodes[uid].name}' is not a dynamic param.")
+
+    # -- display and files (implemented in display.py / io.py) -------------------------
+    def __str__(self):
+        from .display import tree_str
+
+        return tree_str(self)
+
+    def __repr__(self):
+        return self.__str__()
+
+    def _repr_html_(self):
+        from .display import tree_html
+
+        return tree_html(self)
+
+    def graphviz(self, saveto: str | None = None):
+        """A graphviz ``Digraph`` of the tree (see `caskax.display.graphviz`)."""
+        from .display import graphviz
+
+        return graphviz(self, saveto=saveto)
+
+    def save_state(self, path, appendable: bool = False) -> None:
+        """Write the params to HDF5 in caskade's layout (see `caskax.io`)."""
+        from .io import save_state
+
+        save_state(self, path, appendable=appendable)
+
+    def append_state(self, path) -> None:
+        """Append the current values to an appendable HDF5 file (see `caskax.io`)."""
+        from .io import append_state
+
+        append_state(self, path)
+
+    def load_state(self, path, index: int = -1) -> "Module":
+        """A copy with the values stored in ``path`` (sample ``index`` if appendable)."""
+        from .io import load_state
+
+        return load_state(self, path, index=index)
+
+
+# -- helpers shared with program.py -------------------------------------------------------
+def dynamic_layout(root, w=None) -> dict:
+    """group -> dynamic params in flat order."""
+    w = graph.walk(root) if w is None else w
+    layout = {}
+    for p in graph.dynamic_order(root, w):
+        layout.setdefault(p.group, []).append(p)
+    return layout
+
+
+def _owner_name(w, p) -> str:
+    owner = w.owner.get(p.uid)
+    return w.nodes[owner].name if owner is not None else p.name
+
+
+def _one_group(layout, group):
+    if group is not None:
+        return group
+    if len(layout) > 1:
+        raise ParamError(f"several param groups {sorted(layout)}: pass group=.")
+    return next(iter(layout), 0)
+
+
+def _path(w, p) -> str:
+    return w.paths.get(p.uid) or p.name
+
+
+def _check_has_value(p, w):
+    if p.value is None:
+        raise ParamError(
+            f"dynamic param '{_path(w, p)}' has no value: give it one (Param(..., value) or "
+            "set_values) or pass the flat vector explicitly."
+        )
+    if not isinstance(p.value, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(p.value))):
+        raise ParamError(f"dynamic param '{_path(w, p)}' holds a non-finite value {p.value}.")
+
+
+def _describe(params, w) -> str:
+    return ", ".join(f"{_path(w, p)}{list(p.full_shape())}" for p in params)
+
+
+def params_to_values(root, values, w=None, group=None, check=False) -> dict:
+    """uid -> value for the dynamic params of ``root`` from an array, list or dict
+    (a sequence with one such entry per group when there are several groups)."""
+    w = graph.walk(root) if w is None else w
+    layout = dynamic_layout(root, w)
+    groups = sorted(layout) if group is None else [group]
+    if not groups:
+        if values is None or (hasattr(values, "__len__") and len(values) == 0):
+            return {}
+        raise FillError(
+            f"'{root.name}' has no dynamic params, but params were given. Make params "
+            "dynamic first (to_dynamic), or call without params."
+        )
+    if len(groups) > 1:
+        if not isinstance(values, (list, tuple)) or len(values) != len(groups):
+            raise FillError(
+                f"'{root.name}' has param groups {groups}: give one entry per group."
+            )
+        per_group = values
+    else:
+        per_group = [values]
+    out = {}
+    for g, vals in zip(groups, per_group):
+        out.update(_group_values(root, layout.get(g, []), vals, w, check))
+    return out
+
+
+def _group_values(root, params, vals, w, check):
+    if isinstance(vals, dict):
+        return graph.dict_to_values(root, params, vals)
+    if isinstance(vals, (list, tuple)) and (
+        len(vals) == 0 or any(isinstance(v, (list, tuple)) or np.ndim(v) > 0 for v in vals)
+    ):
+        if len(vals) != len(params):
+            raise FillError(
+                f"params list for '{root.name}' has {len(vals)} entries; expected "
+                f"{len(params)}: {_describe(params, w)}."
+            )
+        return {p.uid: _as_value(p, v, w) for p, v in zip(params, vals)}
+    x = jnp.asarray(vals)
+    if x.ndim == 0:
+        x = x[None]
+    sizes = [p.size() for p in params]
+    if x.ndim != 1 or x.shape[0] != sum(sizes):
+        raise FillError(
+            f"params array of shape {tuple(x.shape)} for '{root.name}'; expected "
+            f"({sum(sizes)},) laid out as {_describe(params, w)}."
+        )
+    if check and not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.zeros(()).dtype)
+    out, offset = {}, 0
+    for p, n in zip(params, sizes):
+        out[p.uid] = x[offset : offset + n].reshape(p.full_shape())
+        offset += n
+    return out
+
+
+def _as_value(p, v, w):
+    arr = jnp.asarray(v)
+    if not jnp.issubdtype(arr.dtype, jnp.inexact):
+        arr = arr.astype(jnp.zeros(()).dtype)
+    shape = p.full_shape() if p.value is not None else None
+    if shape is not None and math.prod(arr.shape) == math.prod(shape):
+        arr = arr.reshape(shape)
+    elif shape is not None:
+        raise FillError(
+            f"value for '{_path(w, p)}' has shape {tuple(arr.shape)}; expected {shape}."
+        )
+    return arr
+
+
+def _current(w, x):
+    """A node given by the user stands for the tree's current state of it."""
+    if graph.is_node(x) and x.uid in w.nodes:
+        return w.nodes[x.uid]
+    return x
+
+
+def _set_one(root, target, value):
+    w = graph.walk(root)
+    if isinstance(target, str):
+        obj = graph.lookup(root, target) if target else root
+        if not graph.is_node(obj):
+            return _set_field(root, target, value, w)
+    uid = graph.resolve(root, target, w)
+    node = w.nodes[uid]
+    if not isinstance(node, Param):
+        if not graph.is_node(value):
+            raise GraphError(
+                f"cannot set module '{w.paths[uid] or node.name}' to a "
+                f"{type(value).__name__}: give a Module, or target one of its fields."
+            )
+        return graph.replace(root, {uid: value})
+    if isinstance(value, Param):
+        if value.uid == uid:
+            raise GraphError(f"param '{w.paths[uid] or node.name}' cannot point to itself.")
+        value = link(_current(w, value))
+    elif isinstance(value, Pointer):
+        value = graph.copy_with(value, inputs=tuple(_current(w, i) for i in value.inputs))
+    return graph.replace(root, {uid: node.with_value(value)})
+
+
+def _set_field(root, target, value, w):
+    tokens = graph.parse_path(target)
+    parent = graph.lookup(root, target.rsplit(".", 1)[0]) if len(tokens) > 1 else root
+    last = tokens[-1]
+    if not (graph.is_node(parent) and isinstance(last, str)):
+        raise GraphError(
+            f"cannot set {target!r}: only params, modules and fields of modules can be set."
+        )
+    if last not in parent.__dataclass_fields__:
+        raise GraphError(f"'{parent.name}' has no field {last!r}.")
+    new_parent = graph.copy_with(parent, **{last: value})
+    if parent.uid == root.uid:
+        return new_parent
+    return graph.replace(root, {parent.uid: new_parent})
+
+
+def _set_kind(root, targets, children_only, dynamic):
+    w = graph.walk(root)
+    targets = targets or (root,)
+    params = []
+    for t in targets:
+        node = w.nodes[graph.resolve(root, t, w)]
+        if isinstance(node, Param):
+            params.append(node)
+            continue
+        if children_only:
+            below = [c.node for c in graph.children(node)]
+        else:
+            sub = graph.walk(node)
+            below = [sub.nodes[u] for u in graph.topological_order(node, sub)]
+        params.extend(p for p in below if isinstance(p, Param) and not p.pointer)
+    filled = None
+    new = {}
+    for p in params:
+        if p.pointer:
+            if filled is None:
+                filled = graph.walk(_try_fill(root, w))
+            value = filled.nodes[p.uid].value if filled else None
+            p = graph.copy_with(p, value=value)
+        new[p.uid] = p.to_dynamic() if dynamic else p.to_static()
+    return graph.replace(root, new)
+
+
+def _try_fill(root, w):
+    try:
+        return graph.fill(root, {}, w)
+    except Exception:  # a pointer that cannot be computed yet keeps no value
+        return root
+
+
+# -- @forward -----------------------------------------------------------------------------
+def own_params(module) -> dict:
+    """name -> Param for the fields of ``module`` that hold a Param directly."""
+    out = {}
+    for name in graph.node_fields(module):
+        val = getattr(module, name)
+        if isinstance(val, Param):
+            out[name] = val
+    return out
+
+
+def fill_module(module, params=None):
+    """``module`` filled from ``params`` (array, list or dict), or from its stored
+    values when ``params`` is None."""
+    w = graph.walk(module)
+    values = {} if params is None else params_to_values(module, params, w)
+    return graph.fill(module, values, w)
+
+
+def _read(module, name, p):
+    if p.value is None:
+        where = f"{module.name}.{name}"
+        if p.live:
+            raise ParamError(
+                f"live param '{where}' is unset: inside the forward method, set it first "
+                f"with module.set({name}=value)."
+            )
+        raise FillError(
+            f"dynamic param '{where}' has no value: pass params (a flat vector, list or "
+            "dict) to the call, or give the param a value."
+        )
+    return p.value
+
+
+def forward(method):
+    """Mark a method that receives its module's own param values as keywords.
+
+    Called with one extra trailing positional argument (or ``params=``), that argument
+    (array, list or dict) fills the receiver's dynamic params first. A keyword named
+    like an own param overrides it for that call. Inside a forward call, child modules
+    are filled, so nested calls need no params.
+
+    Example:
+        >>> import caskax as cx
+        >>> class Scale(cx.Module):
+        ...     k: cx.Param
+        ...     def __init__(self):
+        ...         super().__init__("scale"); self.k = cx.Param("k", None)
+        ...     @cx.forward
+        ...     def __call__(self, x, k):
+        ...         return k * x
+        >>> float(Scale()(2.0, [3.0])), float(Scale()(2.0, k=4.0))
+        (6.0, 8.0)
+    """
+    plist = list(inspect.signature(method).parameters.values())[1:]
+    kinds = inspect.Parameter
+    has_varargs = any(p.kind is kinds.VAR_POSITIONAL for p in plist)
+    positional = [p.name for p in plist if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in plist]
+
+    def wrapper(self, *args, params=None, **kwargs):
+        own = own_params(self)
+        n_plain = sum(1 for n in positional if n not in own)
+        if params is None and not has_varargs and len(args) == n_plain + 1:
+            *args, params = args
+        if params is not None:
+            module = fill_module(self, params)
+        elif self._filled:
+            module = self
+        else:
+            module = fill_module(self)
+        own = own_params(module)
+        bound = set(positional[: len(args)])
+        for name in names:
+            if name in own and name not in kwargs and name not in bound:
+                kwargs[name] = _read(module, name, own[name])
+        return method(module, *args, **kwargs)
+
+    # An honest signature (no functools.wraps): eqx.filter_jit(module.method) inspects it.
+    wrapper.__name__ = method.__name__
+    wrapper.__qualname__ = method.__qualname__
+    wrapper.__doc__ = method.__doc__
+    wrapper.__module__ = method.__module__
+    wrapper._caskax_forward = True
+    return wrapper
+
+
+# -- batching ------------------------------------------------------------------------------
+def batch_axes(module):
+    """The ``in_axes`` pytree for ``jax.vmap`` over ``module``: 0 for the value of each
+    param with batch axes, None everywhere else (caskade's hierarchical link).
+
+    Example:
+        >>> import jax, caskax as cx
+        >>> class P(cx.Module):
+        ...     a: cx.Param
+        ...     def __init__(self, a):
+        ...         super().__init__("p"); self.a = cx.Param("a", a, shape=())
+        ...     @cx.forward
+        ...     def __call__(self, a):
+        ...         return 2 * a
+        >>> m = P([1.0, 2.0, 3.0])  # one batch axis of length 3
+        >>> jax.vmap(lambda m: m(), in_axes=(cx.batch_axes(m),))(m).tolist()
+        [2.0, 4.0, 6.0]
+    """
+
+    def spec(x):
+        if isinstance(x, Param):
+            value = 0 if (x.value is not None and x.batched) else None
+            return graph.copy_with(
+                x, value=value, link=spec(x.link), prior=jax.tree_util.tree_map(lambda _: None, x.prior)
+            )
+        if isinstance(x, Pointer):
+            return graph.copy_with(x, inputs=tuple(spec(i) for i in x.inputs))
+        if graph.is_node(x):
+            return graph.copy_with(x, **{n: _spec_value(getattr(x, n), spec) for n in graph.node_fields(x)})
+        return jax.tree_util.tree_map(lambda _: None, x)
+
+    return spec(module)
+
+
+def _spec_value(value, spec):
+    if graph.is_node(value):
+        return spec(value)
+    if isinstance(value, (list, tuple)):
+        items = [_spec_value(v, spec) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return type(value)((k, _spec_value(v, spec)) for k, v in value.items())
+    return jax.tree_util.tree_map(lambda _: None, value)

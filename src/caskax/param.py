@@ -1,0 +1,350 @@
+"""Params: the leaves of a caskax model, and pointers between them.
+
+A `Param` is an immutable Equinox module. Its *kind* says where its value comes from
+when the model runs:
+
+==========  ===================================  =========================================
+kind        made by                              value at run time
+==========  ===================================  =========================================
+static      a value given (or ``dynamic=False``) the stored value
+dynamic     no value, or ``dynamic=True``        a slice of the flat parameter vector
+pointer     value is a `Param` or `Pointer`      the other param's value, or ``fn(*inputs)``
+live        static with no value                 set inside a forward method with ``set``
+==========  ===================================  =========================================
+"""
+
+import itertools
+import math
+import warnings
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import CaskaxWarning, ParamError, ShapeError
+
+__all__ = ["Param", "Pointer", "new_uid"]
+
+# Process-wide counter: uids only need to be unique, and a counter keeps them readable.
+_uids = itertools.count(1)
+
+
+def new_uid() -> int:
+    """A fresh node id (never reused within the process)."""
+    return next(_uids)
+
+
+def _identity(x):
+    return x
+
+
+class Pointer(eqx.Module):
+    """A param whose value is computed from other nodes: ``fn(*inputs)``.
+
+    Each input is a `Param` (``fn`` receives its value), a `caskax.Module` (``fn``
+    receives it filled, so its forward methods need no params) or anything else
+    (passed as is). Inputs are held as children of the pointer param, so a node
+    reachable only through a pointer still belongs to the tree.
+
+    Example:
+        >>> import caskax as cx
+        >>> t = cx.Param("t", 2.0)
+        >>> p = cx.Param("twice", cx.Pointer(lambda t: 2 * t, t))
+        >>> p.kind
+        'pointer'
+    """
+
+    inputs: tuple
+    # Functions stay out of the leaves; compared by identity, so editing a tree keeps
+    # the same function object and the compiled code is reused.
+    fn: Callable = eqx.field(static=True)
+
+    def __init__(self, fn: Callable, *inputs: Any):
+        if not callable(fn):
+            raise ParamError(f"cx.Pointer expects a callable first, got {type(fn).__name__}")
+        self.fn = fn
+        self.inputs = tuple(inputs)
+
+    @property
+    def is_link(self) -> bool:
+        """True for a plain link to another param (``Param(value=other)``)."""
+        return self.fn is _identity
+
+
+def link(other) -> Pointer:
+    """A pointer whose value is ``other``'s value."""
+    return Pointer(_identity, other)
+
+
+def _default_float():
+    return jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _coerce(name, value, shape, dtype):
+    """Turn user input into an inexact jax array with a checked shape."""
+    if value is None:
+        return None
+    try:
+        if dtype is None:
+            dtype = jnp.asarray(value).dtype
+            if not jnp.issubdtype(dtype, jnp.inexact):
+                # An int value must not make a param integer: gradients need floats.
+                dtype = _default_float()
+        # An explicit dtype also drops jax's weak type from Python scalars.
+        arr = jnp.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise ParamError(
+            f"Param '{name}': value of type {type(value).__name__} cannot become an array "
+            f"({err}). Give a number, list or array, another Param, or a cx.Pointer."
+        ) from None
+    _check_shape(name, tuple(arr.shape), shape)
+    return arr
+
+
+def _check_shape(name, value_shape, shape):
+    if shape is None:
+        return
+    n = len(shape)
+    if len(value_shape) < n or any(
+        s is not None and s != v for s, v in zip(shape, value_shape[len(value_shape) - n :])
+    ):
+        raise ShapeError(
+            f"Param '{name}': value of shape {value_shape} does not match shape={shape} "
+            "(extra leading axes are allowed as batch axes; None matches any length)."
+        )
+
+
+def _check_valid(name, value, valid, cyclic):
+    if valid is None or cyclic or value is None or _is_tracer(value):
+        return
+    arr = np.asarray(value)
+    lo, hi = valid
+    bad = (lo is not None and np.any(arr < lo)) or (hi is not None and np.any(arr > hi))
+    if bad:
+        warnings.warn(
+            f"Param '{name}': value {arr.tolist()} is outside valid={valid}; "
+            "to_valid will give inf/nan there.",
+            CaskaxWarning,
+            stacklevel=4,
+        )
+
+
+def _normalise_valid(name, valid, cyclic):
+    if valid is None:
+        if cyclic:
+            raise ParamError(f"Param '{name}': cyclic=True needs valid=(lo, hi).")
+        return None
+    try:
+        lo, hi = valid
+    except (TypeError, ValueError):
+        raise ParamError(
+            f"Param '{name}': valid must be (lo, hi), (lo, None) or (None, hi), got {valid!r}."
+        ) from None
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    if lo is None and hi is None:
+        return None
+    if lo is not None and hi is not None and not lo < hi:
+        raise ParamError(f"Param '{name}': valid=({lo}, {hi}) needs lo < hi.")
+    if cyclic and (lo is None or hi is None):
+        raise ParamError(f"Param '{name}': cyclic=True needs both bounds in valid.")
+    return (lo, hi)
+
+
+class Param(eqx.Module):
+    """A named model parameter: static, dynamic, pointer or live.
+
+    **Arguments:**
+
+    - `name`: label used in paths, tables and files.
+    - `value`: a number/list/array (static, or the initial value of a dynamic param),
+      another `Param` (a pointer to it), a `Pointer` (a function pointer), or `None`
+      (dynamic, with values supplied by the flat vector).
+    - `shape`: the shape of one value; `None` entries are wildcards. Leading axes of
+      the value beyond `shape` are batch axes (see `caskax.batch_axes`).
+    - `dynamic`: force dynamic (`True`) or static (`False`); by default a param with a
+      value is static and one without is dynamic. Static with no value is *live*.
+    - `valid`: `(lo, hi)`, `(lo, None)` or `(None, hi)`; with `cyclic=True` the value
+      wraps around `[lo, hi)`.
+    - `units`, `description`: free text shown in tables and files.
+    - `group`: which flat vector the param belongs to (`f(x0, x1)` with groups 0, 1).
+    - `batch_shape`: leading batch axes of a dynamic param that has no value yet.
+    - `dtype`: the array dtype (default: the default float dtype).
+    - `prior`: a numpyro distribution used by `Program.log_prior` and `cx.nuts`.
+
+    Example:
+        >>> import caskax as cx
+        >>> q = cx.Param("q", 0.5, valid=(0, 1))
+        >>> q.kind, q.to_dynamic().kind
+        ('static', 'dynamic')
+    """
+
+    value: Any
+    link: Pointer | None
+    prior: Any
+    name: str = eqx.field(static=True)
+    node_kind: str = eqx.field(static=True)
+    shape: tuple | None = eqx.field(static=True)
+    declared_batch_shape: tuple | None = eqx.field(static=True)
+    valid: tuple | None = eqx.field(static=True)
+    cyclic: bool = eqx.field(static=True)
+    units: str | None = eqx.field(static=True)
+    description: str = eqx.field(static=True)
+    group: int = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+    uid: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        name: str | None = None,
+        value: Any = None,
+        shape: tuple | None = None,
+        *,
+        dynamic: bool | None = None,
+        valid: tuple | None = None,
+        cyclic: bool = False,
+        units: str | None = None,
+        description: str = "",
+        group: int = 0,
+        batch_shape: tuple | None = None,
+        dtype: Any = None,
+        prior: Any = None,
+    ):
+        name = "param" if name is None else str(name)
+        self.name = name
+        self.shape = None if shape is None else tuple(shape)
+        self.declared_batch_shape = None if batch_shape is None else tuple(batch_shape)
+        self.cyclic = bool(cyclic)
+        self.valid = _normalise_valid(name, valid, self.cyclic)
+        self.units = None if units is None else str(units)
+        self.description = str(description)
+        self.group = int(group)
+        self.dtype = None if dtype is None else jnp.dtype(dtype)
+        self.prior = prior
+        self.uid = new_uid()
+        if isinstance(value, Param):
+            value = link(value)
+        if isinstance(value, Pointer):
+            if dynamic:
+                raise ParamError(f"Param '{name}': a pointer cannot be dynamic=True.")
+            self.link, self.value, self.node_kind = value, None, "pointer"
+            return
+        if callable(value) and not hasattr(value, "__array__"):
+            raise ParamError(
+                f"Param '{name}': a bare function is ambiguous in caskax; write "
+                "cx.Pointer(fn, *inputs) so the inputs are part of the tree."
+            )
+        self.link = None
+        self.value = _coerce(name, value, self.shape, self.dtype)
+        if dynamic is None:
+            dynamic = value is None
+        self.node_kind = "dynamic" if dynamic else "static"
+        _check_valid(name, self.value, self.valid, self.cyclic)
+
+    # -- kinds ----------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """One of ``"static"``, ``"dynamic"``, ``"pointer"``, ``"live"``."""
+        if self.node_kind == "static" and self.value is None:
+            return "live"
+        return self.node_kind
+
+    @property
+    def static(self) -> bool:
+        return self.kind in ("static", "live")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.node_kind == "dynamic"
+
+    @property
+    def pointer(self) -> bool:
+        return self.node_kind == "pointer"
+
+    @property
+    def live(self) -> bool:
+        return self.kind == "live"
+
+    # -- shapes ---------------------------------------------------------------------
+    @property
+    def batch_shape(self) -> tuple:
+        """Leading axes of the value beyond `shape` (``()`` when unbatched)."""
+        if self.value is not None and self.shape is not None:
+            return tuple(self.value.shape[: self.value.ndim - len(self.shape)])
+        if self.declared_batch_shape is not None:
+            return self.declared_batch_shape
+        return ()
+
+    @property
+    def batched(self) -> bool:
+        return len(self.batch_shape) > 0
+
+    def full_shape(self) -> tuple:
+        """Shape of the whole value (batch axes included), as the flat vector sees it."""
+        if self.value is not None:
+            return tuple(self.value.shape)
+        shape = () if self.shape is None else self.shape
+        if any(s is None for s in shape):
+            raise ShapeError(
+                f"Param '{self.name}': dynamic with no value and wildcard shape={shape}; "
+                "give a value or a concrete shape so the flat vector has a fixed length."
+            )
+        return self.batch_shape + tuple(shape)
+
+    def size(self) -> int:
+        return math.prod(self.full_shape())
+
+    # -- functional edits (each returns a new Param with the same uid) ---------------
+    def _replace(self, **changes) -> "Param":
+        new = object.__new__(type(self))
+        for field in self.__dataclass_fields__:
+            object.__setattr__(new, field, changes.get(field, getattr(self, field)))
+        return new
+
+    def with_value(self, value) -> "Param":
+        """A copy holding ``value`` (kind kept; a pointer becomes static)."""
+        if isinstance(value, (Param, Pointer)):
+            ptr = link(value) if isinstance(value, Param) else value
+            return self._replace(link=ptr, value=None, node_kind="pointer")
+        arr = _coerce(self.name, value, self.shape, self.dtype)
+        _check_valid(self.name, arr, self.valid, self.cyclic)
+        kind = "static" if self.node_kind == "pointer" else self.node_kind
+        return self._replace(value=arr, link=None, node_kind=kind)
+
+    def to_dynamic(self, value=None) -> "Param":
+        """A dynamic copy (a pointer keeps its current value if it can be computed)."""
+        new = self._replace(node_kind="dynamic", link=None)
+        return new if value is None else new.with_value(value)
+
+    def to_static(self, value=None) -> "Param":
+        """A static copy (live if it has no value)."""
+        new = self._replace(node_kind="static", link=None)
+        return new if value is None else new.with_value(value)
+
+    # -- identity -------------------------------------------------------------------
+    # Equinox hashes modules by their fields, which fails on arrays; caskax nodes are
+    # references, so identity is the right notion of equality for hashing.
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+    def __repr__(self):
+        val = "-" if self.value is None else _short(self.value)
+        return f"Param({self.name!r}, kind={self.kind}, value={val})"
+
+
+def _short(value) -> str:
+    if _is_tracer(value):
+        return f"<traced {tuple(value.shape)}>"
+    arr = np.asarray(value)
+    if arr.size <= 6:
+        return np.array2string(arr, precision=4, separator=", ")
+    return f"<array {arr.shape} {arr.dtype}>"

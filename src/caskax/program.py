@@ -1,0 +1,372 @@
+"""Programs: a module method compiled into a pure function of a flat vector.
+
+``f = cx.compile(module, "method", *args)`` runs the graph pass once (identity, copy
+check, cycle check, layout) and returns a `Program`. ``f(x)`` fills the tree from ``x``
+and calls ``module.method(*args)``. All graph work happens at trace time; the compiled
+code is the user's arithmetic only.
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from . import graph, transforms
+from .errors import GraphError, ShapeError
+from .module import dynamic_layout
+
+__all__ = ["compile", "Program", "LayoutRow"]
+
+
+class LayoutRow(NamedTuple):
+    """One dynamic param's place in the flat vector."""
+
+    path: str
+    shape: tuple
+    slice: slice
+    valid: tuple | None
+    units: str | None
+    group: int
+    cyclic: bool
+    uid: int
+    name: str
+
+
+class _Static:
+    """The non-array part of a Program: compared structurally so that Programs that
+    differ only in array values share jax's compiled code."""
+
+    __slots__ = ("treedef", "leaves", "rows", "method", "valid")
+
+    def __init__(self, treedef, leaves, rows, method, valid):
+        self.treedef, self.leaves, self.rows = treedef, leaves, rows
+        self.method, self.valid = method, valid
+
+    def _key(self):
+        return (self.treedef, self.rows, self.method, self.valid)
+
+    def __hash__(self):
+        # slices are unhashable before Python 3.12: hash their ends instead.
+        rows = tuple((r.path, r.slice.start, r.slice.stop, r.uid) for r in self.rows)
+        key = (self.treedef, rows, self.method, self.valid)
+        try:
+            return hash((key, self.leaves))
+        except TypeError:
+            return hash(key)
+
+    def __eq__(self, other):
+        if not isinstance(other, _Static) or self._key() != other._key():
+            return False
+        try:
+            return bool(self.leaves == other.leaves)
+        except Exception:
+            return all(a is b for a, b in zip(self.leaves, other.leaves))
+
+
+def _split(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    is_arr = tuple(eqx.is_array(x) for x in leaves)
+    arrays = [x for x, a in zip(leaves, is_arr) if a]
+    static = tuple(None if a else x for x, a in zip(leaves, is_arr))
+    return arrays, (treedef, static)
+
+
+def _join(arrays, treedef, static):
+    it = iter(arrays)
+    leaves = [next(it) if s is None else s for s in static]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class Program:
+    """A compiled module method: ``f(x)`` (``f(x0, x1, ...)`` with param groups).
+
+    A Program is a pytree whose leaves are the model's arrays, so
+    ``jax.jit(lambda f, x: f(x))`` reuses compiled code across new data. Calling it
+    directly runs a cached ``jax.jit`` closed over those arrays.
+
+    Attributes: `init`, `size`, `layout`, `names`, `module`, `method`, `valid`.
+
+    Example:
+        >>> import caskax as cx, jax.numpy as jnp
+        >>> class Line(cx.Module):
+        ...     a: cx.Param
+        ...     b: cx.Param
+        ...     def __init__(self):
+        ...         super().__init__("line")
+        ...         self.a = cx.Param("a", 1.0, dynamic=True)
+        ...         self.b = cx.Param("b", 0.0, dynamic=True)
+        ...     @cx.forward
+        ...     def __call__(self, x, a, b):
+        ...         return a * x + b
+        >>> f = cx.compile(Line(), "__call__", jnp.arange(3.0))
+        >>> f(jnp.array([2.0, 1.0])).tolist(), f.names
+        ([1.0, 3.0, 5.0], ['line.a', 'line.b'])
+    """
+
+    __slots__ = ("_arrays", "_static", "_direct", "__weakref__")
+
+    def __init__(self, module, method, args, kwargs, valid, rows):
+        arrays, (treedef, leaves) = _split((module, tuple(args), dict(kwargs)))
+        self._arrays = tuple(arrays)
+        self._static = _Static(treedef, leaves, tuple(rows), method, bool(valid))
+        self._direct = None
+
+    @classmethod
+    def _from_parts(cls, arrays, static):
+        new = object.__new__(cls)
+        new._arrays, new._static, new._direct = tuple(arrays), static, None
+        return new
+
+    # -- structure --------------------------------------------------------------------
+    @property
+    def _tree(self):
+        s = self._static
+        return _join(self._arrays, s.treedef, s.leaves)
+
+    @property
+    def module(self):
+        """The (unfilled) module this Program was compiled from."""
+        return self._tree[0]
+
+    @property
+    def method(self) -> str:
+        return self._static.method
+
+    @property
+    def valid(self) -> bool:
+        """True if the Program takes unconstrained vectors (``compile(..., valid=True)``)."""
+        return self._static.valid
+
+    @property
+    def layout(self) -> tuple:
+        """One `LayoutRow` (path, shape, slice, valid, units, ...) per dynamic param."""
+        return self._static.rows
+
+    @property
+    def groups(self) -> tuple:
+        return tuple(sorted({r.group for r in self.layout})) or (0,)
+
+    def _rows(self, g):
+        return [r for r in self.layout if r.group == g]
+
+    def _per_group(self, values):
+        return values[0] if len(values) == 1 else tuple(values)
+
+    @property
+    def size(self):
+        """Length of the flat vector (a tuple with several groups)."""
+        return self._per_group([sum(math.prod(r.shape) for r in self._rows(g)) for g in self.groups])
+
+    @property
+    def names(self):
+        """One label per entry of the flat vector, e.g. ``"SN.x0[1]"``."""
+        out = []
+        for g in self.groups:
+            labels = []
+            for r in self._rows(g):
+                if r.shape == ():
+                    labels.append(r.name)
+                else:
+                    for i in range(math.prod(r.shape)):
+                        labels.append(f"{r.name}[{i}]")
+            out.append(labels)
+        return self._per_group(out)
+
+    @property
+    def init(self):
+        """Current values of the dynamic params, flat (unconstrained if ``valid``)."""
+        x = self.module.get_values("array")
+        xs = x if isinstance(x, tuple) else (x,)
+        if self.valid:
+            return self._per_group(list(self._map(xs, transforms.to_valid)))
+        return self._per_group(list(xs))
+
+    # -- calling -----------------------------------------------------------------------
+    def __call__(self, *xs):
+        if self._direct is None:
+            if any(isinstance(a, jax.core.Tracer) for a in self._arrays):
+                return self._pure(*xs)
+            tree, static = self._tree, self._static
+            self._direct = jax.jit(lambda *xs: _apply(tree, static, xs))
+        for x in xs:
+            if isinstance(x, jax.core.Tracer):
+                return self._pure(*xs)
+        return self._direct(*xs)
+
+    def _pure(self, *xs):
+        return _apply(self._tree, self._static, xs)
+
+    def unflatten(self, *xs):
+        """The module filled with ``x`` (pointers computed): inspect any param's value."""
+        module = self._tree[0]
+        xs = _check_inputs(self._static, xs)
+        if self.valid:
+            xs = tuple(self._map(xs, transforms.from_valid))
+        return graph.fill(module, _values(self._static, xs))
+
+    # -- valid ranges -------------------------------------------------------------------
+    def _map(self, xs, fn):
+        for g, x in zip(self.groups, xs):
+            parts = []
+            for r in self._rows(g):
+                part = x[r.slice]
+                parts.append(fn(part, r.valid, r.cyclic) if r.valid is not None else part)
+            yield jnp.concatenate(parts) if parts else x
+
+    def to_valid(self, *xs):
+        """Constrained flat vector(s) -> unconstrained (DESIGN §5)."""
+        return self._per_group(list(self._map(_check_inputs(self._static, xs), transforms.to_valid)))
+
+    def from_valid(self, *us):
+        """Unconstrained flat vector(s) -> constrained."""
+        return self._per_group(list(self._map(_check_inputs(self._static, us), transforms.from_valid)))
+
+    def log_det_jacobian(self, *us):
+        """``log|det d from_valid / du|``, summed over all entries (0 for cyclic)."""
+        us = _check_inputs(self._static, us)
+        total = jnp.zeros((), dtype=jnp.result_type(us[0]))
+        for g, u in zip(self.groups, us):
+            for r in self._rows(g):
+                if r.valid is not None:
+                    total = total + transforms.log_det_jacobian(u[r.slice], r.valid, r.cyclic)
+        return total
+
+    def log_prior(self, *xs):
+        """Sum of the params' prior log-densities at ``x`` (0 for params without one).
+        A ``valid=True`` Program takes ``u`` here too and maps it first."""
+        xs = _check_inputs(self._static, xs)
+        if self.valid:
+            xs = tuple(self._map(xs, transforms.from_valid))
+        w = graph.walk(self._tree[0])
+        total = jnp.zeros((), dtype=jnp.result_type(xs[0]))
+        for g, x in zip(self.groups, xs):
+            for r in self._rows(g):
+                prior = w.nodes[r.uid].prior
+                if prior is not None:
+                    total = total + jnp.sum(prior.log_prob(x[r.slice].reshape(r.shape)))
+        return total
+
+    def __repr__(self):
+        return f"Program({self.module.name}.{self.method}, size={self.size}, valid={self.valid})"
+
+
+def _flatten(p: Program):
+    return p._arrays, p._static
+
+
+def _unflatten(static, arrays):
+    return Program._from_parts(arrays, static)
+
+
+jax.tree_util.register_pytree_node(Program, _flatten, _unflatten)
+
+
+def _check_inputs(static, xs):
+    rows = static.rows
+    groups = sorted({r.group for r in rows}) or [0]
+    if len(xs) != len(groups):
+        raise ShapeError(
+            f"this Program takes {len(groups)} flat vector(s) (groups {groups}), got {len(xs)}."
+        )
+    out = []
+    for g, x in zip(groups, xs):
+        x = jnp.asarray(x)
+        grow = [r for r in rows if r.group == g]
+        n = sum(math.prod(r.shape) for r in grow)
+        if x.ndim != 1 or x.shape[0] != n:
+            listing = ", ".join(f"{r.path}{list(r.shape)}" for r in grow)
+            raise ShapeError(
+                f"expected a flat vector of shape ({n},) for group {g} laid out as "
+                f"[{listing}], got shape {tuple(x.shape)}. Use jax.vmap for batches."
+            )
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            raise ShapeError(
+                f"expected a floating-point vector for group {g}, got dtype {x.dtype}."
+            )
+        out.append(x)
+    return tuple(out)
+
+
+def _values(static, xs):
+    groups = sorted({r.group for r in static.rows}) or [0]
+    values = {}
+    for g, x in zip(groups, xs):
+        for r in static.rows:
+            if r.group == g:
+                values[r.uid] = x[r.slice].reshape(r.shape)
+    return values
+
+
+def _apply(tree, static, xs):
+    module, args, kwargs = tree
+    xs = _check_inputs(static, xs)
+    if static.valid:
+        groups = sorted({r.group for r in static.rows}) or [0]
+        new = []
+        for g, x in zip(groups, xs):
+            parts = [
+                transforms.from_valid(x[r.slice], r.valid, r.cyclic) if r.valid is not None else x[r.slice]
+                for r in static.rows
+                if r.group == g
+            ]
+            new.append(jnp.concatenate(parts) if parts else x)
+        xs = tuple(new)
+    filled = graph.fill(module, _values(static, xs))
+    return getattr(filled, static.method)(*args, **kwargs)
+
+
+def _labels(module, w, params):
+    labels = []
+    for p in params:
+        owner = w.owner.get(p.uid)
+        labels.append(f"{w.nodes[owner].name}.{p.name}" if owner is not None else p.name)
+    if len(set(labels)) < len(labels):  # fall back to unique paths
+        labels = [w.paths[p.uid] or p.name for p in params]
+    return labels
+
+
+def compile(module, method: str = "__call__", *args, valid: bool = False, **kwargs) -> Program:
+    """Compile ``module.method(*args, **kwargs)`` into a `Program` of the flat vector.
+
+    The graph pass runs here, once: copies of one node must agree (`GraphError`),
+    pointers must not form a cycle (`GraphError` naming it), and every dynamic param
+    needs a fixed shape (`ShapeError`). With ``valid=True`` the Program takes
+    unconstrained vectors (caskade's ValidContext) and its `init` is unconstrained.
+
+    Example:
+        >>> import caskax as cx, jax
+        >>> class Sq(cx.Module):
+        ...     a: cx.Param
+        ...     def __init__(self):
+        ...         super().__init__("sq"); self.a = cx.Param("a", 3.0, dynamic=True)
+        ...     @cx.forward
+        ...     def __call__(self, a):
+        ...         return a**2
+        >>> f = cx.compile(Sq())
+        >>> float(f(f.init)), float(jax.grad(f)(f.init))
+        (9.0, 6.0)
+    """
+    if not graph.is_node(module) or isinstance(module, type):
+        raise GraphError(f"cx.compile needs a caskax Module, got {type(module).__name__}.")
+    if not callable(getattr(module, method, None)):
+        raise GraphError(f"'{module.name}' has no method {method!r}.")
+    w = graph.walk(module)
+    graph.check_copies(w)
+    graph.topological_order(module, w)  # raises on cycles
+    rows = []
+    for g, params in sorted(dynamic_layout(module, w).items()):
+        offset = 0
+        labels = _labels(module, w, params)
+        for p, label in zip(params, labels):
+            shape = p.full_shape()
+            n = math.prod(shape)
+            rows.append(
+                LayoutRow(
+                    w.paths[p.uid] or p.name, shape, slice(offset, offset + n), p.valid,
+                    p.units, g, p.cyclic, p.uid, label,
+                )
+            )
+            offset += n
+    return Program(module, method, args, kwargs, valid, rows)
