@@ -45,7 +45,8 @@ def copy_with(obj, **changes):
     This builds a new object, as equinox's own unflatten does; ``obj`` is untouched.
     """
     new = object.__new__(type(obj))
-    for name in obj.__dataclass_fields__:
+    for field in dataclasses.fields(obj):  # not __dataclass_fields__: that lists ClassVars
+        name = field.name
         object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
     return new
 
@@ -117,7 +118,8 @@ def walk(root) -> Walk:
 
 
 def _label(w: Walk, uid) -> str:
-    return w.paths[uid] or w.nodes[uid].name
+    name, path = w.nodes[uid].name, w.paths[uid]
+    return name if not path or path == name else f"{name} (at {path})"
 
 
 def topological_order(root, w: Walk | None = None) -> list:
@@ -156,6 +158,34 @@ def dynamic_order(root, w: Walk | None = None) -> list[Param]:
     params = [w.nodes[u] for u in topological_order(root, w)]
     params = [p for p in params if isinstance(p, Param) and p.dynamic]
     return sorted(params, key=lambda p: p.group)  # stable: order kept within a group
+
+
+def check_cycles(w: Walk) -> None:
+    """Raise `GraphError` naming a pointer cycle, following the edges of every copy
+    of every node (a cycle can only appear through stale copies in a nested tree)."""
+    edges = {uid: [] for uid in w.nodes}
+    for uid, objs in w.copies.items():
+        for obj in objs:
+            edges[uid].extend(c.node.uid for c in children(obj) if c.node.uid in edges)
+    done, on_stack = set(), []
+
+    def visit(uid):
+        if uid in on_stack:
+            cycle = on_stack[on_stack.index(uid) :] + [uid]
+            raise GraphError(
+                "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param cannot depend on "
+                "itself; make one of them static or dynamic."
+            )
+        if uid in done:
+            return
+        on_stack.append(uid)
+        for nxt in edges[uid]:
+            visit(nxt)
+        on_stack.pop()
+        done.add(uid)
+
+    for uid in w.nodes:
+        visit(uid)
 
 
 def check_copies(w: Walk) -> None:

@@ -556,10 +556,11 @@ def batch_axes(module):
 
     def spec(x):
         if isinstance(x, Param):
-            value = 0 if (x.value is not None and x.batched) else None
-            return graph.copy_with(
-                x, value=value, link=spec(x.link), prior=jax.tree_util.tree_map(lambda _: None, x.prior)
-            )
+            link_spec = None if x.link is None else spec(x.link)
+            if x.value is not None and x.batched:
+                return graph.copy_with(x, value=0, link=link_spec, prior=_none_like(x.prior))
+            # A None prefix leaves the param unmapped; a pointer still maps its inputs.
+            return None if link_spec is None else graph.copy_with(x, link=link_spec, prior=None)
         if isinstance(x, Pointer):
             return graph.copy_with(x, inputs=tuple(spec(i) for i in x.inputs))
         if graph.is_node(x):
@@ -567,6 +568,10 @@ def batch_axes(module):
         return jax.tree_util.tree_map(lambda _: None, x)
 
     return spec(module)
+
+
+def _none_like(tree):
+    return None if tree is None else jax.tree_util.tree_map(lambda _: None, tree)
 
 
 def _spec_value(value, spec):

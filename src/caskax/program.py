@@ -353,8 +353,8 @@ def compile(module, method: str = "__call__", *args, valid: bool = False, **kwar
     if not callable(getattr(module, method, None)):
         raise GraphError(f"'{module.name}' has no method {method!r}.")
     w = graph.walk(module)
+    graph.check_cycles(w)
     graph.check_copies(w)
-    graph.topological_order(module, w)  # raises on cycles
     rows = []
     for g, params in sorted(dynamic_layout(module, w).items()):
         offset = 0

@@ -1,0 +1,51 @@
+"""Small models used across the core tests."""
+
+import jax.numpy as jnp
+
+import caskax as cx
+
+
+class Line(cx.Module):
+    a: cx.Param
+    b: cx.Param
+
+    def __init__(self, name="line", a=None, b=None):
+        super().__init__(name)
+        self.a = cx.Param("a", a)
+        self.b = cx.Param("b", b)
+
+    @cx.forward
+    def __call__(self, x, a, b):
+        return a * x + b
+
+
+class Pair(cx.Module):
+    left: cx.Module
+    right: cx.Module
+    scale: float
+
+    def __init__(self, name="pair", left=None, right=None, scale=1.0):
+        super().__init__(name)
+        self.left, self.right, self.scale = left, right, scale
+
+    @cx.forward
+    def __call__(self, x):
+        return self.scale * (self.left(x) + self.right(x))
+
+
+class Bag(cx.Module):
+    items: dict
+    stack: tuple
+
+    def __init__(self, name="bag", items=None, stack=()):
+        super().__init__(name)
+        self.items = dict(items or {})
+        self.stack = tuple(stack)
+
+    @cx.forward
+    def __call__(self, x):
+        return sum(m(x) for m in self.items.values()) + sum(m(x) for m in self.stack)
+
+
+def xs():
+    return jnp.linspace(0.0, 1.0, 4)

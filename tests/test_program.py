@@ -1,0 +1,207 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import Line, Pair, xs
+
+import caskax as cx
+from caskax.examples import Gaussian
+from caskax.examples.stages import hierarchical_model, stage2_model, stage3_model
+
+
+def test_program_basics(data):
+    like = stage3_model(data)
+    f = cx.compile(like)
+    assert f.size == 11 and f.init.shape == (11,)
+    assert f.names[:5] == ["SN0.x0[0]", "SN0.x0[1]", "lightcurve.t0", "lightcurve.sigma",
+                           "lightcurve.peak_flux"]
+    rows = f.layout
+    assert rows[0].path == "model.models[0].models[0].x0" and rows[0].shape == (2,)
+    assert rows[0].slice == slice(0, 2) and rows[2].valid == (0.0, None)
+    direct = f(f.init)
+    assert jnp.allclose(jax.jit(f)(f.init), direct)
+    assert jnp.allclose(like(f.init), direct)  # the module itself takes params too
+    assert jax.grad(f)(f.init).shape == (11,)
+    h = jax.hessian(f)(f.init)
+    np.testing.assert_allclose(h, h.T, rtol=1e-3, atol=1e-2)
+    batch = f.init + 0.01 * jax.random.normal(jax.random.key(1), (3, 11))
+    np.testing.assert_allclose(jax.vmap(f)(batch), [f(b) for b in batch], rtol=1e-5)
+
+
+def test_unflatten_gives_filled_module(data):
+    f = cx.compile(stage3_model(data))
+    filled = f.unflatten(f.init)
+    fluxes = [float(m.models[0].flux.value) for m in filled.model.models]
+    expected = 0.25 * np.exp(-(((np.linspace(0, 6, 5) - 3.0) / 2.5) ** 2))
+    np.testing.assert_allclose(fluxes, expected, rtol=1e-5)
+
+
+def test_stage2_and_stage3_agree_with_hand_written(data):
+    """Stage 3's likelihood equals stage 2's with fluxes from the light curve."""
+    f3 = cx.compile(stage3_model(data))
+    f2 = cx.compile(stage2_model(data))
+    x3 = f3.init
+    fluxes = x3[4] * jnp.exp(-(((data.times + x3[2]) / x3[3]) ** 2))
+    # stage-2 order: SN0..SN3 flux, SN0 x0, SN4 flux, galaxy (caskade's order)
+    x2 = jnp.concatenate([fluxes[:4], x3[:2], fluxes[4:], x3[5:]])
+    assert float(f2(x2)) == pytest.approx(float(f3(x3)), rel=1e-6)
+
+
+def test_pointers_computed_once_per_call():
+    calls = []
+
+    def double(a):
+        calls.append(1)
+        return 2 * a
+
+    base = Line("l", 1.0, 0.0).to_dynamic("a")
+    line = base.set("b", cx.Pointer(double, base.a))
+    pair = Pair("p", line, line)  # the pointer is reachable twice
+    f = cx.compile(pair, "__call__", xs())
+    calls.clear()
+    f._pure(jnp.array([3.0]))
+    assert len(calls) == 1
+
+
+def test_chained_pointers_dependency_order():
+    base = Line("l", 2.0, 0.0).to_dynamic("a")
+
+    class Three(cx.Module):
+        a: cx.Param
+        b: cx.Param
+        c: cx.Param
+
+        def __init__(self):
+            super().__init__("three")
+            self.a = cx.Param("a", 2.0, dynamic=True)
+            self.b = cx.Param("b", 0.0)
+            self.c = cx.Param("c", 0.0)
+
+        @cx.forward
+        def __call__(self, a, b, c):
+            return jnp.stack([a, b, c])
+
+    m = Three()
+    m = m.set("c", cx.Pointer(lambda b: b + 1, m.b))
+    m = m.set("b", cx.Pointer(lambda a: a * 10, m.a))
+    f = cx.compile(m)
+    assert f(jnp.array([3.0])).tolist() == [3.0, 30.0, 31.0]
+    del base
+
+
+def test_no_retrace_across_data_swaps(data):
+    like = stage3_model(data)
+    traces = []
+
+    @jax.jit
+    def run(f, x):
+        traces.append(1)
+        return f(x)
+
+    for i in range(100):
+        f = cx.compile(like.set("data", data.images * (1.0 + 0.001 * i)))
+        run(f, f.init)
+    assert len(traces) == 1
+
+
+def test_direct_call_traces_once(data):
+    f = cx.compile(stage2_model(data))
+    f(f.init)
+    n = f._direct._cache_size()
+    for i in range(5):
+        f(f.init + i)
+    assert f._direct._cache_size() == n == 1
+
+
+def test_valid_programs(data):
+    like = stage3_model(data)
+    f = cx.compile(like)
+    fv = cx.compile(like, valid=True)
+    u = fv.init
+    np.testing.assert_allclose(f.from_valid(f.to_valid(f.init)), f.init, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(u, f.to_valid(f.init), rtol=1e-6)
+    assert float(fv(u)) == pytest.approx(float(f(f.init)), rel=1e-6)
+    jac = jax.jacobian(f.from_valid)(u)
+    _, logdet = jnp.linalg.slogdet(jac)
+    assert float(f.log_det_jacobian(u)) == pytest.approx(float(logdet), rel=1e-4, abs=1e-4)
+
+
+def test_log_prior():
+    import numpyro.distributions as dist
+
+    class M(cx.Module):
+        a: cx.Param
+        b: cx.Param
+
+        def __init__(self):
+            super().__init__("m")
+            self.a = cx.Param("a", 0.5, dynamic=True, prior=dist.Normal(0.0, 2.0))
+            self.b = cx.Param("b", [1.0, 2.0], dynamic=True)
+
+        @cx.forward
+        def __call__(self, a, b):
+            return a + b.sum()
+
+    f = cx.compile(M())
+    expected = dist.Normal(0.0, 2.0).log_prob(0.5)
+    assert float(f.log_prior(f.init)) == pytest.approx(float(expected))
+
+
+def test_batch_axes_vmap_matches_loop(data):
+    """The hierarchical stage: one image model vmapped over 5 epochs with a batched
+    param (the SN flux per epoch) equals a Python loop over epochs."""
+    fluxes = data.true_flux
+    sn = Gaussian("sn", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=fluxes)
+    assert sn.flux.batch_shape == (5,)
+    axes = cx.batch_axes(sn)
+    images = jax.vmap(lambda m: m.brightness(data.x, data.y), in_axes=(axes,))(sn)
+    loop = jnp.stack([sn.set("flux", f).brightness(data.x, data.y) for f in fluxes])
+    np.testing.assert_allclose(images, loop, rtol=1e-6)
+    # a batched *dynamic* param takes prod(batch + shape) entries
+    f = cx.compile(sn.to_dynamic("flux"), "brightness", data.x, data.y)
+    assert f.size == 5
+
+
+def test_hierarchical_equals_joint(data):
+    f3 = cx.compile(stage3_model(data))
+    fh = cx.compile(hierarchical_model(data))
+    # hierarchical order: SN x0, galaxy (5 entries + x0), light curve
+    x3 = f3.init
+    xh = jnp.concatenate([x3[:2], x3[5:], x3[2:5]])
+    assert float(fh(xh)) == pytest.approx(float(f3(x3)), rel=1e-5)
+    assert fh.names[-3:] == ["lightcurve.t0", "lightcurve.sigma", "lightcurve.peak_flux"]
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_wrong_vector_length_and_dtype(data):
+    f = cx.compile(stage3_model(data))
+    with pytest.raises(cx.ShapeError, match=r"shape \(11,\).*model.models\[0\].models\[0\].x0\[2\]"):
+        f(jnp.zeros(10))
+    with pytest.raises(cx.ShapeError, match="floating-point"):
+        f(jnp.zeros(11, dtype=jnp.int32))
+    with pytest.raises(cx.ShapeError, match="takes 1 flat vector"):
+        f(f.init, f.init)
+
+
+def test_nan_in_dynamic_value_and_missing_value():
+    with pytest.raises(cx.ParamError, match="'a' holds a non-finite"):
+        cx.compile(Line("l", float("nan"), 1.0).to_dynamic("a"), "__call__", 1.0).init
+    with pytest.raises(cx.ParamError, match="'a' has no value"):
+        Line("l", None, 1.0).get_values()
+    f = cx.compile(Line("l", None, 1.0), "__call__", 2.0)  # compiles; user supplies x
+    assert float(f(jnp.array([3.0]))) == 7.0
+
+
+def test_not_a_module():
+    with pytest.raises(cx.GraphError, match="needs a caskax Module"):
+        cx.compile(lambda x: x)
+    with pytest.raises(cx.GraphError, match="no method 'nope'"):
+        cx.compile(Line(), "nope")
+
+
+def test_pointer_input_not_in_tree_is_held_as_child():
+    outside = cx.Param("outside", 2.0, dynamic=True)
+    line = Line("l", 1.0, 0.0).set("b", cx.Pointer(lambda o: o * 3, outside))
+    assert [p.name for p in line.dynamic_params] == ["outside"]
+    with pytest.raises(cx.GraphError, match="not in the tree"):
+        line.to_static(cx.Param("stranger", 1.0))
