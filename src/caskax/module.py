@@ -40,7 +40,7 @@ class Module(eqx.Module):
         ...     def __call__(self, x, slope):
         ...         return slope * x
         >>> line = Line(slope=2.0)
-        >>> float(line(3.0)), float(line(3.0, [5.0]))  # second call fills from params
+        >>> float(line(3.0)), float(line.to_dynamic()(3.0, [5.0]))  # fill from params
         (6.0, 15.0)
     """
 

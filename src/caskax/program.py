@@ -345,7 +345,7 @@ def compile(module, method: str = "__call__", *args, valid: bool = False, **kwar
         ...     def __call__(self, a):
         ...         return a**2
         >>> f = cx.compile(Sq())
-        >>> float(f(f.init)), float(jax.grad(f)(f.init))
+        >>> float(f(f.init)), float(jax.grad(f)(f.init)[0])
         (9.0, 6.0)
     """
     if not graph.is_node(module) or isinstance(module, type):
