@@ -1,14 +1,25 @@
 """caskax: build scientific simulators from immutable modules and params, then run
 them as pure JAX functions of one flat vector."""
 
-from . import transforms as transforms
+from . import plot as plot, transforms as transforms
 from .errors import (
     CaskaxError as CaskaxError,
     CaskaxWarning as CaskaxWarning,
     FillError as FillError,
     GraphError as GraphError,
+    InferenceError as InferenceError,
     ParamError as ParamError,
     ShapeError as ShapeError,
+    StateFileError as StateFileError,
+)
+from .infer import (
+    Chains as Chains,
+    FitResult as FitResult,
+    Laplace as Laplace,
+    fit as fit,
+    laplace as laplace,
+    numpyro_model as numpyro_model,
+    nuts as nuts,
 )
 from .module import Module as Module, batch_axes as batch_axes, forward as forward
 from .param import Param as Param, Pointer as Pointer
@@ -16,11 +27,25 @@ from .program import LayoutRow as LayoutRow, Program as Program, compile as comp
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # ``cx.io`` imports h5py; load it on first use so ``import caskax`` stays light.
+    if name == "io":
+        import importlib
+
+        return importlib.import_module(".io", __name__)
+    raise AttributeError(f"module 'caskax' has no attribute {name!r}")
+
+
 __all__ = [
     "CaskaxError",
     "CaskaxWarning",
+    "Chains",
     "FillError",
+    "FitResult",
     "GraphError",
+    "InferenceError",
+    "Laplace",
     "LayoutRow",
     "Module",
     "Param",
@@ -28,8 +53,15 @@ __all__ = [
     "Pointer",
     "Program",
     "ShapeError",
+    "StateFileError",
     "batch_axes",
     "compile",
+    "fit",
     "forward",
+    "laplace",
+    "numpyro_model",
+    "nuts",
+    "io",
+    "plot",
     "transforms",
 ]

@@ -26,5 +26,16 @@ class FillError(CaskaxError, ValueError):
     """Values given to fill a module's dynamic params do not match its layout."""
 
 
+class InferenceError(CaskaxError, ValueError):
+    """An inference call cannot run as asked: a non-finite log-density at the start, a
+    Hessian that is not negative definite, chains that do not match the Program, or an
+    option that does not fit the machine (say, chains not divisible by devices)."""
+
+
 class CaskaxWarning(UserWarning):
     """A suspicious but legal input, such as a value outside a param's valid range."""
+
+
+class StateFileError(CaskaxError, OSError):
+    """An HDF5 state file cannot be used as asked: not HDF5, no group for the model,
+    not appendable, or a sample index out of range."""

@@ -1,0 +1,273 @@
+"""MCMC chains: draws, sampler diagnostics, the adapted kernel, and HDF5 files."""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import InferenceError
+from ._target import names_of, split_by_name
+
+__all__ = ["Chains", "Summary"]
+
+_ARRAYS = (
+    "samples", "log_density", "divergences", "num_steps", "acceptance_rate",
+    "step_size", "inverse_mass_matrix", "last_position",
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Chains:
+    """Draws from `nuts` and what is needed to continue them.
+
+    **Fields** (numpy arrays, ``C`` chains of ``D`` draws of ``n`` entries):
+
+    - ``samples`` ``[C, D, n]``: draws in constrained space (the Program's ``x``).
+    - ``log_density`` ``[C, D]``: the sampled log-density at each draw (in the space
+      sampled: it includes ``log_prior`` and, with ``valid=True``, the Jacobian).
+    - ``divergences`` ``[C, D]`` (bool), ``num_steps`` ``[C, D]`` (leapfrog steps),
+      ``acceptance_rate`` ``[C, D]``.
+    - ``step_size`` ``[C]``, ``inverse_mass_matrix`` ``[C, n]`` or ``[C, n, n]``,
+      ``last_position`` ``[C, n]``: the adapted kernel and the last state, in the
+      sampled space (``u`` when ``unconstrained``), used by ``nuts(..., resume=chains)``.
+    - ``layout``: ``((name, shape), ...)`` per param; ``unconstrained``: the space
+      sampled; ``num_warmup``: warmup steps run.
+
+    Example:
+        >>> import caskax as cx, numpy as np
+        >>> c = cx.Chains.from_arrays(np.zeros((2, 3, 1)), layout=(("a", ()),))
+        >>> c.by_name()["a"].shape
+        (2, 3)
+    """
+
+    samples: np.ndarray
+    log_density: np.ndarray
+    divergences: np.ndarray
+    num_steps: np.ndarray
+    acceptance_rate: np.ndarray
+    step_size: np.ndarray
+    inverse_mass_matrix: np.ndarray
+    last_position: np.ndarray
+    layout: tuple
+    unconstrained: bool = True
+    num_warmup: int = 0
+
+    @classmethod
+    def from_arrays(cls, samples, layout=None, **fields) -> "Chains":
+        """Chains from a ``[C, D, n]`` array (other fields default to zeros)."""
+        samples = np.asarray(samples)
+        c, d, n = samples.shape
+        if layout is None:
+            layout = tuple((f"x[{i}]", ()) for i in range(n))
+        defaults = dict(
+            log_density=np.zeros((c, d)), divergences=np.zeros((c, d), bool),
+            num_steps=np.zeros((c, d), np.int32), acceptance_rate=np.ones((c, d)),
+            step_size=np.ones(c), inverse_mass_matrix=np.ones((c, n)),
+            last_position=samples[:, -1] if d else np.zeros((c, n)),
+        )
+        defaults.update(fields)
+        return cls(samples=samples, layout=tuple(layout), **defaults)
+
+    # -- shape and names ---------------------------------------------------------------
+    @property
+    def num_chains(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return self.samples.shape[1]
+
+    @property
+    def names(self) -> list:
+        """One label per entry (``"SN.x0[1]"``)."""
+        return names_of(self.layout)
+
+    def __repr__(self):
+        return (
+            f"Chains({self.num_chains} chains x {self.num_draws} draws, "
+            f"{self.samples.shape[2]} entries, {int(np.sum(self.divergences))} divergences)"
+        )
+
+    def by_name(self) -> dict:
+        """``{param name: array[C, D, *param shape]}``."""
+        return split_by_name(self.layout, self.samples, self.samples.shape[:2])
+
+    def concatenate(self, later: "Chains") -> "Chains":
+        """These draws followed by ``later``'s (same chains); the kernel and last
+        position are ``later``'s."""
+        if later.layout != self.layout or later.num_chains != self.num_chains:
+            raise InferenceError("Chains.concatenate: the chains differ in layout or count.")
+        joined = {
+            k: np.concatenate([getattr(self, k), getattr(later, k)], axis=1)
+            for k in ("samples", "log_density", "divergences", "num_steps", "acceptance_rate")
+        }
+        return dataclasses.replace(later, num_warmup=self.num_warmup, **joined)
+
+    # -- diagnostics --------------------------------------------------------------------
+    def summary(self, prob: float = 0.90) -> "Summary":
+        """Per-entry mean, sd, central ``prob`` interval, bulk and tail ESS and
+        rank-normalised split R-hat (Vehtari et al. 2021, as in ArviZ and Stan), with
+        numpyro's ESS and split-R-hat estimators.
+
+        Returns a `Summary`: ``str()`` is a table, ``summary[name]`` a dict of floats.
+        """
+        x = np.asarray(self.samples, np.float64)
+        lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
+        cols = {
+            "mean": x.mean(axis=(0, 1)),
+            "sd": x.std(axis=(0, 1), ddof=1) if x.shape[0] * x.shape[1] > 1 else np.zeros(x.shape[2]),
+            f"{100 * lo:g}%": np.quantile(x, lo, axis=(0, 1)),
+            f"{100 * hi:g}%": np.quantile(x, hi, axis=(0, 1)),
+            **_diagnostics(x),
+        }
+        rows = {name: {k: float(v[i]) for k, v in cols.items()} for i, name in enumerate(self.names)}
+        return Summary(rows, int(np.sum(self.divergences)))
+
+    def to_arviz(self):
+        """An ``arviz.InferenceData`` with one posterior variable per param (shaped like
+        the param) and sample stats ``lp``, ``diverging``, ``n_steps``,
+        ``acceptance_rate``, ``step_size``."""
+        import arviz as az
+
+        steps = np.broadcast_to(self.step_size[:, None], self.log_density.shape)
+        return az.from_dict(
+            posterior=self.by_name(),
+            sample_stats={
+                "lp": self.log_density, "diverging": self.divergences,
+                "n_steps": self.num_steps, "acceptance_rate": self.acceptance_rate,
+                "step_size": np.asarray(steps),
+            },
+        )
+
+    # -- files --------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the chains to an HDF5 file (atomically: a temporary file, then
+        ``os.replace``). Read back with ``Chains.load(path)``."""
+        import h5py
+
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as h5:
+                group = h5.create_group("chains")
+                for k in _ARRAYS:
+                    group.create_dataset(k, data=np.asarray(getattr(self, k)))
+                group.attrs["layout"] = json.dumps([[n, list(s)] for n, s in self.layout])
+                group.attrs["unconstrained"] = bool(self.unconstrained)
+                group.attrs["num_warmup"] = int(self.num_warmup)
+                group.attrs["format"] = "caskax.Chains/1"
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> "Chains":
+        """Read chains written by `save`."""
+        import h5py
+
+        with h5py.File(os.fspath(path), "r") as h5:
+            if "chains" not in h5:
+                raise InferenceError(f"{path} holds no caskax chains (no 'chains' group).")
+            group = h5["chains"]
+            arrays = {k: group[k][()] for k in _ARRAYS}
+            layout = tuple((n, tuple(s)) for n, s in json.loads(group.attrs["layout"]))
+            return cls(
+                **arrays, layout=layout, unconstrained=bool(group.attrs["unconstrained"]),
+                num_warmup=int(group.attrs["num_warmup"]),
+            )
+
+
+def _split(x):
+    """[C, D, n] -> [2C, D // 2, n]: each chain cut in halves (the first draw dropped
+    when D is odd)."""
+    half = x.shape[1] // 2
+    x = x[:, x.shape[1] - 2 * half :]
+    return np.concatenate([x[:, :half], x[:, half:]], axis=0)
+
+
+def _rank_normal(x):
+    """Pooled ranks mapped through the normal quantile function (Vehtari et al. 2021)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    flat = x.reshape(-1, x.shape[-1])
+    ranks = rankdata(flat, axis=0, method="average")
+    return ndtri((ranks - 0.375) / (flat.shape[0] + 0.25)).reshape(x.shape)
+
+
+def _diagnostics(x) -> dict:
+    """ess_bulk, ess_tail and r_hat of ``x`` [C, D, n], with numpyro's estimators."""
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+    n = x.shape[-1]
+    if x.shape[1] < 4:
+        nan = np.full(n, np.nan)
+        return {"ess_bulk": nan, "ess_tail": nan, "r_hat": nan}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ess_bulk = effective_sample_size(_rank_normal(_split(x)))
+        lo, hi = np.quantile(x, [0.05, 0.95], axis=(0, 1))
+        tails = [effective_sample_size(_split((x <= q).astype(np.float64))) for q in (lo, hi)]
+        ess_tail = np.minimum(*tails)
+        folded = np.abs(x - np.median(x, axis=(0, 1)))
+        if x.shape[0] * (x.shape[1] // 2) > 1:
+            r_hat = np.maximum(split_gelman_rubin(_rank_normal(x)), split_gelman_rubin(_rank_normal(folded)))
+        else:
+            r_hat = np.full(n, np.nan)
+    return {
+        "ess_bulk": np.reshape(ess_bulk, n), "ess_tail": np.reshape(ess_tail, n),
+        "r_hat": np.reshape(r_hat, n),
+    }
+
+
+class Summary:
+    """A summary table of chains: ``str(summary)`` prints it, ``summary[name]`` is a
+    dict of the columns for one entry, ``summary.rows`` all of them."""
+
+    def __init__(self, rows: dict, divergences: int = 0):
+        self.rows = rows
+        self.divergences = divergences
+
+    def __getitem__(self, name) -> dict:
+        return self.rows[name]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    @property
+    def columns(self) -> list:
+        return list(next(iter(self.rows.values())).keys()) if self.rows else []
+
+    def __str__(self):
+        width = max([len("name")] + [len(n) for n in self.rows])
+        head = f"{'name':<{width}}" + "".join(f"{c:>11}" for c in self.columns)
+        lines = [head]
+        for name, row in self.rows.items():
+            cells = "".join(
+                f"{v:>11.1f}" if c.startswith("ess") else f"{v:>11.4g}" for c, v in row.items()
+            )
+            lines.append(f"{name:<{width}}{cells}")
+        lines.append(f"divergences: {self.divergences}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _check_layout(chains: Chains, layout: tuple, unconstrained: bool):
+    """Raise unless ``chains`` were drawn from a Program with this layout."""
+    if tuple(chains.layout) != tuple(layout) or bool(chains.unconstrained) != bool(unconstrained):
+        raise InferenceError(
+            "nuts: resume chains do not match this Program: chains have layout "
+            f"{list(chains.layout)} (unconstrained={chains.unconstrained}), the Program has "
+            f"{list(layout)} (unconstrained={unconstrained}). Resume only with chains from "
+            "the same model and the same valid= setting."
+        )
+    n = sum(math.prod(s) for _, s in layout)
+    if chains.last_position.shape[-1] != n:
+        raise InferenceError(f"nuts: resume chains hold {chains.last_position.shape[-1]} entries, expected {n}.")

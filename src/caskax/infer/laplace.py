@@ -1,0 +1,133 @@
+"""The Laplace approximation: a Gaussian from the curvature of ``f`` at its maximum."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import InferenceError
+from ..program import Program
+from ._target import check_program, layout_of, names_of, start_vector
+
+__all__ = ["laplace", "Laplace"]
+
+
+class Laplace(eqx.Module):
+    """A Gaussian approximation ``N(mean, cov)``; ``sigma = sqrt(diag(cov))``.
+
+    ``names`` (static) labels the entries. Unpacks like a tuple:
+    ``mean, cov, sigma = cx.laplace(f, x)``.
+    """
+
+    mean: jax.Array
+    cov: jax.Array
+    sigma: jax.Array
+    names: tuple = eqx.field(static=True, default=())
+
+    def __iter__(self):
+        return iter((self.mean, self.cov, self.sigma))
+
+    def sample(self, key, shape=()):
+        """Draws from ``N(mean, cov)``, shaped ``shape + mean.shape``."""
+        return jax.random.multivariate_normal(key, self.mean, self.cov, shape, method="eigh")
+
+
+@eqx.filter_jit
+def _hessian(f, x):
+    return jax.hessian(lambda x: jnp.asarray(f(x)))(x)
+
+
+def _resolve_subset(f, subset, names) -> list:
+    """Targets (names, param labels, indices or Param objects) -> entry indices."""
+    rows = f.layout if isinstance(f, Program) else ()
+    out = []
+    for item in subset:
+        if isinstance(item, (int, np.integer)):
+            if not -len(names) <= int(item) < len(names):
+                raise InferenceError(f"laplace: subset index {item} out of range for {len(names)} entries.")
+            out.append(int(item) % len(names))
+            continue
+        if isinstance(item, str) and item in names:
+            out.append(names.index(item))
+            continue
+        uid = getattr(item, "uid", None)
+        match = [r for r in rows if (isinstance(item, str) and item in (r.name, r.path)) or (uid is not None and r.uid == uid)]
+        if not match:
+            raise InferenceError(
+                f"laplace: subset entry {item!r} is neither an index, an entry name nor a "
+                f"dynamic param of f. Entries: {names}."
+            )
+        out.extend(range(match[0].slice.start, match[0].slice.stop))
+    return out
+
+
+def _not_definite(a: np.ndarray, names: list) -> InferenceError:
+    """Explain why ``a = -hessian`` has no Cholesky factor, naming entries."""
+    bad_rows = [i for i in range(len(a)) if not np.all(np.isfinite(a[i]))]
+    if bad_rows:
+        which = [names[i] for i in bad_rows]
+        reason = f"the Hessian is not finite in the rows of {which}"
+    else:
+        diag = np.diag(a)
+        which = [names[i] for i in np.flatnonzero(diag <= 0)]
+        if which:
+            reason = f"f is flat or curves upward along {which} (d2f/dx2 >= 0)"
+        else:
+            d = 1 / np.sqrt(diag)
+            vals, vecs = np.linalg.eigh(a * d[:, None] * d[None, :])
+            bad = vecs[:, vals <= 0]
+            weight = np.max(np.abs(bad), axis=1) if bad.size else np.zeros(len(a))
+            which = [names[i] for i in np.flatnonzero(weight >= 0.3 * weight.max())]
+            reason = f"f curves upward along a combination of {which} (a saddle point or a degeneracy)"
+    return InferenceError(
+        f"laplace: -hessian(f) is not positive definite at x: {reason}. "
+        "Laplace needs a maximum: fit first (cx.fit), or fix or reparametrise those params."
+    )
+
+
+def laplace(f, x, subset=None) -> Laplace:
+    """The Laplace approximation of ``f`` at ``x``: ``cov = inv(-hessian(f)(x))``.
+
+    ``x`` should be a maximum of ``f`` (a `fit` result). The Hessian is symmetrised,
+    scaled to unit diagonal (float32 Hessians span many decades) and inverted through
+    its Cholesky factor. If ``-hessian`` is not positive definite at ``x`` an
+    `InferenceError` names the offending entries.
+
+    **Arguments:**
+
+    - ``f``: a caskax `Program` or a function of a flat vector.
+    - ``x``: the point, in ``f``'s input space.
+    - ``subset``: optional list of entry names (``"SN.x0[1]"``), param names or paths
+      (``"SN.x0"``, all its entries), Param objects or indices; the result is then the
+      marginal Gaussian of those entries.
+
+    **Returns:** `Laplace` ``(mean, cov, sigma)``.
+
+    Example:
+        >>> import caskax as cx, jax.numpy as jnp
+        >>> f = lambda x: -0.5 * jnp.sum((x / jnp.array([1.0, 3.0])) ** 2)
+        >>> [round(s, 4) for s in cx.laplace(f, jnp.zeros(2)).sigma.tolist()]
+        [1.0, 3.0]
+    """
+    check_program(f, "laplace")
+    x = start_vector(f, x, "laplace")
+    names = names_of(layout_of(f, int(x.shape[0])))
+    hess = np.asarray(_hessian(f, x), dtype=np.float64)
+    a = -0.5 * (hess + hess.T)
+    diag = np.diag(a)
+    if not (np.all(np.isfinite(a)) and np.all(diag > 0)):
+        raise _not_definite(a, names)
+    d = 1 / np.sqrt(diag)
+    try:
+        chol = np.linalg.cholesky(a * d[:, None] * d[None, :])
+    except np.linalg.LinAlgError:
+        raise _not_definite(a, names) from None
+    inv_chol = np.linalg.solve(chol, np.eye(len(a)))
+    cov = (inv_chol.T @ inv_chol) * d[:, None] * d[None, :]
+    mean = np.asarray(x)
+    if subset is not None:
+        idx = _resolve_subset(f, list(subset), names)
+        mean, cov, names = mean[idx], cov[np.ix_(idx, idx)], [names[i] for i in idx]
+    dtype = x.dtype
+    cov = jnp.asarray(cov, dtype=dtype)
+    return Laplace(jnp.asarray(mean, dtype), cov, jnp.sqrt(jnp.diag(cov)), tuple(names))

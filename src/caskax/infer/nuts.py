@@ -1,0 +1,370 @@
+"""NUTS on a Program with blackjax: window adaptation, then blocks of draws.
+
+Layout of a run: ``init -> warmup (blackjax.window_adaptation) -> sample blocks``. Each
+stage is one jitted function of ``(target, per-chain arrays)``, mapped over chains by
+``jax.vmap`` ("vectorized"), a Python loop ("sequential") or ``jax.shard_map`` over
+``jax.devices()`` ("sharded"). The Program travels as a jit argument, so a second run
+on the same Program (or one with new data of the same shapes) reuses compiled code.
+"""
+
+import math
+import warnings
+from typing import NamedTuple
+
+import blackjax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+from jax.sharding import Mesh, PartitionSpec
+
+from ..errors import CaskaxWarning, InferenceError
+from .chains import Chains, _check_layout
+from .fit import fit
+from .laplace import laplace
+from ._target import (
+    Target,
+    check_finite_start,
+    check_program,
+    constrained_init,
+    layout_of,
+    start_vector,
+)
+
+__all__ = ["nuts"]
+
+_CHAIN_METHODS = ("vectorized", "sequential", "sharded")
+_DENSE_MAX = 50  # dense mass matrix up to this many entries
+_SEED_SHRINKAGE = 20.0  # pseudo-count keeping a Laplace seed through the first windows
+
+
+class _Warmup(NamedTuple):
+    """Static settings of the jitted warmup (Python values only)."""
+
+    num_warmup: int
+    dense: bool
+    seeded: bool
+    fixed_metric: bool  # adapt the step size only (a Laplace-seeded mass matrix)
+
+
+class _Sampling(NamedTuple):
+    """Static settings of the jitted sampler (kept apart so that any warmup setting
+    reuses one compiled sampler)."""
+
+    thin: int
+
+
+# -- per-chain stages ----------------------------------------------------------------------
+def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
+    """One chain's window adaptation: (NUTS state, step size, inverse mass matrix)."""
+    logdensity = target.logdensity
+    if cfg.num_warmup == 0:
+        return blackjax.nuts.init(z0, logdensity), jnp.ones((), z0.dtype), imm_seed
+    if cfg.fixed_metric:
+        return _step_size_warmup(logdensity, key, z0, imm_seed, cfg.num_warmup)
+    warmup = blackjax.window_adaptation(
+        blackjax.nuts,
+        logdensity,
+        is_mass_matrix_diagonal=not cfg.dense,
+        initial_inverse_mass_matrix=imm_seed if cfg.seeded else None,
+        imm_shrinkage_to_previous=_SEED_SHRINKAGE if cfg.seeded else 0.0,
+        adaptation_info_fn=get_filter_adapt_info_fn(),
+    )
+    (state, params), _ = warmup.run(key, z0, num_steps=cfg.num_warmup)
+    return state, params["step_size"], params["inverse_mass_matrix"]
+
+
+def _step_size_warmup(logdensity, key, z0, imm, num_steps):
+    """Dual-averaging step-size adaptation with a fixed mass matrix (Stan's fast
+    window): enough when the metric already matches the posterior's scales."""
+    da_init, da_update, da_final = blackjax.adaptation.step_size.dual_averaging_adaptation(0.8)
+
+    def one(carry, key):
+        state, da = carry
+        kernel = blackjax.nuts(logdensity, jnp.exp(da.log_step_size), imm)
+        state, info = kernel.step(key, state)
+        return (state, da_update(da, info.acceptance_rate)), None
+
+    init = (blackjax.nuts.init(z0, logdensity), da_init(jnp.ones((), z0.dtype)))
+    (state, da), _ = jax.lax.scan(one, init, jax.random.split(key, num_steps))
+    return state, da_final(da).astype(z0.dtype), imm
+
+
+class _Draw(NamedTuple):
+    x: jax.Array
+    log_density: jax.Array
+    divergent: jax.Array
+    num_steps: jax.Array
+    acceptance_rate: jax.Array
+
+
+def _sample_one(target, state, keys, step_size, imm, cfg: _Sampling):
+    """One chain, one block: ``keys`` is ``[draws, thin]``; returns (state, _Draw)."""
+    kernel = blackjax.nuts(target.logdensity, step_size, imm)
+
+    def transition(state, key):
+        return kernel.step(key, state)
+
+    def draw(state, thin_keys):
+        state, info = jax.lax.scan(transition, state, thin_keys)
+        out = _Draw(
+            target.to_x(state.position),
+            state.logdensity,
+            jnp.any(info.is_divergent),
+            jnp.sum(info.num_integration_steps),
+            jnp.mean(info.acceptance_rate),
+        )
+        return state, out
+
+    return jax.lax.scan(draw, state, keys)
+
+
+def _init_one(target, z, cfg):
+    return blackjax.nuts.init(z, target.logdensity)
+
+
+# -- mapping over chains ---------------------------------------------------------------------
+@eqx.filter_jit
+def _vectorized(fn, target, args, cfg):
+    return jax.vmap(lambda *a: fn(target, *a, cfg))(*args)
+
+
+@eqx.filter_jit
+def _single(fn, target, args, cfg):
+    return fn(target, *args, cfg)
+
+
+@eqx.filter_jit
+def _sharded(fn, target, args, cfg, mesh):
+    dynamic, static = eqx.partition(target, eqx.is_array)
+
+    def body(dynamic, *chunk):
+        local = eqx.combine(dynamic, static)
+        return jax.vmap(lambda *a: fn(local, *a, cfg))(*chunk)
+
+    spec = PartitionSpec("chains")
+    mapped = jax.shard_map(
+        body, mesh=mesh, in_specs=(PartitionSpec(),) + (spec,) * len(args), out_specs=spec,
+        check_vma=False,
+    )
+    return mapped(dynamic, *args)
+
+
+def _map_chains(fn, target, args, cfg, chain_method, mesh):
+    """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0."""
+    if chain_method == "vectorized":
+        return _vectorized(fn, target, tuple(args), cfg)
+    if chain_method == "sharded":
+        return _sharded(fn, target, tuple(args), cfg, mesh)
+    n = jax.tree.leaves(args)[0].shape[0]
+    outs = [_single(fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg) for c in range(n)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _block_size(total: int) -> int:
+    """Draws per jitted block: a divisor of ``total`` near ``total / 20``, so that every
+    block shares one compiled function (with or without a progress bar, so the
+    blocking never changes which function produced a draw)."""
+    if total <= 20:
+        return max(total, 1)
+    target = total / 20
+    divisors = [b for b in range(1, total + 1) if total % b == 0 and target / 2 <= b <= 2 * target]
+    return min(divisors, key=lambda b: abs(b - target)) if divisors else math.ceil(target)
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="draw")
+
+
+def _starts(target, f, x0, num_chains):
+    """Starting points in the sampled space, ``[num_chains, n]``, and whether they
+    were given per chain."""
+    if x0 is None:
+        x0 = constrained_init(f)
+    x0 = start_vector(f, x0, "nuts", lead_ok=True)
+    per_chain = x0.ndim == 2
+    if per_chain and x0.shape[0] != num_chains:
+        raise InferenceError(
+            f"nuts: x0 has {x0.shape[0]} rows but num_chains={num_chains}; give one start "
+            "for all chains (shape (n,)) or one per chain (shape (num_chains, n))."
+        )
+    x0 = x0 if per_chain else jnp.broadcast_to(x0, (num_chains, x0.shape[0]))
+    z0 = jax.vmap(target.to_z)(x0)
+    check_finite_start(target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1])
+    return z0, per_chain
+
+
+def _laplace_seed(target, z0, per_chain, key, dense):
+    """Fit the log-density from the first start, take its Laplace covariance at the
+    mode, and start the chains from draws of that Gaussian (unless starts were given
+    per chain). Falls back to the plain starts with a warning if either step fails."""
+    try:
+        res = fit(target.logdensity, z0[0])
+        if not bool(jnp.isfinite(res.value)):
+            raise InferenceError("the fit to the mode returned a non-finite log-density")
+        approx = laplace(target.logdensity, res.x)
+    except InferenceError as err:
+        warnings.warn(
+            f"nuts: inverse_mass_matrix='laplace' failed ({err}); adapting from the identity.",
+            CaskaxWarning, stacklevel=3,
+        )
+        return z0, None
+    if not per_chain:
+        draws = approx.sample(key, (z0.shape[0],))
+        ok = jnp.all(jnp.isfinite(jax.vmap(target.logdensity)(draws)))
+        z0 = draws if bool(ok) else jnp.broadcast_to(res.x, z0.shape)
+    seed = approx.cov if dense else jnp.diag(approx.cov)
+    return z0, seed
+
+
+def _resolve_chain_method(chain_method, num_chains):
+    if chain_method not in _CHAIN_METHODS:
+        raise InferenceError(f"nuts: chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}.")
+    if chain_method != "sharded":
+        return None
+    devices = jax.devices()
+    if num_chains % len(devices):
+        raise InferenceError(
+            f"nuts: chain_method='sharded' spreads chains evenly over {len(devices)} devices, "
+            f"but num_chains={num_chains} is not divisible by {len(devices)}. Use a multiple "
+            f"of {len(devices)} chains, or chain_method='vectorized'."
+        )
+    return Mesh(np.array(devices), ("chains",))
+
+
+# -- the public function -------------------------------------------------------------------------
+def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4,
+         progress: bool = True, valid: bool = True, inverse_mass_matrix="laplace",
+         chain_method: str = "vectorized", thin: int = 1, resume: Chains | None = None) -> Chains:
+    """Sample ``f`` with blackjax NUTS after Stan-style window adaptation.
+
+    The target density is ``f(x) + f.log_prior(x)``. With ``valid=True`` (default) the
+    sampler moves in unconstrained space ``u`` (``x = f.from_valid(u)``) and adds
+    ``f.log_det_jacobian(u)``, so bounded params are sampled correctly; a Program
+    compiled with ``valid=True`` takes ``u`` itself and is always sampled that way. A
+    plain function of a flat vector is sampled as is (then ``x0`` is required).
+
+    **Arguments:**
+
+    - ``key``: a ``jax.random.key``; the same key gives bit-identical chains.
+    - ``x0``: start in constrained space, ``(n,)`` for all chains or
+      ``(num_chains, n)``; default ``f``'s current values.
+    - ``inverse_mass_matrix``: ``"laplace"`` (the default): fit to the mode, take
+      the Laplace covariance there (dense for ``n <= 50``) as the mass matrix, start
+      the chains from draws of that Gaussian, and adapt only the step size during
+      warmup (dual averaging). For near-Gaussian posteriors whose scales differ a lot
+      this makes warmup far cheaper; ``num_warmup=200`` then usually suffices. If the
+      fit or the Laplace step fails it warns and falls back to window adaptation.
+      ``None``: Stan-style window adaptation from the identity (blackjax's default);
+      an array seeds window adaptation (``(n,)`` diagonal or ``(n, n)`` dense, in the
+      sampled space).
+    - ``chain_method``: ``"vectorized"`` (``vmap``), ``"sequential"`` (one chain at a
+      time) or ``"sharded"`` (over ``jax.devices()``; ``num_chains`` must divide evenly).
+    - ``thin``: keep every ``thin``-th draw (``num_samples`` draws are kept).
+    - ``progress``: a tqdm bar advancing per block of draws (no host sync per step).
+    - ``resume``: `Chains` from an earlier run on the same Program: skip warmup and
+      continue from their last state with their adapted step size and mass matrix;
+      the result holds the earlier draws followed by the new ones.
+
+    **Returns:** `Chains` (samples constrained, ``[num_chains, num_samples, n]``).
+
+    Example:
+        >>> import caskax as cx, jax, jax.numpy as jnp
+        >>> logp = lambda x: -0.5 * jnp.sum(x**2)
+        >>> chains = cx.nuts(logp, jax.random.key(0), jnp.zeros(2), num_warmup=100,
+        ...                  num_samples=100, num_chains=2, progress=False)
+        >>> chains.samples.shape
+        (2, 100, 2)
+    """
+    check_program(f, "nuts")
+    for name, value, low in (("num_samples", num_samples, 1), ("num_chains", num_chains, 1),
+                             ("thin", thin, 1), ("num_warmup", num_warmup, 0)):
+        if int(value) != value or value < low:
+            raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
+    target = Target(f, unconstrained=valid)
+    if resume is not None:
+        num_chains = resume.num_chains
+    mesh = _resolve_chain_method(chain_method, num_chains)
+    k_start, k_warm, k_draw = jax.random.split(key, 3)
+
+    if resume is not None:
+        size = resume.last_position.shape[-1]
+        _check_layout(resume, layout_of(f, size), target.unconstrained)
+        z0 = jnp.asarray(resume.last_position)
+        step_size = jnp.asarray(resume.step_size, dtype=z0.dtype)
+        imm = jnp.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
+        check_finite_start(target, z0, "nuts (resume)")
+        state = _map_chains(_init_one, target, (z0,), None, chain_method, mesh)
+        num_warmup = 0
+    else:
+        z0, per_chain = _starts(target, f, x0, num_chains)
+        n = z0.shape[-1]
+        seed = None
+        if isinstance(inverse_mass_matrix, str):
+            if inverse_mass_matrix != "laplace":
+                raise InferenceError(
+                    f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
+                )
+            z0, seed = _laplace_seed(target, z0, per_chain, k_start, dense=n <= _DENSE_MAX)
+        elif inverse_mass_matrix is not None:
+            seed = jnp.asarray(inverse_mass_matrix, dtype=z0.dtype)
+            if seed.shape not in ((n,), (n, n)):
+                raise InferenceError(
+                    f"nuts: inverse_mass_matrix has shape {seed.shape}, expected ({n},) or ({n}, {n})."
+                )
+        dense = seed is not None and seed.ndim == 2
+        seeded = seed is not None
+        if seed is None:
+            seed = jnp.ones((n,), z0.dtype)
+        laplace_seeded = seeded and isinstance(inverse_mass_matrix, str)
+        cfg = _Warmup(int(num_warmup), dense, seeded, laplace_seeded)
+        seeds = jnp.broadcast_to(seed, (num_chains,) + seed.shape)
+        bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
+        warm_keys = jax.random.split(k_warm, num_chains)
+        state, step_size, imm = _map_chains(
+            _warmup_one, target, (warm_keys, z0, seeds), cfg, chain_method, mesh
+        )
+        if bar is not None:
+            jax.block_until_ready(step_size)
+            bar.update(1)
+            bar.close()
+
+    # Draws, in blocks; the per-step keys do not depend on the blocking.
+    draw_keys = jax.vmap(lambda k: jax.random.split(k, num_samples * thin))(
+        jax.random.split(k_draw, num_chains)
+    ).reshape(num_chains, num_samples, thin)
+    block = _block_size(num_samples)
+    sampling = _Sampling(int(thin))
+    bar = _progress_bar(progress, num_samples, "sampling")
+    parts = []
+    for start in range(0, num_samples, block):
+        keys = draw_keys[:, start : start + block]
+        state, out = _map_chains(
+            _sample_one, target, (state, keys, step_size, imm), sampling, chain_method, mesh
+        )
+        parts.append(jax.tree.map(np.asarray, out))
+        if bar is not None:
+            bar.update(keys.shape[1])
+    if bar is not None:
+        bar.close()
+    out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts)))
+    chains = Chains(
+        samples=out.x,
+        log_density=out.log_density,
+        divergences=out.divergent.astype(bool),
+        num_steps=out.num_steps,
+        acceptance_rate=out.acceptance_rate,
+        step_size=np.asarray(step_size),
+        inverse_mass_matrix=np.asarray(imm),
+        last_position=np.asarray(state.position),
+        layout=layout_of(f, int(out.x.shape[-1])),
+        unconstrained=target.unconstrained,
+        num_warmup=int(num_warmup),
+    )
+    return resume.concatenate(chains) if resume is not None else chains

@@ -1,0 +1,287 @@
+"""cx.nuts and Chains: known posteriors, determinism, chain methods, files, resuming,
+and bad input. Small runs: every statistical check states its Monte-Carlo tolerance."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+import caskax as cx
+
+MEAN = np.array([1.0, -1.0])
+COV = np.array([[1.0, 0.8], [0.8, 1.0]]) * np.array([[1.0, 0.5], [0.5, 0.25]])  # sd 1, 0.5
+
+
+class Corr2D(cx.Module):
+    """A correlated 2-D Gaussian in one param ``z`` of shape (2,)."""
+
+    z: cx.Param
+    precision: jax.Array
+
+    def __init__(self):
+        super().__init__("corr")
+        self.z = cx.Param("z", [0.0, 0.0], shape=(2,), dynamic=True)
+        self.precision = jnp.asarray(np.linalg.inv(COV), dtype=jnp.float32)
+
+    @cx.forward
+    def loglike(self, z):
+        r = z - jnp.asarray(MEAN, z.dtype)
+        return -0.5 * r @ self.precision @ r
+
+
+class Coin(cx.Module):
+    """p in (0, 1): prior Beta(2, 1) (density 2p) times likelihood (1-p)^4 = Beta(2, 5)."""
+
+    p: cx.Param
+
+    def __init__(self):
+        super().__init__("coin")
+        self.p = cx.Param("p", 0.5, valid=(0, 1), dynamic=True, prior=dist.Beta(2.0, 1.0))
+
+    @cx.forward
+    def loglike(self, p):
+        return 4.0 * jnp.log1p(-p)
+
+
+BETA_MEAN = 2 / 7
+BETA_SD = np.sqrt(2 * 5 / (7**2 * 8))
+
+# Shared small settings: every run below reuses one compiled warmup and sampler.
+RUN = dict(num_warmup=300, num_samples=500, num_chains=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def corr():
+    return cx.compile(Corr2D(), "loglike")
+
+
+@pytest.fixture(scope="module")
+def coin():
+    return cx.compile(Coin(), "loglike")
+
+
+@pytest.fixture(scope="module")
+def corr_chains(corr):
+    return cx.nuts(corr, jax.random.key(1), **RUN)
+
+
+@pytest.fixture(scope="module")
+def coin_chains(coin):
+    return cx.nuts(coin, jax.random.key(2), **RUN)
+
+
+def _check_moments(samples, mean, sd, ess):
+    """Sample mean and sd within 4 Monte-Carlo standard errors (sd's MCSE taken as
+    sd / sqrt(2 ess), exact for a Gaussian, and widened 1.5x for skewed targets)."""
+    m = samples.mean(axis=(0, 1))
+    s = samples.std(axis=(0, 1))
+    np.testing.assert_array_less(np.abs(m - mean), 4 * sd / np.sqrt(ess))
+    np.testing.assert_array_less(np.abs(s - sd), 4 * 1.5 * sd / np.sqrt(2 * ess))
+
+
+def test_nuts_correlated_gaussian(corr_chains):
+    c = corr_chains
+    assert c.samples.shape == (4, 500, 2)
+    summary = c.summary()
+    ess = np.array([summary[n]["ess_bulk"] for n in c.names])
+    assert np.all(ess > 300)
+    assert all(summary[n]["r_hat"] < 1.01 for n in c.names)
+    assert int(c.divergences.sum()) == 0
+    _check_moments(c.samples, MEAN, np.sqrt(np.diag(COV)), ess)
+    corr = np.corrcoef(c.samples.reshape(-1, 2).T)[0, 1]
+    assert abs(corr - 0.8) < 0.05
+
+
+def test_nuts_beta_in_unconstrained_space(coin_chains):
+    c = coin_chains
+    p = c.by_name()["coin.p"]
+    assert p.shape == (4, 500)
+    assert np.all((p > 0) & (p < 1))
+    summary = c.summary()["coin.p"]
+    assert summary["r_hat"] < 1.01
+    assert int(c.divergences.sum()) == 0
+    _check_moments(c.samples, BETA_MEAN, BETA_SD, summary["ess_bulk"])
+
+
+def test_summary_table_and_columns(corr_chains):
+    summary = corr_chains.summary()
+    assert summary.columns == ["mean", "sd", "5%", "95%", "ess_bulk", "ess_tail", "r_hat"]
+    text = str(summary)
+    assert "corr.z[0]" in text and "r_hat" in text and "divergences: 0" in text
+
+
+def test_same_key_identical_different_key_differs(corr, corr_chains):
+    again = cx.nuts(corr, jax.random.key(1), **RUN)
+    np.testing.assert_array_equal(again.samples, corr_chains.samples)
+    np.testing.assert_array_equal(again.step_size, corr_chains.step_size)
+    other = cx.nuts(corr, jax.random.key(7), **RUN)
+    assert not np.array_equal(other.samples, corr_chains.samples)
+
+
+def test_progress_blocks_do_not_change_draws(corr, corr_chains, capsys):
+    shown = cx.nuts(corr, jax.random.key(1), **{**RUN, "progress": True})
+    np.testing.assert_array_equal(shown.samples, corr_chains.samples)
+
+
+def test_sequential_thinned_in_x_space(coin):
+    # valid=False samples x directly: the prior's support keeps p in (0, 1) (the
+    # log-density is -inf outside), and thinning keeps num_samples draws.
+    c = cx.nuts(coin, jax.random.key(3), num_warmup=300, num_samples=300, num_chains=2,
+                progress=False, valid=False, thin=2, chain_method="sequential")
+    assert c.samples.shape == (2, 300, 1) and not c.unconstrained
+    assert np.all(c.num_steps > 0)
+    summary = c.summary()["coin.p"]
+    assert summary["r_hat"] < 1.02
+    _check_moments(c.samples, BETA_MEAN, BETA_SD, summary["ess_bulk"])
+
+
+def test_laplace_seeded_mass_matrix(corr):
+    c = cx.nuts(corr, jax.random.key(5), **{**RUN, "num_warmup": 150},
+                inverse_mass_matrix="laplace")
+    assert c.inverse_mass_matrix.shape == (4, 2, 2)  # dense for small n
+    summary = c.summary()
+    ess = np.array([summary[n]["ess_bulk"] for n in c.names])
+    assert all(summary[n]["r_hat"] < 1.01 for n in c.names)
+    _check_moments(c.samples, MEAN, np.sqrt(np.diag(COV)), ess)
+
+
+def test_plain_function_and_named_arviz(corr_chains):
+    idata = corr_chains.to_arviz()
+    assert "corr.z" in idata.posterior
+    assert idata.posterior["corr.z"].shape == (4, 500, 2)
+    assert "diverging" in idata.sample_stats
+
+
+def test_save_load_round_trip(corr_chains, tmp_path):
+    path = tmp_path / "chains.h5"
+    corr_chains.save(path)
+    loaded = cx.Chains.load(path)
+    for field in ("samples", "log_density", "divergences", "step_size", "inverse_mass_matrix",
+                  "last_position", "num_steps", "acceptance_rate"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(corr_chains, field))
+    assert loaded.layout == corr_chains.layout
+    assert loaded.unconstrained == corr_chains.unconstrained
+    assert [p.name for p in tmp_path.iterdir()] == ["chains.h5"]  # no temporary left
+
+
+def test_resume_continues(coin, coin_chains, tmp_path):
+    coin_chains.save(tmp_path / "c.h5")
+    more = cx.nuts(coin, jax.random.key(9), num_samples=500, progress=False,
+                   resume=cx.Chains.load(tmp_path / "c.h5"))
+    assert more.samples.shape == (4, 1000, 1)
+    np.testing.assert_array_equal(more.samples[:, :500], coin_chains.samples)
+    np.testing.assert_array_equal(more.step_size, coin_chains.step_size)
+    # The continuation starts where the chains stopped: no burn-in transient.
+    new = more.samples[:, 500:]
+    assert abs(new.mean() - BETA_MEAN) < 4 * BETA_SD / np.sqrt(cx.Chains.from_arrays(new).summary()["x[0]"]["ess_bulk"])
+    assert not np.array_equal(new, coin_chains.samples)
+
+
+def test_resume_with_other_layout_fails(corr, coin_chains):
+    with pytest.raises(cx.InferenceError, match="resume"):
+        cx.nuts(corr, jax.random.key(0), num_samples=10, progress=False, resume=coin_chains)
+
+
+def test_numpyro_nuts_agrees_with_cx_nuts(coin, coin_chains):
+    # The bridge gives numpyro the same target: prior Beta(2, 1) as the site's
+    # distribution (support (0, 1), so numpyro also samples in logit space) and the
+    # likelihood as a factor.
+    from numpyro.infer import MCMC, NUTS
+
+    mcmc = MCMC(NUTS(cx.numpyro_model(coin)), num_warmup=300, num_samples=500, num_chains=2,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(0))
+    theirs = np.asarray(mcmc.get_samples()["coin.p"])
+    ours = coin_chains.samples[..., 0].ravel()
+    ess = coin_chains.summary()["coin.p"]["ess_bulk"]
+    # Two independent estimates: MCSE of the difference, numpyro's ESS taken as
+    # no better than ours per draw.
+    se = np.sqrt(ours.var() / ess + theirs.var() / (ess * theirs.size / ours.size))
+    assert abs(ours.mean() - theirs.mean()) < 4 * se
+    assert abs(theirs.mean() - BETA_MEAN) < 4 * BETA_SD / np.sqrt(ess * theirs.size / ours.size)
+    np.testing.assert_allclose(theirs.std(), ours.std(), rtol=0.15)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+class Sqrt(cx.Module):
+    a: cx.Param
+    b: cx.Param
+
+    def __init__(self, a=4.0, b=1.0, dynamic=True):
+        super().__init__("sqrt")
+        self.a = cx.Param("a", a, dynamic=dynamic)
+        self.b = cx.Param("b", b, dynamic=dynamic)
+
+    @cx.forward
+    def loglike(self, a, b):
+        return jnp.log(a) - 0.5 * b**2
+
+
+def test_non_finite_start_names_param():
+    f = cx.compile(Sqrt(a=-1.0), "loglike")
+    with pytest.raises(cx.InferenceError, match=r"sqrt\.a"):
+        cx.nuts(f, jax.random.key(0), num_warmup=10, num_samples=10, progress=False)
+
+
+def test_wrong_x0_length(corr):
+    with pytest.raises(cx.ShapeError, match=r"corr\.z"):
+        cx.nuts(corr, jax.random.key(0), x0=jnp.zeros(3), num_warmup=10, num_samples=10, progress=False)
+    with pytest.raises(cx.InferenceError, match="num_chains"):
+        cx.nuts(corr, jax.random.key(0), x0=jnp.zeros((3, 2)), num_warmup=10, num_samples=10,
+                progress=False)
+
+
+def test_no_dynamic_params():
+    f = cx.compile(Sqrt(dynamic=False), "loglike")
+    with pytest.raises(cx.InferenceError, match="no dynamic params"):
+        cx.nuts(f, jax.random.key(0), progress=False)
+    with pytest.raises(cx.InferenceError, match="no dynamic params"):
+        cx.fit(f)
+
+
+def test_bad_options(corr):
+    with pytest.raises(cx.InferenceError, match="chain_method"):
+        cx.nuts(corr, jax.random.key(0), chain_method="threads", progress=False)
+    with pytest.raises(cx.InferenceError, match="inverse_mass_matrix"):
+        cx.nuts(corr, jax.random.key(0), inverse_mass_matrix=jnp.ones(3), progress=False)
+
+
+SHARDED = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    import caskax as cx
+    assert len(jax.devices()) == 4
+    logp = lambda x: -0.5 * jnp.sum((x / jnp.array([1.0, 0.5])) ** 2)
+    # No warmup (one compile less): the exact mass matrix makes step size 1 fine.
+    c = cx.nuts(logp, jax.random.key(0), jnp.zeros(2), num_warmup=0, num_samples=300,
+                num_chains=8, progress=False, chain_method="sharded",
+                inverse_mass_matrix=jnp.array([1.0, 0.25]))
+    assert c.samples.shape == (8, 300, 2), c.samples.shape
+    s = c.summary()
+    assert max(s[n]["r_hat"] for n in c.names) < 1.02
+    assert abs(c.samples[..., 1].std() - 0.5) < 0.05
+    assert c.samples.std(axis=1).min() > 0.2  # every shard's chains moved
+    try:
+        cx.nuts(logp, jax.random.key(0), jnp.zeros(2), num_chains=6, chain_method="sharded",
+                progress=False)
+    except cx.InferenceError as err:
+        assert "divisible by 4" in str(err)
+    else:
+        raise AssertionError("no error for 6 chains on 4 devices")
+    print("ok")
+    """
+)
+
+
+def test_sharded_over_four_host_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
