@@ -259,3 +259,10 @@ def test_original_never_mutated():
     before = (line.a.value, line.a.kind, line.b.value)
     line.to_dynamic().set("a", 9.0).set_values([1.0, 2.0]).to_static()
     assert (line.a.value, line.a.kind, line.b.value) == before
+
+
+def test_pointer_inputs_by_path():
+    line = Line("l", 2.0, 0.0).set("b", cx.Pointer(lambda a: 10 * a, "a"))
+    assert float(line(1.0)) == 22.0
+    with pytest.raises(cx.GraphError, match="no 'nope'"):
+        Line("l", 2.0, 0.0).set("b", cx.Pointer(lambda a: a, "nope"))

@@ -71,8 +71,10 @@ class Module(eqx.Module):
         are left alone, but a pointer named directly becomes dynamic at its current value.
 
         Example:
-            >>> g = Gaussian("g", x0=[0., 0.], q=0.5, phi=0., sigma=1., flux=1.)  # doctest: +SKIP
-            >>> g.to_dynamic("q", g.sigma).dynamic_params  # doctest: +SKIP
+            >>> from caskax.examples import Gaussian
+            >>> g = Gaussian("g", x0=[0., 0.], q=0.5, phi=0., sigma=1., flux=1.)
+            >>> g.to_dynamic("q", g.sigma).param_order()  # by path or by object
+            'g: q, g: sigma'
         """
         return _set_kind(self, targets, children_only, dynamic=True)
 
@@ -85,7 +87,8 @@ class Module(eqx.Module):
         """A copy with one target (and/or named fields) set.
 
         ``value`` may be an array (new value, kind kept; a pointer becomes static), a
-        `Param` (the target points to it), a `cx.Pointer` (function pointer), or, for a
+        `Param` (the target points to it), a `cx.Pointer` (function pointer; string
+        inputs are paths relative to this module), or, for a
         target that is not a param, anything (the field is replaced). Inside a forward
         method, ``self.set(flux=value)`` fills a live param.
 
@@ -97,10 +100,9 @@ class Module(eqx.Module):
             ...     def __init__(self):
             ...         super().__init__("two")
             ...         self.a, self.b = cx.Param("a", 1.0), cx.Param("b", 2.0)
-            >>> m = Two().set("b", cx.Pointer(lambda a: 10 * a, "a"))  # doctest: +SKIP
-            >>> m = Two().set(a=3.0)
-            >>> float(m.a.value)
-            3.0
+            >>> m = Two().set("b", cx.Pointer(lambda a: 10 * a, "a")).set(a=3.0)
+            >>> float(m.a.value), m.b.kind
+            (3.0, 'pointer')
         """
         root = self
         if target is not _MISSING:
@@ -394,8 +396,18 @@ def _set_one(root, target, value):
             raise GraphError(f"param '{w.paths[uid] or node.name}' cannot point to itself.")
         value = link(_current(w, value))
     elif isinstance(value, Pointer):
-        value = graph.copy_with(value, inputs=tuple(_current(w, i) for i in value.inputs))
+        value = graph.copy_with(value, inputs=tuple(_pointer_input(root, w, i) for i in value.inputs))
     return graph.replace(root, {uid: node.with_value(value)})
+
+
+def _pointer_input(root, w, x):
+    # A string input of a pointer set on a tree is a path relative to the receiver.
+    if isinstance(x, str):
+        node = graph.lookup(root, x)
+        if not graph.is_node(node):
+            raise GraphError(f"pointer input {x!r} is a {type(node).__name__}, not a Param or Module.")
+        return w.nodes[node.uid]
+    return _current(w, x)
 
 
 def _set_field(root, target, value, w):

@@ -269,7 +269,10 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     fig.savefig(os.path.join(out, "laplace_sigma_peak.png"), dpi=80)
     plt.close(fig)
 
-    fig = cx.plot.corner(chains)
+    g = truth.galaxy
+    truths = list(truth.sn_x0) + list(g["x0"]) + [g["q"], g["phi"], g["sigma"], g["flux"],
+                                                   truth.t0, truth.lc_sigma, truth.peak_flux]
+    fig = cx.plot.corner(chains, truth=truths)
     fig.savefig(os.path.join(out, "corner_stage4.png"), dpi=60)
     plt.close(fig)
     fig = cx.plot.trace(chains)
