@@ -11,7 +11,7 @@ from caskax.examples import sn_lightcurve
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sn")
-    results = sn_lightcurve.main(["--quick", "--out", str(out)])
+    results = sn_lightcurve.main(["--quick", "--out", str(out), "--cache-dir", ""])
     return out, results
 
 
