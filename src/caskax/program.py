@@ -65,17 +65,39 @@ class _Static:
             return all(a is b for a, b in zip(self.leaves, other.leaves))
 
 
+class _Slot:
+    """Marks where an array leaf goes back in; arrays are stored once each."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __eq__(self, other):
+        return isinstance(other, _Slot) and other.index == self.index
+
+    def __hash__(self):
+        return hash(("slot", self.index))
+
+
 def _split(tree):
+    # One array placed in several nodes (the pixel grid of every image model) is one
+    # leaf, so a Program passed to jit has as few arguments as the model has arrays.
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    is_arr = tuple(eqx.is_array(x) for x in leaves)
-    arrays = [x for x, a in zip(leaves, is_arr) if a]
-    static = tuple(None if a else x for x, a in zip(leaves, is_arr))
-    return arrays, (treedef, static)
+    arrays, where, static = [], {}, []
+    for x in leaves:
+        if eqx.is_array(x):
+            if id(x) not in where:
+                where[id(x)] = len(arrays)
+                arrays.append(x)
+            static.append(_Slot(where[id(x)]))
+        else:
+            static.append(x)
+    return arrays, (treedef, tuple(static))
 
 
 def _join(arrays, treedef, static):
-    it = iter(arrays)
-    leaves = [next(it) if s is None else s for s in static]
+    leaves = [arrays[s.index] if isinstance(s, _Slot) else s for s in static]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of caskax against hand-written JAX and caskade (see run.py)."""

@@ -1,0 +1,128 @@
+"""The benchmark runner end to end on toy sizes: the JSON schema, never the speed.
+
+``benchmarks/run.py --tiny`` runs every peer's code path (figures 1-6) in a second or
+so of compute each; the caskade-torch peer is skipped inside the run, with a reason in
+the JSON, when torch is not installed (torch is a bench extra, not a test one).
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_CASKADE = importlib.util.find_spec("caskade") is not None
+
+ROW_KEYS = {"figure", "model", "case", "peer", "param"}
+STATS = {"min", "median", "max", "n"}
+SAMPLING = {"ess_min", "rhat_max", "wall_s", "ess_per_s", "chains", "draws"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--jobs", "3",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    result_file = out / "results.json"
+    if proc.returncode != 0:
+        failed = {}
+        if result_file.exists():
+            peers = json.loads(result_file.read_text())["peers"]
+            failed = {p: s.get("reason") for p, s in peers.items() if s["status"] == "failed"}
+        pytest.fail(f"run.py --tiny exited with {proc.returncode}; failed peers: {failed}\n"
+                    f"{proc.stderr[-3000:]}")
+    return json.loads(result_file.read_text()), (out / "results.md").read_text()
+
+
+def _rows(result, **match):
+    return [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
+
+
+def test_meta_and_peers(tiny_run):
+    result, _ = tiny_run
+    assert result["schema"] == 1
+    meta = result["meta"]
+    assert meta["mode"] == "tiny"
+    assert {"cpu", "cores", "platform"} <= set(meta["machine"])
+    assert meta["versions"]["jax"] and "date" in meta and "command" in meta
+    assert set(result["peers"]) == {"jax", "caskade-torch", "caskade-jax"}
+    assert result["peers"]["jax"]["status"] == "ok"
+    torch_status = result["peers"]["caskade-torch"]
+    if HAS_TORCH and HAS_CASKADE:
+        assert torch_status["status"] == "ok"
+    else:
+        assert torch_status["status"] == "skipped" and torch_status["reason"]
+
+
+def test_row_schema(tiny_run):
+    result, _ = tiny_run
+    assert result["rows"]
+    for r in result["rows"]:
+        assert ROW_KEYS <= set(r), r
+        if "skipped" in r:
+            continue
+        assert STATS <= set(r), r
+        assert r["min"] <= r["median"] <= r["max"] and r["n"] >= 1
+        assert "ratio" in r
+        if r["figure"].endswith("sampling"):
+            assert SAMPLING <= set(r), r
+            assert r["ess_min"] > 0 and math.isfinite(r["rhat_max"])
+
+
+@pytest.mark.parametrize("figure,cases", [
+    ("1-call", {"jit", "direct", "jit-program-arg"}),
+    ("2-deriv", {"grad", "hessian"}),
+    ("3-vmap", {"vmap4"}),
+    ("4-compile", {"compile+first", "build"}),
+])
+def test_core_figures(tiny_run, figure, cases):
+    result, _ = tiny_run
+    for model in ("likelihood2", "likelihood3"):
+        for peer in ("hand", "caskax"):
+            got = {r["case"] for r in _rows(result, figure=figure, model=model, peer=peer)}
+            expected = cases if peer == "caskax" else cases - {"jit-program-arg"}
+            assert expected <= got, (figure, model, peer, got)
+        for r in _rows(result, figure=figure, model=model, peer="caskax"):
+            assert r["ratio"] is not None and r["ratio"] > 0
+    assert _rows(result, figure=figure, model="likelihood2", peer="hand-opt")
+
+
+def test_scaling_figures(tiny_run):
+    result, _ = tiny_run
+    for figure, model, sizes in (("5-epochs", "likelihood2-stage2", {2, 3}),
+                                 ("5-epochs", "likelihood3", {2, 3}),
+                                 ("5-nodes", "nodes", {1, 2})):
+        for case in ("call", "compile+first"):
+            got = {r["param"] for r in _rows(result, figure=figure, model=model, case=case,
+                                             peer="caskax")}
+            assert got == sizes, (figure, model, case, got)
+
+
+def test_sampling_figure(tiny_run):
+    result, _ = tiny_run
+    peers = {r["peer"] for r in _rows(result, figure="6-sampling")}
+    assert {"hand-blackjax", "caskax"} <= peers
+    if HAS_TORCH and HAS_CASKADE:
+        assert "caskade-torch+emcee" in peers
+
+
+@pytest.mark.skipif(not (HAS_TORCH and HAS_CASKADE), reason="caskade-torch peer needs torch")
+def test_caskade_torch_rows(tiny_run):
+    result, _ = tiny_run
+    rows = _rows(result, peer="caskade-torch")
+    figures = {r["figure"] for r in rows}
+    assert {"1-call", "2-deriv", "3-vmap", "4-compile", "5-epochs", "5-nodes"} <= figures
+
+
+def test_markdown(tiny_run):
+    _, md = tiny_run
+    for title in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5a.", "### 5b.", "### 6."):
+        assert title in md
