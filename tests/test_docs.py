@@ -7,6 +7,7 @@ import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(p for p in DOCS.glob("*.md") if "```python" in p.read_text())
+PAGES.append(DOCS.parent / "README.md")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
