@@ -143,3 +143,18 @@ def test_graphviz_saveto_renders(tmp_path):
     out = tmp_path / "g.svg"
     like2().graphviz(saveto=str(out))
     assert out.exists() and out.stat().st_size > 100
+
+
+def test_graphviz_edges_join_declared_nodes(data):
+    """Every edge end is a declared node (an id like "12:models" would be read by dot as
+    node 12, port "models", leaving collection nodes unconnected)."""
+    import re
+
+    from caskax.examples.stages import stage3_model
+
+    dot = stage3_model(data).graphviz()
+    declared = set(re.findall(r"^\s*(\S+) \[", "\n".join(dot.body), flags=re.M))
+    edges = re.findall(r"^\s*(\S+) -> (\S+)", "\n".join(dot.body), flags=re.M)
+    assert edges
+    for a, b in edges:
+        assert a in declared and b.rstrip(";") in declared, (a, b)

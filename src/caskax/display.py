@@ -257,7 +257,7 @@ def graphviz(root, saveto=None):
             if spec is None or not members:
                 continue
             cname, style = spec
-            cid = f"{uid}:{name}"
+            cid = f"{uid}_{name}"  # no colon: graphviz reads "a:b" as node a, port b
             dot.node(cid, f"{cname}({name})[{len(value)}]", **style)
             dot.edge(str(uid), cid)
             for child in members:
