@@ -158,3 +158,4 @@ def test_graphviz_edges_join_declared_nodes(data):
     assert edges
     for a, b in edges:
         assert a in declared and b.rstrip(";") in declared, (a, b)
+        assert ":" not in a + b, (a, b)
