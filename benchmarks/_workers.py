@@ -498,6 +498,14 @@ def _emcee(cfg, backend, peer, log) -> list[dict]:
         def density(x):
             return np.asarray(vsim(jnp.asarray(x, dtype=jnp.float32)))
 
+    raw_density = density
+
+    def density(x):
+        # A walker outside the model's domain (e.g. a negative sigma) gives NaN, which
+        # emcee refuses; the seed's run only gets away with it by luck. -inf rejects it.
+        lp = raw_density(x)
+        return np.where(np.isfinite(lp), lp, -np.inf)
+
     rng = np.random.default_rng(0)
     start = params * (1 + 0.1 * rng.standard_normal((e["walkers"], ndim))).astype(np.float32)
     density(start)  # warm-up (compiles on the jax backend)
