@@ -6,7 +6,16 @@ fix the model without reading caskax's source.
 
 
 class CaskaxError(Exception):
-    """Base class of every error caskax raises on purpose."""
+    """Base class of every error caskax raises on purpose.
+
+    Example:
+        >>> import caskax as cx
+        >>> try:
+        ...     cx.Param("q", 0.5, valid=(1, 0))
+        ... except cx.CaskaxError as err:
+        ...     print(type(err).__name__, err)
+        ParamError Param 'q': valid=(1.0, 0.0) needs lo < hi.
+    """
 
 
 class ParamError(CaskaxError, ValueError):

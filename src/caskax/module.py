@@ -80,7 +80,14 @@ class Module(eqx.Module):
 
     def to_static(self, *targets, children_only: bool = True) -> "Module":
         """A copy in which ``targets`` are static (a param with no value becomes live).
-        Same target rules as `to_dynamic`."""
+        Same target rules as `to_dynamic`.
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic()
+            >>> lc.to_static("sigma").param_order()
+            'lc: t0, lc: peak_flux'
+        """
         return _set_kind(self, targets, children_only, dynamic=False)
 
     def set(self, target=_MISSING, value=_MISSING, /, **fields) -> "Module":
@@ -115,7 +122,16 @@ class Module(eqx.Module):
 
     def set_values(self, values, group: int | None = None) -> "Module":
         """A copy whose dynamic params store ``values`` (array, list or dict, the
-        schemes of `get_values`)."""
+        schemes of `get_values`).
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic("t0", "sigma")
+            >>> lc.set_values([-1.0, 3.0]).get_values().tolist()
+            [-1.0, 3.0]
+            >>> float(lc.set_values({"sigma": 4.0, "t0": 0.0}).sigma.value)
+            4.0
+        """
         w = graph.walk(self)
         new = {}
         for uid, val in params_to_values(self, values, w, group=group, check=True).items():
@@ -166,7 +182,14 @@ class Module(eqx.Module):
 
     @property
     def dynamic_params(self) -> tuple:
-        """Dynamic params below this module, in flat-vector order."""
+        """Dynamic params below this module, in flat-vector order.
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic("t0")
+            >>> [p.name for p in lc.dynamic_params], [p.name for p in lc.static_params]
+            (['t0'], ['sigma', 'peak_flux'])
+        """
         return tuple(graph.dynamic_order(self))
 
     @property
@@ -185,7 +208,13 @@ class Module(eqx.Module):
         return tuple(n for n in nodes if isinstance(n, Param) and pred(n))
 
     def param_order(self) -> str:
-        """The flat-vector order, one line per group: ``owner: name, ...``."""
+        """The flat-vector order, one line per group: ``owner: name, ...``.
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic().param_order()
+            'lc: t0, lc: sigma, lc: peak_flux'
+        """
         w = graph.walk(self)
         lines = []
         for g, params in sorted(dynamic_layout(self, w).items()):
@@ -193,7 +222,15 @@ class Module(eqx.Module):
         return "\n".join(lines)
 
     def find_param(self, i: int, group: int | None = None) -> tuple:
-        """The param at index ``i`` of the flat vector, and the index inside it."""
+        """The param at index ``i`` of the flat vector, and the index inside it.
+
+        Example:
+            >>> from caskax.examples import Gaussian
+            >>> g = Gaussian("g", x0=[0., 0.], q=0.5, phi=0., sigma=1., flux=1.).to_dynamic("x0", "q")
+            >>> p, idx = g.find_param(1)
+            >>> p.name, idx
+            ('x0', (1,))
+        """
         layout = dynamic_layout(self)
         g = _one_group(layout, group)
         offset = 0
@@ -207,7 +244,14 @@ class Module(eqx.Module):
         raise IndexError(f"index {i} is outside the flat vector of length {offset}.")
 
     def find_index(self, target) -> int | slice:
-        """Index (scalar param) or slice of ``target`` in the flat vector of its group."""
+        """Index (scalar param) or slice of ``target`` in the flat vector of its group.
+
+        Example:
+            >>> from caskax.examples import Gaussian
+            >>> g = Gaussian("g", x0=[0., 0.], q=0.5, phi=0., sigma=1., flux=1.).to_dynamic("x0", "q")
+            >>> g.find_index("x0"), g.find_index(g.q)
+            (slice(0, 2, None), 2)
+        """
         w = graph.walk(self)
         uid = graph.resolve(self, target, w)
         for params in dynamic_layout(self, w).values():
@@ -251,7 +295,18 @@ class Module(eqx.Module):
         append_state(self, path)
 
     def load_state(self, path, index: int = -1) -> "Module":
-        """A copy with the values stored in ``path`` (sample ``index`` if appendable)."""
+        """A copy with the values stored in ``path`` (sample ``index`` if appendable).
+
+        Example:
+            >>> import os, tempfile
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+            >>> path = os.path.join(tempfile.mkdtemp(), "lc.h5")
+            >>> lc.save_state(path, appendable=True)
+            >>> lc.set(t0=1.0).append_state(path)
+            >>> float(lc.load_state(path).t0.value), float(lc.load_state(path, index=0).t0.value)
+            (1.0, -3.0)
+        """
         from .io import load_state
 
         return load_state(self, path, index=index)

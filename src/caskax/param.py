@@ -250,31 +250,49 @@ class Param(eqx.Module):
     # -- kinds ----------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        """One of ``"static"``, ``"dynamic"``, ``"pointer"``, ``"live"``."""
+        """One of ``"static"``, ``"dynamic"``, ``"pointer"``, ``"live"``.
+
+        Example:
+            >>> import caskax as cx
+            >>> a = cx.Param("a", 1.0)
+            >>> [p.kind for p in (a, cx.Param("b"), cx.Param("c", a), cx.Param("d", dynamic=False))]
+            ['static', 'dynamic', 'pointer', 'live']
+        """
         if self.node_kind == "static" and self.value is None:
             return "live"
         return self.node_kind
 
     @property
     def static(self) -> bool:
+        """True for static and live params (value not taken from the flat vector)."""
         return self.kind in ("static", "live")
 
     @property
     def dynamic(self) -> bool:
+        """True if the value is a slice of the flat vector."""
         return self.node_kind == "dynamic"
 
     @property
     def pointer(self) -> bool:
+        """True if the value is another param's, or ``fn(*inputs)`` of a `Pointer`."""
         return self.node_kind == "pointer"
 
     @property
     def live(self) -> bool:
+        """True for a static param with no value, set inside a forward method."""
         return self.kind == "live"
 
     # -- shapes ---------------------------------------------------------------------
     @property
     def batch_shape(self) -> tuple:
-        """Leading axes of the value beyond `shape` (``()`` when unbatched)."""
+        """Leading axes of the value beyond `shape` (``()`` when unbatched).
+
+        Example:
+            >>> import caskax as cx
+            >>> p = cx.Param("t0", [1.0, 2.0, 3.0], shape=())
+            >>> p.batch_shape, p.full_shape(), p.size()
+            ((3,), (3,), 3)
+        """
         if self.value is not None and self.shape is not None:
             return tuple(self.value.shape[: self.value.ndim - len(self.shape)])
         if self.declared_batch_shape is not None:
@@ -283,6 +301,7 @@ class Param(eqx.Module):
 
     @property
     def batched(self) -> bool:
+        """True if the value has batch axes (see `caskax.batch_axes`)."""
         return len(self.batch_shape) > 0
 
     def full_shape(self) -> tuple:
@@ -298,6 +317,7 @@ class Param(eqx.Module):
         return self.batch_shape + tuple(shape)
 
     def size(self) -> int:
+        """Number of flat-vector entries the param takes when dynamic."""
         return math.prod(self.full_shape())
 
     # -- functional edits (each returns a new Param with the same uid) ---------------

@@ -21,7 +21,16 @@ __all__ = ["compile", "Program", "LayoutRow"]
 
 
 class LayoutRow(NamedTuple):
-    """One dynamic param's place in the flat vector."""
+    """One dynamic param's place in the flat vector (the rows of `Program.layout`).
+
+    Example:
+        >>> import caskax as cx
+        >>> from caskax.examples import Gaussian1D
+        >>> f = cx.compile(Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic(), "flux", 0.0)
+        >>> row = f.layout[1]
+        >>> row.path, row.shape, row.slice, row.valid
+        ('sigma', (), slice(1, 2, None), (0.0, None))
+    """
 
     path: str
     shape: tuple
@@ -221,7 +230,15 @@ class Program:
         return _apply(self._tree, self._static, xs)
 
     def unflatten(self, *xs):
-        """The module filled with ``x`` (pointers computed): inspect any param's value."""
+        """The module filled with ``x`` (pointers computed): inspect any param's value.
+
+        Example:
+            >>> import caskax as cx, jax.numpy as jnp
+            >>> from caskax.examples import Gaussian1D
+            >>> f = cx.compile(Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic(), "flux", 0.0)
+            >>> float(f.unflatten(jnp.array([1.0, 2.0, 3.0])).peak_flux.value)
+            3.0
+        """
         module = self._tree[0]
         xs = _check_inputs(self._static, xs)
         if self.valid:
@@ -238,7 +255,18 @@ class Program:
             yield jnp.concatenate(parts) if parts else x
 
     def to_valid(self, *xs):
-        """Constrained flat vector(s) -> unconstrained (DESIGN §5)."""
+        """Constrained flat vector(s) -> unconstrained (see `caskax.transforms`).
+
+        Example:
+            >>> import caskax as cx, jax.numpy as jnp
+            >>> from caskax.examples import Gaussian1D
+            >>> f = cx.compile(Gaussian1D("lc", t0=-3.0, sigma=1.0, peak_flux=0.25).to_dynamic(), "flux", 0.0)
+            >>> u = f.to_valid(f.init)           # sigma has valid=(0, None): log(sigma)
+            >>> u.tolist(), f.from_valid(u).tolist()
+            ([-3.0, 0.0, 0.25], [-3.0, 1.0, 0.25])
+            >>> float(f.log_det_jacobian(u))     # log|d exp(u)/du| at u = 0
+            0.0
+        """
         return self._per_group(list(self._map(_check_inputs(self._static, xs), transforms.to_valid)))
 
     def from_valid(self, *us):
@@ -257,7 +285,22 @@ class Program:
 
     def log_prior(self, *xs):
         """Sum of the params' prior log-densities at ``x`` (0 for params without one).
-        A ``valid=True`` Program takes ``u`` here too and maps it first."""
+        A ``valid=True`` Program takes ``u`` here too and maps it first.
+
+        Example:
+            >>> import caskax as cx, jax.numpy as jnp
+            >>> import numpyro.distributions as dist
+            >>> class M(cx.Module):
+            ...     a: cx.Param
+            ...     def __init__(self):
+            ...         super().__init__("m")
+            ...         self.a = cx.Param("a", 0.0, dynamic=True, prior=dist.Normal(0.0, 1.0))
+            ...     @cx.forward
+            ...     def __call__(self, a):
+            ...         return -a**2
+            >>> round(float(cx.compile(M()).log_prior(jnp.zeros(1))), 4)  # -log(sqrt(2 pi))
+            -0.9189
+        """
         xs = _check_inputs(self._static, xs)
         if self.valid:
             xs = tuple(self._map(xs, transforms.from_valid))

@@ -1,13 +1,11 @@
 """Maps between a param's valid range and unconstrained space.
 
-=================  ==========================  ===============================
-valid              to unconstrained            from unconstrained
-=================  ==========================  ===============================
-``(lo, hi)``       ``logit((x-lo)/(hi-lo))``   ``lo + (hi-lo)*sigmoid(u)``
-``(lo, None)``     ``log(x-lo)``               ``lo + exp(u)``
-``(None, hi)``     ``log(hi-x)``               ``hi - exp(u)``
-cyclic (lo, hi)    wrap into ``[lo, hi)``      wrap into ``[lo, hi)``
-=================  ==========================  ===============================
+| valid | to unconstrained | from unconstrained |
+|---|---|---|
+| ``(lo, hi)`` | ``logit((x-lo)/(hi-lo))`` | ``lo + (hi-lo)*sigmoid(u)`` |
+| ``(lo, None)`` | ``log(x-lo)`` | ``lo + exp(u)`` |
+| ``(None, hi)`` | ``log(hi-x)`` | ``hi - exp(u)`` |
+| cyclic ``(lo, hi)`` | wrap into ``[lo, hi)`` | wrap into ``[lo, hi)`` |
 
 ``log_det_jacobian`` is the exact log-absolute derivative of ``from_valid`` (summed over
 entries), so a sampler in unconstrained space targets the right density. The cyclic
@@ -28,13 +26,25 @@ __all__ = ["to_valid", "from_valid", "log_det_jacobian", "wrap"]
 
 
 def wrap(x, valid):
-    """Wrap ``x`` into ``[lo, hi)``; used for cyclic params."""
+    """Wrap ``x`` into ``[lo, hi)``; used for cyclic params.
+
+    Example:
+        >>> from caskax import transforms
+        >>> float(transforms.wrap(7.0, (0.0, 5.0)))
+        2.0
+    """
     lo, hi = valid
     return lo + jnp.mod(x - lo, hi - lo)
 
 
 def to_valid(x, valid, cyclic=False):
-    """Map a value inside ``valid`` to unconstrained space."""
+    """Map a value inside ``valid`` to unconstrained space.
+
+    Example:
+        >>> from caskax import transforms
+        >>> float(transforms.to_valid(0.5, (0.0, 1.0))), float(transforms.to_valid(1.0, (0.0, None)))
+        (0.0, 0.0)
+    """
     if valid is None:
         return x
     lo, hi = valid
@@ -49,7 +59,13 @@ def to_valid(x, valid, cyclic=False):
 
 
 def from_valid(u, valid, cyclic=False):
-    """Map an unconstrained value back inside ``valid``."""
+    """Map an unconstrained value back inside ``valid``.
+
+    Example:
+        >>> from caskax import transforms
+        >>> float(transforms.from_valid(0.0, (0.0, 4.0))), float(transforms.from_valid(0.0, (None, 2.0)))
+        (2.0, 1.0)
+    """
     if valid is None:
         return u
     lo, hi = valid
@@ -63,7 +79,14 @@ def from_valid(u, valid, cyclic=False):
 
 
 def log_det_jacobian(u, valid, cyclic=False):
-    """``sum(log|d from_valid / du|)`` over the entries of ``u``."""
+    """``sum(log|d from_valid / du|)`` over the entries of ``u``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from caskax import transforms
+        >>> float(transforms.log_det_jacobian(jnp.array([0.0, 1.0]), (0.0, None)))  # sum of u
+        1.0
+    """
     if valid is None or cyclic:
         return jnp.zeros((), dtype=jnp.result_type(u))
     lo, hi = valid

@@ -33,6 +33,12 @@ class FitResult(eqx.Module):
     ``tol`` test passed). ``layout`` (static) holds ``(name, shape)`` per param.
 
     Unpacks like a tuple: ``x, value, grad_norm, steps, converged = result``.
+
+    Example:
+        >>> import caskax as cx, jax.numpy as jnp
+        >>> x, value, grad_norm, steps, converged = cx.fit(lambda x: -jnp.sum((x - 1.0) ** 2), jnp.zeros(2))
+        >>> [round(float(v), 3) for v in x], bool(converged)
+        ([1.0, 1.0], True)
     """
 
     x: jax.Array

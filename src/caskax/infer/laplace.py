@@ -17,6 +17,12 @@ class Laplace(eqx.Module):
 
     ``names`` (static) labels the entries. Unpacks like a tuple:
     ``mean, cov, sigma = cx.laplace(f, x)``.
+
+    Example:
+        >>> import caskax as cx, jax, jax.numpy as jnp
+        >>> mean, cov, sigma = lap = cx.laplace(lambda x: -0.5 * jnp.sum((x / 2.0) ** 2), jnp.zeros(2))
+        >>> [round(float(s), 3) for s in sigma], lap.sample(jax.random.key(0), (5,)).shape
+        ([2.0, 2.0], (5, 2))
     """
 
     mean: jax.Array
