@@ -122,6 +122,13 @@ def _label(w: Walk, uid) -> str:
     return name if not path or path == name else f"{name} (at {path})"
 
 
+def _cycle_error(w: Walk, cycle: list) -> GraphError:
+    return GraphError(
+        "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param cannot "
+        "depend on itself; make one of them static or dynamic."
+    )
+
+
 def topological_order(root, w: Walk | None = None) -> list:
     """Uids below ``root`` with every parent before its children (caskade's order).
 
@@ -132,11 +139,7 @@ def topological_order(root, w: Walk | None = None) -> list:
 
     def visit(uid):
         if uid in stack:
-            cycle = on_stack[on_stack.index(uid) :] + [uid]
-            raise GraphError(
-                "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param "
-                "cannot depend on itself; make one of them static or dynamic."
-            )
+            raise _cycle_error(w, on_stack[on_stack.index(uid) :] + [uid])
         if uid in visited:
             return
         visited.add(uid)
@@ -171,11 +174,7 @@ def check_cycles(w: Walk) -> None:
 
     def visit(uid):
         if uid in on_stack:
-            cycle = on_stack[on_stack.index(uid) :] + [uid]
-            raise GraphError(
-                "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param cannot depend on "
-                "itself; make one of them static or dynamic."
-            )
+            raise _cycle_error(w, on_stack[on_stack.index(uid) :] + [uid])
         if uid in done:
             return
         on_stack.append(uid)
@@ -375,11 +374,7 @@ def fill(root, values: dict, w: Walk | None = None):
         if uid in done:
             return done[uid]
         if uid in on_stack:
-            cycle = on_stack[on_stack.index(uid) :] + [uid]
-            raise GraphError(
-                "pointer cycle: " + " -> ".join(_label(w, u) for u in cycle) + ". A param "
-                "cannot depend on itself; make one of them static or dynamic."
-            )
+            raise _cycle_error(w, on_stack[on_stack.index(uid) :] + [uid])
         on_stack.append(uid)
         node = w.nodes[uid]
         if isinstance(node, Param):
