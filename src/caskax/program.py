@@ -20,27 +20,47 @@ from .module import dynamic_layout
 __all__ = ["compile", "Program", "LayoutRow"]
 
 
-class LayoutRow(NamedTuple):
-    """One dynamic param's place in the flat vector (the rows of `Program.layout`).
-
-    Example:
-        >>> import caskax as cx
-        >>> from caskax.examples import Gaussian1D
-        >>> f = cx.compile(Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic(), "flux", 0.0)
-        >>> row = f.layout[1]
-        >>> row.path, row.shape, row.slice, row.valid
-        ('sigma', (), slice(1, 2, None), (0.0, None))
-    """
-
+class _Row(NamedTuple):
     path: str
     shape: tuple
     slice: slice
     valid: tuple | None
     units: str | None
-    group: int
-    cyclic: bool
-    uid: int
-    name: str
+
+
+class LayoutRow(_Row):
+    """One dynamic param's place in the flat vector (the rows of `Program.layout`).
+
+    A 5-tuple ``(path, shape, slice, valid, units)``, with the attributes ``group``,
+    ``cyclic``, ``uid`` and ``name`` (the label used in `Program.names`) as well.
+
+    Example:
+        >>> import caskax as cx
+        >>> from caskax.examples import Gaussian1D
+        >>> f = cx.compile(Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic(), "flux", 0.0)
+        >>> path, shape, where, valid, units = f.layout[1]
+        >>> path, shape, where, valid, f.layout[1].name
+        ('sigma', (), slice(1, 2, None), (0.0, None), 'lc.sigma')
+    """
+
+    def __new__(cls, path, shape, slice, valid, units, group=0, cyclic=False, uid=None, name=None):
+        row = super().__new__(cls, path, shape, slice, valid, units)
+        row.group, row.cyclic, row.uid = group, cyclic, uid
+        row.name = path if name is None else name
+        return row
+
+    def __eq__(self, other):
+        extra = ("group", "cyclic", "uid", "name")
+        return tuple.__eq__(self, other) and all(
+            getattr(self, k) == getattr(other, k, None) for k in extra
+        )
+
+    def __hash__(self):
+        return hash((tuple(self[:2]), self.slice.start, self.slice.stop, self.uid))
+
+    def __repr__(self):
+        return (f"LayoutRow(path={self.path!r}, shape={self.shape}, slice={self.slice}, "
+                f"valid={self.valid}, units={self.units!r}, group={self.group}, name={self.name!r})")
 
 
 class _Static:
@@ -430,7 +450,7 @@ def compile(module, method: str = "__call__", *args, valid: bool = False, **kwar
             rows.append(
                 LayoutRow(
                     w.paths[p.uid] or p.name, shape, slice(offset, offset + n), p.valid,
-                    p.units, g, p.cyclic, p.uid, label,
+                    p.units, group=g, cyclic=p.cyclic, uid=p.uid, name=label,
                 )
             )
             offset += n
