@@ -194,12 +194,25 @@ class Module(eqx.Module):
 
     @property
     def static_params(self) -> tuple:
-        """Static (and live) params below this module, in graph order."""
+        """Static (and live) params below this module, in graph order.
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> [p.name for p in Gaussian1D("lc", t0=1.0, sigma=2.0).static_params]
+            ['t0', 'sigma']
+        """
         return self._params_of_kind(lambda p: p.static)
 
     @property
     def pointer_params(self) -> tuple:
-        """Pointer params below this module, in graph order."""
+        """Pointer params below this module, in graph order.
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=1.0, sigma=2.0, peak_flux=1.0)
+            >>> [p.name for p in lc.set("sigma", lc.t0).pointer_params]
+            ['sigma']
+        """
         return self._params_of_kind(lambda p: p.pointer)
 
     def _params_of_kind(self, pred) -> tuple:
@@ -277,19 +290,47 @@ class Module(eqx.Module):
         return tree_html(self)
 
     def graphviz(self, saveto: str | None = None):
-        """A graphviz ``Digraph`` of the tree (see `caskax.display.graphviz`)."""
+        """A graphviz ``Digraph`` of the tree (see `caskax.display.graphviz`);
+        ``saveto="graph.png"`` also renders it (needs the ``dot`` program).
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> "Gaussian1D(lc)" in Gaussian1D("lc", t0=1.0, sigma=2.0, peak_flux=1.0).graphviz().source
+            True
+        """
         from .display import graphviz
 
         return graphviz(self, saveto=saveto)
 
     def save_state(self, path, appendable: bool = False) -> None:
-        """Write the params to HDF5 in caskade's layout (see `caskax.io`)."""
+        """Write the params to HDF5 in caskade's layout (see `caskax.io`).
+
+        Example:
+            >>> import os, tempfile
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+            >>> path = os.path.join(tempfile.mkdtemp(), "lc.h5")
+            >>> lc.save_state(path)
+            >>> float(lc.set(t0=0.0).load_state(path).t0.value)
+            -3.0
+        """
         from .io import save_state
 
         save_state(self, path, appendable=appendable)
 
     def append_state(self, path) -> None:
-        """Append the current values to an appendable HDF5 file (see `caskax.io`)."""
+        """Append the current values to an appendable HDF5 file (see `caskax.io`).
+
+        Example:
+            >>> import os, tempfile
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+            >>> path = os.path.join(tempfile.mkdtemp(), "chain.h5")
+            >>> lc.save_state(path, appendable=True)
+            >>> lc.set(t0=-2.0).append_state(path)
+            >>> float(lc.load_state(path, index=0).t0.value), float(lc.load_state(path).t0.value)
+            (-3.0, -2.0)
+        """
         from .io import append_state
 
         append_state(self, path)

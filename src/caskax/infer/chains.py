@@ -92,12 +92,26 @@ class Chains:
         )
 
     def by_name(self) -> dict:
-        """``{param name: array[C, D, *param shape]}``."""
+        """``{param name: array[C, D, *param shape]}``.
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> c = cx.Chains.from_arrays(np.zeros((2, 3, 3)), layout=(("x0", (2,)), ("q", ())))
+            >>> {k: v.shape for k, v in c.by_name().items()}
+            {'x0': (2, 3, 2), 'q': (2, 3)}
+        """
         return split_by_name(self.layout, self.samples, self.samples.shape[:2])
 
     def concatenate(self, later: "Chains") -> "Chains":
         """These draws followed by ``later``'s (same chains); the kernel and last
-        position are ``later``'s."""
+        position are ``later``'s.
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> a = cx.Chains.from_arrays(np.zeros((2, 3, 1)))
+            >>> a.concatenate(cx.Chains.from_arrays(np.ones((2, 4, 1)))).samples.shape
+            (2, 7, 1)
+        """
         if later.layout != self.layout or later.num_chains != self.num_chains:
             raise InferenceError("Chains.concatenate: the chains differ in layout or count.")
         joined = {
@@ -113,6 +127,13 @@ class Chains:
         numpyro's ESS and split-R-hat estimators.
 
         Returns a `Summary`: ``str()`` is a table, ``summary[name]`` a dict of floats.
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> draws = np.random.default_rng(0).normal(size=(4, 500, 1))
+            >>> row = cx.Chains.from_arrays(draws, layout=(("a", ()),)).summary()["a"]
+            >>> abs(row["mean"]) < 0.1, row["r_hat"] < 1.01, row["ess_bulk"] > 1000
+            (True, True, True)
         """
         x = np.asarray(self.samples, np.float64)
         lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
@@ -129,7 +150,14 @@ class Chains:
     def to_arviz(self):
         """An ``arviz.InferenceData`` with one posterior variable per param (shaped like
         the param) and sample stats ``lp``, ``diverging``, ``n_steps``,
-        ``acceptance_rate``, ``step_size``."""
+        ``acceptance_rate``, ``step_size``.
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> idata = cx.Chains.from_arrays(np.zeros((2, 5, 1)), layout=(("a", ()),)).to_arviz()
+            >>> dict(idata.posterior["a"].sizes)
+            {'chain': 2, 'draw': 5}
+        """
         import arviz as az
 
         steps = np.broadcast_to(self.step_size[:, None], self.log_density.shape)
@@ -145,7 +173,15 @@ class Chains:
     # -- files --------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write the chains to an HDF5 file (atomically: a temporary file, then
-        ``os.replace``). Read back with ``Chains.load(path)``."""
+        ``os.replace``). Read back with ``Chains.load(path)``.
+
+        Example:
+            >>> import os, tempfile, caskax as cx, numpy as np
+            >>> path = os.path.join(tempfile.mkdtemp(), "chains.h5")
+            >>> cx.Chains.from_arrays(np.arange(6.0).reshape(2, 3, 1)).save(path)
+            >>> cx.Chains.load(path).samples[:, :, 0].tolist()
+            [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+        """
         import h5py
 
         path = os.fspath(path)

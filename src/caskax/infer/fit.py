@@ -58,7 +58,18 @@ class FitResult(eqx.Module):
 
     def by_name(self) -> dict:
         """``{param name: value}``, each shaped like its param (with any vmap axes
-        leading)."""
+        leading).
+
+        Example:
+            >>> import caskax as cx
+            >>> from caskax.examples import Gaussian1D
+            >>> import jax.numpy as jnp
+            >>> f = cx.compile(Gaussian1D("lc", t0=0.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0"),
+            ...                "flux", jnp.array(0.0))
+            >>> res = cx.fit(f, jnp.array([0.5]))   # the peak is at t0 = 0
+            >>> abs(float(res.by_name()["lc.t0"])) < 1e-3
+            True
+        """
         return split_by_name(self.layout, self.x, self.x.shape[:-1])
 
 

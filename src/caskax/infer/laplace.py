@@ -34,7 +34,14 @@ class Laplace(eqx.Module):
         return iter((self.mean, self.cov, self.sigma))
 
     def sample(self, key, shape=()):
-        """Draws from ``N(mean, cov)``, shaped ``shape + mean.shape``."""
+        """Draws from ``N(mean, cov)``, shaped ``shape + mean.shape``.
+
+        Example:
+            >>> import caskax as cx, jax, jax.numpy as jnp
+            >>> lap = cx.laplace(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
+            >>> lap.sample(jax.random.key(0), (5,)).shape
+            (5, 2)
+        """
         return jax.random.multivariate_normal(key, self.mean, self.cov, shape, method="eigh")
 
 
