@@ -205,3 +205,33 @@ def test_pointer_input_not_in_tree_is_held_as_child():
     assert [p.name for p in line.dynamic_params] == ["outside"]
     with pytest.raises(cx.GraphError, match="not in the tree"):
         line.to_static(cx.Param("stranger", 1.0))
+
+
+def test_rebuilt_model_reuses_compiled_code(data):
+    """Two builds of one model (new uids, new lambdas) share one trace; a different
+    pointer function or closure value does not."""
+    traces = []
+
+    @jax.jit
+    def run(f, x):
+        traces.append(1)
+        return f(x)
+
+    f1, f2 = cx.compile(stage3_model(data)), cx.compile(stage3_model(data))
+    assert f1.module.uid != f2.module.uid
+    run(f1, f1.init)
+    run(f2, f2.init)
+    assert len(traces) == 1
+
+    def with_scale(k):
+        base = Line("l", 1.0, 0.0).to_dynamic("a")
+        return cx.compile(base.set("b", cx.Pointer(lambda a: k * a, base.a)), "__call__", 1.0)
+
+    x = jnp.array([2.0])
+    assert float(run(with_scale(3.0), x)) == 8.0
+    assert float(run(with_scale(3.0), x)) == 8.0
+    assert float(run(with_scale(5.0), x)) == 12.0  # closure value differs: new trace
+    base = Line("l", 1.0, 0.0).to_dynamic("a")
+    other = cx.compile(base.set("b", cx.Pointer(lambda a: a - 1, base.a)), "__call__", 1.0)
+    assert float(run(other, x)) == 3.0
+    assert len(traces) == 4

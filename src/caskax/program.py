@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from . import graph, transforms
 from .errors import GraphError, ShapeError
 from .module import dynamic_layout
+from .param import Param
 
 __all__ = ["compile", "Program", "LayoutRow"]
 
@@ -63,27 +64,89 @@ class LayoutRow(_Row):
                 f"valid={self.valid}, units={self.units!r}, group={self.group}, name={self.name!r})")
 
 
-class _Static:
-    """The non-array part of a Program: compared structurally so that Programs that
-    differ only in array values share jax's compiled code."""
+class _FnKey:
+    """A pointer function as it enters a cache key: compared by what it computes (code,
+    closure values, defaults, globals), not by object, so the fresh lambdas of a
+    rebuilt model do not force a new trace."""
 
-    __slots__ = ("treedef", "leaves", "rows", "method", "valid")
+    __slots__ = ("fn",)
 
-    def __init__(self, treedef, leaves, rows, method, valid):
-        self.treedef, self.leaves, self.rows = treedef, leaves, rows
-        self.method, self.valid = method, valid
+    def __init__(self, fn):
+        self.fn = fn
 
-    def _key(self):
-        return (self.treedef, self.rows, self.method, self.valid)
+    def _parts(self):
+        f = self.fn
+        code = getattr(f, "__code__", None)
+        if code is None:  # builtins, partials, callable objects: by identity
+            return (id(f),)
+        return (code, id(getattr(f, "__globals__", None)),
+                _values_key(_cells(f)), _values_key(getattr(f, "__defaults__", None) or ()),
+                _values_key(tuple(sorted((getattr(f, "__kwdefaults__", None) or {}).items()))))
+
+    def __eq__(self, other):
+        return isinstance(other, _FnKey) and self._parts() == other._parts()
 
     def __hash__(self):
-        # slices are unhashable before Python 3.12: hash their ends instead.
-        rows = tuple((r.path, r.slice.start, r.slice.stop, r.uid) for r in self.rows)
-        key = (self.treedef, rows, self.method, self.valid)
+        return hash(self._parts()[0])
+
+
+def _cells(f):
+    out = []
+    for cell in getattr(f, "__closure__", None) or ():
         try:
-            return hash((key, self.leaves))
+            out.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            out.append(_FnKey)
+    return tuple(out)
+
+
+def _values_key(values):
+    # Plain scalars and strings by value; anything else (arrays, modules) by identity.
+    return tuple(v if isinstance(v, (bool, int, float, complex, str, bytes, type(None)))
+                 else ("id", id(v)) for v in values)
+
+
+def _canonical_structure(tree):
+    """The tree structure with node uids renumbered by first visit and pointer
+    functions wrapped in `_FnKey`: equal for two builds of the same model."""
+    module = tree[0]
+    w = graph.walk(module)
+    number = {uid: i for i, uid in enumerate(w.nodes)}
+    memo = {}
+
+    def canon(node):
+        if id(node) not in memo:
+            new = graph.rebuild_children(node, canon, uid=number[node.uid])
+            if isinstance(new, Param) and new.link is not None:
+                new = graph.copy_with(new, link=graph.copy_with(new.link, fn=_FnKey(new.link.fn)))
+            memo[id(node)] = new
+        return memo[id(node)]
+
+    return jax.tree_util.tree_structure((canon(module),) + tuple(tree[1:]))
+
+
+class _Static:
+    """The non-array part of a Program. Compared structurally (uids renumbered, pointer
+    functions by code), so Programs that differ only in array values, and rebuilds of
+    one model, share jax's compiled code."""
+
+    __slots__ = ("treedef", "leaves", "rows", "method", "valid", "key")
+
+    def __init__(self, treedef, leaves, rows, method, valid, key):
+        self.treedef, self.leaves, self.rows = treedef, leaves, rows
+        self.method, self.valid, self.key = method, valid, key
+
+    def _key(self):
+        # slices are unhashable before Python 3.12: use their ends.
+        rows = tuple((r.path, r.shape, r.slice.start, r.slice.stop, r.valid, r.units,
+                      r.group, r.cyclic, r.name) for r in self.rows)
+        return (self.key, rows, self.method, self.valid)
+
+    def __hash__(self):
+        try:
+            return hash((self._key(), self.leaves))
         except TypeError:
-            return hash(key)
+            return hash(self._key())
 
     def __eq__(self, other):
         if not isinstance(other, _Static) or self._key() != other._key():
@@ -159,9 +222,11 @@ class Program:
     __slots__ = ("_arrays", "_static", "_direct", "__weakref__")
 
     def __init__(self, module, method, args, kwargs, valid, rows):
-        arrays, (treedef, leaves) = _split((module, tuple(args), dict(kwargs)))
+        tree = (module, tuple(args), dict(kwargs))
+        arrays, (treedef, leaves) = _split(tree)
         self._arrays = tuple(arrays)
-        self._static = _Static(treedef, leaves, tuple(rows), method, bool(valid))
+        self._static = _Static(treedef, leaves, tuple(rows), method, bool(valid),
+                               _canonical_structure(tree))
         self._direct = None
 
     @classmethod
