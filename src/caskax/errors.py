@@ -19,32 +19,95 @@ class CaskaxError(Exception):
 
 
 class ParamError(CaskaxError, ValueError):
-    """A param was given a value it cannot hold, or read when it has none."""
+    """A param was given a value it cannot hold, or read when it has none.
+
+    Example:
+        >>> import caskax as cx
+        >>> cx.Param("p", None).to_static()  # no value: a live param
+        Param('p', kind=live, value=-)
+        >>> class M(cx.Module):
+        ...     p: cx.Param
+        ...     def __init__(self):
+        ...         super().__init__("m"); self.p = cx.Param("p", None, dynamic=True)
+        >>> M().get_values()
+        Traceback (most recent call last):
+        caskax.errors.ParamError: dynamic param 'p' has no value: give it one (Param(..., value) or set_values) or pass the flat vector explicitly.
+    """
 
 
 class GraphError(CaskaxError):
     """The module graph is inconsistent: a pointer cycle, conflicting copies of one
-    node, or a target that is not in the tree."""
+    node, or a target that is not in the tree.
+
+    Example:
+        >>> import caskax as cx
+        >>> from caskax.examples import Gaussian1D
+        >>> Gaussian1D("lc", t0=1.0).set("nope", 2.0)
+        Traceback (most recent call last):
+        caskax.errors.GraphError: target path 'nope': no 'nope' in lc. Fields here: t0, sigma, peak_flux.
+    """
 
 
 class ShapeError(CaskaxError, ValueError):
-    """An array does not have the shape (or dtype) the layout expects."""
+    """An array does not have the shape (or dtype) the layout expects.
+
+    Example:
+        >>> import caskax as cx
+        >>> cx.Param("x0", [1.0, 2.0, 3.0], shape=(2,))
+        Traceback (most recent call last):
+        caskax.errors.ShapeError: Param 'x0': value of shape (3,) does not match shape=(2,) (extra leading axes are allowed as batch axes; None matches any length).
+    """
 
 
 class FillError(CaskaxError, ValueError):
-    """Values given to fill a module's dynamic params do not match its layout."""
+    """Values given to fill a module's dynamic params do not match its layout.
+
+    Example:
+        >>> import caskax as cx
+        >>> from caskax.examples import Gaussian1D
+        >>> Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to_dynamic().set_values([1.0])
+        Traceback (most recent call last):
+        caskax.errors.FillError: params array of shape (1,) for 'lc'; expected (3,) laid out as t0[], sigma[], peak_flux[].
+    """
 
 
 class InferenceError(CaskaxError, ValueError):
     """An inference call cannot run as asked: a non-finite log-density at the start, a
     Hessian that is not negative definite, chains that do not match the Program, or an
-    option that does not fit the machine (say, chains not divisible by devices)."""
+    option that does not fit the machine (say, chains not divisible by devices).
+
+    Example:
+        >>> import caskax as cx, jax.numpy as jnp
+        >>> cx.laplace(lambda x: jnp.sum(x**2), jnp.zeros(1))  # a minimum, not a maximum
+        Traceback (most recent call last):
+        caskax.errors.InferenceError: ...
+    """
 
 
 class CaskaxWarning(UserWarning):
-    """A suspicious but legal input, such as a value outside a param's valid range."""
+    """A suspicious but legal input, such as a value outside a param's valid range.
+
+    Example:
+        >>> import warnings, caskax as cx
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     p = cx.Param("q", 1.5, valid=(0, 1))
+        >>> caught[0].category.__name__
+        'CaskaxWarning'
+    """
 
 
 class StateFileError(CaskaxError, OSError):
     """An HDF5 state file cannot be used as asked: not HDF5, no group for the model,
-    not appendable, or a sample index out of range."""
+    not appendable, or a sample index out of range.
+
+    Example:
+        >>> import os, tempfile
+        >>> from caskax.examples import Gaussian1D
+        >>> path = os.path.join(tempfile.mkdtemp(), "not.h5")
+        >>> with open(path, "w") as fh:
+        ...     _ = fh.write("plain text")
+        >>> Gaussian1D("lc", t0=1.0).load_state(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        caskax.errors.StateFileError: ...
+    """

@@ -229,7 +229,7 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
         return (img,)
 
     anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=60)
-    anim.save(os.path.join(out, "simulator.gif"), writer=animation.PillowWriter(fps=15))
+    anim.save(os.path.join(out, "simulator.gif"), writer=animation.PillowWriter(fps=15), dpi=60)
     plt.close(fig)
 
     images = np.asarray(data.images)
