@@ -46,8 +46,9 @@ def test_set_values_multi_group_round_trip(scheme):
 def test_find_param_and_index_with_groups():
     m = Three()
     assert m.find_param(1, group=2) == (m.b, (1,))
-    assert m.find_index("c") == 1
-    assert m.find_index("b") == slice(0, 2)
+    assert m.find_index("c") == (0, 1)  # (group, index), as caskade gives it
+    assert m.find_index("b") == (2, slice(0, 2))
+    assert m.find_param((2, 1)) == (m.b, (1,))
     with pytest.raises(cx.ParamError, match="several param groups"):
         m.find_param(0)
     with pytest.raises(IndexError):

@@ -234,8 +234,10 @@ class Module(eqx.Module):
             lines.append(", ".join(f"{_owner_name(w, p)}: {p.name}" for p in params))
         return "\n".join(lines)
 
-    def find_param(self, i: int, group: int | None = None) -> tuple:
-        """The param at index ``i`` of the flat vector, and the index inside it.
+    def find_param(self, i: int | tuple, group: int | None = None) -> tuple:
+        """The param at index ``i`` of the flat vector, and the index inside it. With
+        several param groups, give ``group=`` or ``i`` as ``(group, index)`` (caskade's
+        form, as `find_index` returns it).
 
         Example:
             >>> from caskax.examples import Gaussian
@@ -244,6 +246,8 @@ class Module(eqx.Module):
             >>> p.name, idx
             ('x0', (1,))
         """
+        if isinstance(i, tuple):
+            group, i = i
         layout = dynamic_layout(self)
         g = _one_group(layout, group)
         offset = 0
@@ -256,8 +260,9 @@ class Module(eqx.Module):
             offset += n
         raise IndexError(f"index {i} is outside the flat vector of length {offset}.")
 
-    def find_index(self, target) -> int | slice:
-        """Index (scalar param) or slice of ``target`` in the flat vector of its group.
+    def find_index(self, target) -> int | slice | tuple:
+        """Index (scalar param) or slice of ``target`` in the flat vector; with several
+        param groups, ``(group, index_or_slice)`` as caskade gives it.
 
         Example:
             >>> from caskax.examples import Gaussian
@@ -267,11 +272,13 @@ class Module(eqx.Module):
         """
         w = graph.walk(self)
         uid = graph.resolve(self, target, w)
-        for params in dynamic_layout(self, w).values():
+        layout = dynamic_layout(self, w)
+        for g, params in layout.items():
             offset = 0
             for p in params:
                 if p.uid == uid:
-                    return offset if p.full_shape() == () else slice(offset, offset + p.size())
+                    where = offset if p.full_shape() == () else slice(offset, offset + p.size())
+                    return (g, where) if len(layout) > 1 else where
                 offset += p.size()
         raise ParamError(f"'{w.paths[uid] or w.nodes[uid].name}' is not a dynamic param.")
 
