@@ -220,8 +220,9 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     # animation of the simulator over 64 times: sim([t]) as in the tutorial
     grid = jnp.linspace(0.0, 6.0, 64)
     frames = np.asarray(jax.vmap(lambda t: sim(t[None]))(grid))
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = plt.subplots(figsize=(3, 3))
     img = ax.imshow(frames[0].T, origin="lower", vmin=0, vmax=1.5)
+    ax.axis("off")  # ticks are most of the drawing time of 64 frames
 
     def update(i):
         img.set_data(frames[i].T)
