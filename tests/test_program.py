@@ -235,3 +235,51 @@ def test_rebuilt_model_reuses_compiled_code(data):
     other = cx.compile(base.set("b", cx.Pointer(lambda a: a - 1, base.a)), "__call__", 1.0)
     assert float(run(other, x)) == 3.0
     assert len(traces) == 4
+
+
+CALLS = []  # a trace-time counter, for this test only
+
+
+class Counted(cx.Module):
+    a: cx.Param
+
+    def __init__(self):
+        super().__init__("counted")
+        self.a = cx.Param("a", 2.0, dynamic=True)
+
+    @cx.forward
+    def __call__(self, x, a):
+        CALLS.append(1)
+        return a * x
+
+
+class Twice(cx.Module):
+    left: cx.Module
+    right: cx.Module
+
+    def __init__(self, shared):
+        super().__init__("twice")
+        self.left = self.right = shared
+
+    @cx.forward
+    def __call__(self, x, y):
+        same = self.left(x) + self.right(x)  # one node, same argument: evaluated once
+        other = self.left(y)  # another argument: evaluated again
+        inside = jax.vmap(lambda v: self.left(x) * v)(jnp.ones(2))  # another trace: again
+        return same + other + inside.sum()
+
+
+def test_shared_forward_evaluated_once_per_call():
+    calls = CALLS
+    calls.clear()
+    x, y = jnp.array(1.0), jnp.array(3.0)
+    f = cx.compile(Twice(Counted()), "__call__", x, y)
+    out = f._pure(jnp.array([2.0]))
+    assert float(out) == (2 + 2) + 6 + 2 * 2
+    assert len(calls) == 3
+    calls.clear()
+    grads = jax.grad(lambda v: f(v))(jnp.array([2.0]))
+    assert float(grads[0]) == 1 + 1 + 3 + 2
+    calls.clear()
+    Twice(Counted())(x, y, [2.0])  # a call that fills opens its own scope
+    assert len(calls) == 3

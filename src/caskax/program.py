@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from . import graph, transforms
 from .errors import GraphError, ShapeError
-from .module import dynamic_layout
+from .module import _memo_scope, dynamic_layout
 from .param import Param
 
 __all__ = ["compile", "Program", "LayoutRow"]
@@ -463,8 +463,9 @@ def _apply(tree, static, xs):
             ]
             new.append(jnp.concatenate(parts) if parts else x)
         xs = tuple(new)
-    filled = graph.fill(module, _values(static, xs))
-    return getattr(filled, static.method)(*args, **kwargs)
+    with _memo_scope():
+        filled = graph.fill(module, _values(static, xs))
+        return getattr(filled, static.method)(*args, **kwargs)
 
 
 def _labels(module, w, params):
