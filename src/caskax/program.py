@@ -6,12 +6,14 @@ and calls ``module.method(*args)``. All graph work happens at trace time; the co
 code is the user's arithmetic only.
 """
 
+import hashlib
 import math
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import graph, transforms
 from .errors import GraphError, ShapeError
@@ -172,17 +174,30 @@ class _Slot:
         return hash(("slot", self.index))
 
 
+def _content(x):
+    """Equal arrays share one key: the same object, or equal concrete contents."""
+    if isinstance(x, jax.core.Tracer):
+        return ("id", id(x))
+    a = np.asarray(x)
+    digest = hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8).ravel(), digest_size=16)
+    return (type(x).__name__, a.shape, str(a.dtype), getattr(x, "weak_type", None), digest.hexdigest())
+
+
 def _split(tree):
-    # One array placed in several nodes (the pixel grid of every image model) is one
-    # leaf, so a Program passed to jit has as few arguments as the model has arrays.
+    # Equal arrays (the pixel grid of every image model, even as separate copies) become
+    # one leaf: a Program passed to jit has as few arguments as the model has distinct
+    # arrays, and the memo of shared forward calls sees one object for one value.
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    arrays, where, static = [], {}, []
+    arrays, where, by_id, static = [], {}, {}, []
     for x in leaves:
         if eqx.is_array(x):
-            if id(x) not in where:
-                where[id(x)] = len(arrays)
-                arrays.append(x)
-            static.append(_Slot(where[id(x)]))
+            if id(x) not in by_id:
+                key = _content(x)
+                if key not in where:
+                    where[key] = len(arrays)
+                    arrays.append(x)
+                by_id[id(x)] = where[key]
+            static.append(_Slot(by_id[id(x)]))
         else:
             static.append(x)
     return arrays, (treedef, tuple(static))
