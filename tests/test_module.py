@@ -266,3 +266,14 @@ def test_pointer_inputs_by_path():
     assert float(line(1.0)) == 22.0
     with pytest.raises(cx.GraphError, match="no 'nope'"):
         Line("l", 2.0, 0.0).set("b", cx.Pointer(lambda a: a, "nope"))
+
+
+def test_forgetting_super_init_is_explained():
+    class Bad(cx.Module):
+        a: cx.Param
+
+        def __init__(self):
+            self.a = cx.Param("a", 1.0)
+
+    with pytest.raises(TypeError, match=r"must call super\(\).__init__\(name\)"):
+        Bad()

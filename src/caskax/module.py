@@ -56,6 +56,25 @@ class Module(eqx.Module):
         self.uid = new_uid()
         self._filled = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_caskax_checked", False):
+            return
+
+        def checked_init(self, *args, **kw):
+            init(self, *args, **kw)
+            if "uid" not in self.__dict__:
+                raise TypeError(
+                    f"{cls.__name__}.__init__ must call super().__init__(name) before "
+                    "setting its fields: caskax modules get their name and id there."
+                )
+
+        checked_init._caskax_checked = True
+        for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(checked_init, attr, getattr(init, attr))
+        cls.__init__ = checked_init
+
     # Equinox hashes modules by their fields, which fails on arrays. Nodes are
     # references, so identity is the right notion here (jax.jit(m.method) needs it).
     def __hash__(self):
