@@ -106,3 +106,30 @@ def fmt_time(s: float) -> str:
     if s < 1:
         return f"{s * 1e3:.2f} ms"
     return f"{s:.2f} s"
+
+
+def uptime() -> str:
+    """`uptime`'s line (or the load averages): the load a run was measured under."""
+    import os
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        load = os.getloadavg()
+        return f"load average: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
+
+
+def write_outputs(out, stem: str, mode: str, result: dict, markdown, t_start: float) -> None:
+    """Write ``<stem>[-mode].json`` and ``.md`` into ``out`` and print the table."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = stem if mode == "full" else f"{stem}-{mode}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    md = markdown(result)
+    (out / f"{name}.md").write_text(md)
+    print(md)
+    print(f"wrote {out / f'{name}.json'} and .md in {time.perf_counter() - t_start:.0f} s")

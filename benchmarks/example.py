@@ -38,15 +38,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
+from ._timing import uptime, write_outputs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        load = os.getloadavg()
-        return f"load average: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
 
 
 def _run(label, cmd, timeout, result_file, env=None):
@@ -157,7 +151,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     t_start = time.perf_counter()
-    before = _uptime()
+    before = uptime()
     print(f"uptime before: {before}", flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -187,7 +181,7 @@ def main(argv=None) -> int:
             if run["row"].get("threads") is not None:
                 run["label"] = f"{label} ({run['row']['threads']})"
             runs.append(run)
-    after = _uptime()
+    after = uptime()
     print(f"uptime after: {after}", flush=True)
     from .run import _cpu_model, _versions
 
@@ -199,14 +193,7 @@ def main(argv=None) -> int:
                   versions=_versions(), uptime_before=before, uptime_after=after,
                   wall_s=time.perf_counter() - t_start),
         runs=runs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if mode == "full" else f"-{mode}"
-    (out / f"example{suffix}.json").write_text(json.dumps(result, indent=1, default=float))
-    md = markdown(result)
-    (out / f"example{suffix}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / f'example{suffix}.json'} and .md in {time.perf_counter() - t_start:.0f} s")
+    write_outputs(args.out, "example", mode, result, markdown, t_start)
     return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 

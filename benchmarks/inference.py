@@ -47,7 +47,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from . import models as M  # noqa: E402
-from ._timing import fmt_time, summary  # noqa: E402
+from ._timing import fmt_time, summary, uptime, write_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,14 +63,6 @@ def fit_start() -> np.ndarray:
     init = M._init_values(M.stage3_names())
     rng = np.random.default_rng(FIT_SEED)
     return (init * (1 + FIT_JITTER * rng.standard_normal(init.shape))).astype(np.float32)
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        load = os.getloadavg()
-        return f"load average: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
 
 
 def _timed_fits(fn, repeats):
@@ -352,14 +344,14 @@ def main(argv=None) -> int:
 
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     t_start = time.perf_counter()
-    before = _uptime()
+    before = uptime()
     print(f"uptime before: {before}", flush=True)
     workers, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for kind, name in (("jax", "jax"), ("caskade", "caskade-torch")):
             workers[name], got = _run_worker(kind, mode, tmp, args.timeout, args.torch_threads)
             rows += got
-    after = _uptime()
+    after = uptime()
     print(f"uptime after: {after}", flush=True)
     start_ll = _cross_loglike(rows, mode)
     # warm-up length per sampling row (for the table)
@@ -380,14 +372,7 @@ def main(argv=None) -> int:
                   uptime_before=before, uptime_after=after, fit_start_loglike=start_ll,
                   wall_s=time.perf_counter() - t_start),
         workers=workers, rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if mode == "full" else f"-{mode}"
-    (out / f"inference{suffix}.json").write_text(json.dumps(result, indent=1, default=float))
-    md = markdown(result)
-    (out / f"inference{suffix}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / f'inference{suffix}.json'} and .md in {time.perf_counter() - t_start:.0f} s")
+    write_outputs(args.out, "inference", mode, result, markdown, t_start)
     return 1 if any(w["status"] != "ok" for w in workers.values()) else 0
 
 
