@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU figures of benchmarks/RESULTS.md: run on a machine with one GPU and jax[cuda].
+#
+#   bash benchmarks/gpu.sh OUT_DIR [MODE]      # MODE: full (default) | tiny
+#
+# Each part runs in its own process under its own time limit, most wanted first, so a
+# slow part costs only itself; after each part OUT_DIR/res.tgz holds everything so far
+# and OUT_DIR/log.txt the whole log.
+set -o pipefail
+out=${1:?usage: gpu.sh OUT_DIR [MODE]}
+mode=${2:-full}
+flag=$([ "$mode" = tiny ] && echo --tiny)
+res=$(mktemp -d)
+log=$out/log.txt
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name start $(date +%T)" | tee -a "$log"
+    timeout "$limit" "$@" 2>&1 | tee -a "$log"
+    echo "== $name rc=$? end $(date +%T)" | tee -a "$log"
+    tar czf "$out/res.tgz" -C "$res" .
+}
+
+bench() {  # part, time limit
+    step "$1" "$2" python3 benchmarks/run.py $flag --peers jax --parts "$1" --out "$res/$1"
+}
+
+{ nvidia-smi -L; nproc; python3 -c "import jax, equinox, optax, numpyro, blackjax
+print('jax', jax.__version__, jax.devices(), 'equinox', equinox.__version__,
+      'optax', optax.__version__, 'numpyro', numpyro.__version__,
+      'blackjax', blackjax.__version__)"; } 2>&1 | tee -a "$log" || exit 4
+
+bench gpu 150
+bench core 130
+step example 100 python3 -m caskax.examples.sn_lightcurve --no-figures \
+    $([ "$mode" = tiny ] && echo --quick) --out "$res/example" --cache-dir "$res/jax-cache"
+rm -rf "$res/jax-cache"
+bench sampling 70
+bench scaling 120
