@@ -310,21 +310,27 @@ class Program:
         """Current values of the dynamic params, flat (unconstrained if ``valid``)."""
         x = self.module.get_values("array")
         xs = x if isinstance(x, tuple) else (x,)
-        if self.valid:
-            return self._per_group(list(self._map(xs, transforms.to_valid)))
-        return self._per_group(list(xs))
+        return self.to_valid(*xs) if self.valid else self._per_group(list(xs))
 
     # -- calling -----------------------------------------------------------------------
     def __call__(self, *xs):
         if self._direct is None:
-            if any(isinstance(a, jax.core.Tracer) for a in self._arrays):
+            if self._traced:
                 return self._pure(*xs)
             tree, static = self._tree, self._static
             self._direct = jax.jit(lambda *xs: _apply(tree, static, xs))
-        for x in xs:
-            if isinstance(x, jax.core.Tracer):
-                return self._pure(*xs)
+        # Also under vmap or grad outside jit: the compiled function batches or
+        # differentiates as a whole, where tracing op by op would compile each op.
         return self._direct(*xs)
+
+    @property
+    def _traced(self) -> bool:
+        """True inside a transformation that took this Program as an argument."""
+        return any(isinstance(a, jax.core.Tracer) for a in self._arrays)
+
+    def _eager(self, xs) -> bool:
+        """Called outside any transformation: run the method compiled, as one program."""
+        return not (self._traced or any(isinstance(x, jax.core.Tracer) for x in xs))
 
     def _pure(self, *xs):
         return _apply(self._tree, self._static, xs)
@@ -367,15 +373,23 @@ class Program:
             >>> float(f.log_det_jacobian(u))     # log|d exp(u)/du| at u = 0
             0.0
         """
-        return self._per_group(list(self._map(_check_inputs(self._static, xs), transforms.to_valid)))
+        xs = _check_inputs(self._static, xs)
+        if self._eager(xs):
+            return _compiled_method(self, "to_valid", xs)
+        return self._per_group(list(self._map(xs, transforms.to_valid)))
 
     def from_valid(self, *us):
         """Unconstrained flat vector(s) -> constrained."""
-        return self._per_group(list(self._map(_check_inputs(self._static, us), transforms.from_valid)))
+        us = _check_inputs(self._static, us)
+        if self._eager(us):
+            return _compiled_method(self, "from_valid", us)
+        return self._per_group(list(self._map(us, transforms.from_valid)))
 
     def log_det_jacobian(self, *us):
         """``log|det d from_valid / du|``, summed over all entries (0 for cyclic)."""
         us = _check_inputs(self._static, us)
+        if self._eager(us):
+            return _compiled_method(self, "log_det_jacobian", us)
         total = jnp.zeros((), dtype=jnp.result_type(us[0]))
         for g, u in zip(self.groups, us):
             for r in self._rows(g):
@@ -402,6 +416,8 @@ class Program:
             -0.9189
         """
         xs = _check_inputs(self._static, xs)
+        if self._eager(xs):
+            return _compiled_method(self, "log_prior", xs)
         if self.valid:
             xs = tuple(self._map(xs, transforms.from_valid))
         w = graph.walk(self._tree[0])
@@ -415,6 +431,12 @@ class Program:
 
     def __repr__(self):
         return f"Program({self.module.name}.{self.method}, size={self.size}, valid={self.valid})"
+
+
+@jax.jit(static_argnames="method")
+def _compiled_method(f: Program, method: str, xs: tuple):
+    # The Program is an argument, so rebuilt Programs of one structure share the code.
+    return getattr(f, method)(*xs)
 
 
 def _flatten(p: Program):

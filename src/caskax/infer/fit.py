@@ -86,24 +86,28 @@ def _run_lbfgs(loss, z0, maxiter, tol, learning_rate):
     value_and_grad = optax.value_and_grad_from_state(loss)
 
     def step(carry):
-        z, state, _ = carry
+        z, state, _, start_ok = carry
         value, grad = value_and_grad(z, state=state)
+        # The first step evaluates the start: note whether it is finite there.
+        first = otu.tree_get(state, "count") == 0
+        start_ok = jnp.where(first, _finite(value, grad), start_ok)
         updates, state = opt.update(grad, state, z, value=value, grad=grad, value_fn=loss)
         new = optax.apply_updates(z, updates)
-        return new, state, jnp.all(new == z)
+        return new, state, jnp.all(new == z), start_ok
 
     def keep_going(carry):
-        _, state, stalled = carry
+        _, state, stalled, _ = carry
         count = otu.tree_get(state, "count")
         value = otu.tree_get(state, "value")
         gnorm = otu.tree_norm(otu.tree_get(state, "grad"))
         small = gnorm <= _threshold(tol, value)
         return (count == 0) | ((count < maxiter) & ~small & ~stalled & jnp.isfinite(value))
 
-    z, state, _ = jax.lax.while_loop(keep_going, step, (z0, opt.init(z0), jnp.array(False)))
+    carry = (z0, opt.init(z0), jnp.array(False), jnp.array(True))
+    z, state, _, start_ok = jax.lax.while_loop(keep_going, step, carry)
     value = otu.tree_get(state, "value")
     grad = otu.tree_get(state, "grad")
-    return z, value, otu.tree_norm(grad), otu.tree_get(state, "count")
+    return z, value, otu.tree_norm(grad), otu.tree_get(state, "count"), start_ok
 
 
 def _run_adam(loss, z0, maxiter, tol, learning_rate):
@@ -125,21 +129,23 @@ def _run_adam(loss, z0, maxiter, tol, learning_rate):
     value0, grad0 = vg(z0)
     carry = (z0, opt.init(z0), value0, grad0, jnp.array(0, dtype=jnp.int32))
     z, _, value, grad, k = jax.lax.while_loop(keep_going, step, carry)
-    return z, value, jnp.linalg.norm(grad), k
+    return z, value, jnp.linalg.norm(grad), k, _finite(value0, grad0)
+
+
+def _finite(value, grad):
+    return jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
 
 
 @eqx.filter_jit
 def _fit(target, z0, method, maxiter, tol, learning_rate, layout):
     loss = _loss(target)
-    if method == "lbfgs":
-        z, loss_value, gnorm, steps = _run_lbfgs(loss, z0, maxiter, tol, learning_rate)
-    else:
-        z, loss_value, gnorm, steps = _run_adam(loss, z0, maxiter, tol, learning_rate)
+    run = _run_lbfgs if method == "lbfgs" else _run_adam
+    z, loss_value, gnorm, steps, start_ok = run(loss, z0, maxiter, tol, learning_rate)
     value = -loss_value
     converged = (gnorm <= _threshold(tol, value)) & jnp.isfinite(value)
     # A valid=True Program takes u: report x in its own input space, like x0.
     x = z if (target.is_program and target.f.valid) else target.to_x(z)
-    return FitResult(x, value, gnorm, jnp.asarray(steps, jnp.int32), converged, layout)
+    return FitResult(x, value, gnorm, jnp.asarray(steps, jnp.int32), converged, layout), start_ok
 
 
 def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-6,
@@ -177,6 +183,16 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
         >>> [round(float(v), 4) for v in res.x], bool(res.converged)
         ([2.0, 2.0, 2.0], True)
     """
+    res, start_ok, target, z0 = _fit_unchecked(f, x0, method, maxiter, tol, valid, learning_rate)
+    if not isinstance(start_ok, jax.core.Tracer) and not bool(start_ok):
+        check_finite_start(target, z0, "fit")  # compiled only now, to name the params
+    return res
+
+
+def _fit_unchecked(f, x0=None, method="lbfgs", maxiter=1000, tol=1e-6, valid=False,
+                  learning_rate=None):
+    """`fit` without raising on a non-finite start: returns ``(result, start_ok,
+    target, z0)`` so a caller can name its own params in the error."""
     if method not in _METHODS:
         raise InferenceError(f"fit: method must be one of {_METHODS}, got {method!r}.")
     check_program(f, "fit")
@@ -188,7 +204,6 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
     target = Target(f, unconstrained=valid, density=False)
     # A valid=True Program takes u: x0 is already in its space.
     z0 = f.to_valid(x0) if (isinstance(f, Program) and valid and not f.valid) else x0
-    if not isinstance(z0, jax.core.Tracer):
-        check_finite_start(target, z0, "fit")
     layout = layout_of(f, int(x0.shape[-1]))
-    return _fit(target, z0, method, int(maxiter), float(tol), learning_rate, layout)
+    res, start_ok = _fit(target, z0, method, int(maxiter), float(tol), learning_rate, layout)
+    return res, start_ok, target, z0

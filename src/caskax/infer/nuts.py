@@ -1,10 +1,14 @@
-"""NUTS on a Program with blackjax: window adaptation, then blocks of draws.
+"""NUTS on a Program with blackjax: warmup, then blocks of draws.
 
-Layout of a run: ``init -> warmup (blackjax.window_adaptation) -> sample blocks``. Each
-stage is one jitted function of ``(target, per-chain arrays)``, mapped over chains by
-``jax.vmap`` ("vectorized"), a Python loop ("sequential") or ``jax.shard_map`` over
-``jax.devices()`` ("sharded"). The Program travels as a jit argument, so a second run
-on the same Program (or one with new data of the same shapes) reuses compiled code.
+Layout of a run with the default Laplace metric: ``fit -> Laplace -> init -> warmup
+blocks -> draw blocks``, where warmup (step-size dual averaging, the mass matrix fixed)
+and draws run through one compiled runner, each step told by a mode whether it adapts.
+With ``inverse_mass_matrix=None`` or an array, warmup is blackjax's window adaptation
+instead. Each stage is one jitted function of ``(target, per-chain arrays)``, mapped
+over chains by ``jax.vmap`` ("vectorized"), a Python loop ("sequential") or
+``jax.shard_map`` over ``jax.devices()`` ("sharded"). The Program travels as a jit
+argument, so a second run on the same Program (or one with new data of the same
+shapes) reuses compiled code.
 """
 
 import math
@@ -21,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from ..errors import CaskaxWarning, InferenceError
 from .chains import Chains, _check_layout
-from .fit import fit
+from .fit import _fit_unchecked
 from .laplace import laplace
 from ._target import (
     Target,
@@ -45,7 +49,6 @@ class _Warmup(NamedTuple):
     num_warmup: int
     dense: bool
     seeded: bool
-    fixed_metric: bool  # adapt the step size only (a Laplace-seeded mass matrix)
 
 
 class _Sampling(NamedTuple):
@@ -61,8 +64,6 @@ def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
     logdensity = target.logdensity
     if cfg.num_warmup == 0:
         return blackjax.nuts.init(z0, logdensity), jnp.ones((), z0.dtype), imm_seed
-    if cfg.fixed_metric:
-        return _step_size_warmup(logdensity, key, z0, imm_seed, cfg.num_warmup)
     warmup = blackjax.window_adaptation(
         blackjax.nuts,
         logdensity,
@@ -75,22 +76,6 @@ def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
     return state, params["step_size"], params["inverse_mass_matrix"]
 
 
-def _step_size_warmup(logdensity, key, z0, imm, num_steps):
-    """Dual-averaging step-size adaptation with a fixed mass matrix (Stan's fast
-    window): enough when the metric already matches the posterior's scales."""
-    da_init, da_update, da_final = blackjax.adaptation.step_size.dual_averaging_adaptation(0.8)
-
-    def one(carry, key):
-        state, da = carry
-        kernel = blackjax.nuts(logdensity, jnp.exp(da.log_step_size), imm)
-        state, info = kernel.step(key, state)
-        return (state, da_update(da, info.acceptance_rate)), None
-
-    init = (blackjax.nuts.init(z0, logdensity), da_init(jnp.ones((), z0.dtype)))
-    (state, da), _ = jax.lax.scan(one, init, jax.random.split(key, num_steps))
-    return state, da_final(da).astype(z0.dtype), imm
-
-
 class _Draw(NamedTuple):
     x: jax.Array
     log_density: jax.Array
@@ -99,15 +84,39 @@ class _Draw(NamedTuple):
     acceptance_rate: jax.Array
 
 
-def _sample_one(target, state, keys, step_size, imm, cfg: _Sampling):
-    """One chain, one block: ``keys`` is ``[draws, thin]``; returns (state, _Draw)."""
-    kernel = blackjax.nuts(target.logdensity, step_size, imm)
+# Per-step modes of the shared runner: warmup steps adapt the step size (Stan's fast
+# window: dual averaging with a fixed mass matrix), padding steps leave the chain as
+# it is, draws use the adapted step size.
+_DRAW, _ADAPT, _IDLE = 0, 1, 2
+_dual_averaging = blackjax.adaptation.step_size.dual_averaging_adaptation(0.8)
 
-    def transition(state, key):
-        return kernel.step(key, state)
 
-    def draw(state, thin_keys):
-        state, info = jax.lax.scan(transition, state, thin_keys)
+def _init_one(target, z, cfg):
+    """One chain's NUTS state at ``z`` and a fresh dual-averaging state."""
+    da = _dual_averaging[0](jnp.ones((), z.dtype))
+    # strong dtypes, as after a step: a weak-typed leaf would compile the runner twice
+    da = jax.tree.map(lambda a: jnp.asarray(a, getattr(a, "dtype", jnp.asarray(a).dtype)), da)
+    return blackjax.nuts.init(z, target.logdensity), da
+
+
+def _run_one(target, state, da, keys, modes, step_size, imm, cfg: _Sampling):
+    """One chain, one block of ``keys``/``modes`` ``[draws, thin]``: warmup and
+    draws share this compiled function. Returns ``((state, da), _Draw)``."""
+    da_update = _dual_averaging[1]
+
+    def transition(carry, km):
+        state, da = carry
+        key, mode = km
+        adapt = mode == _ADAPT
+        eps = jnp.where(adapt, jnp.exp(da.log_step_size), step_size)
+        new, info = blackjax.nuts(target.logdensity, eps, imm).step(key, state)
+        da = jax.tree.map(lambda a, b: jnp.where(adapt, a, b), da_update(da, info.acceptance_rate), da)
+        state = jax.tree.map(lambda a, b: jnp.where(mode == _IDLE, b, a), new, state)
+        return (state, da), info
+
+    def draw(carry, block):
+        carry, info = jax.lax.scan(transition, carry, block)
+        state = carry[0]
         out = _Draw(
             target.to_x(state.position),
             state.logdensity,
@@ -115,13 +124,9 @@ def _sample_one(target, state, keys, step_size, imm, cfg: _Sampling):
             jnp.sum(info.num_integration_steps),
             jnp.mean(info.acceptance_rate),
         )
-        return state, out
+        return carry, out
 
-    return jax.lax.scan(draw, state, keys)
-
-
-def _init_one(target, z, cfg):
-    return blackjax.nuts.init(z, target.logdensity)
+    return jax.lax.scan(draw, (state, da), (keys, modes))
 
 
 # -- mapping over chains ---------------------------------------------------------------------
@@ -182,9 +187,30 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="draw")
 
 
-def _starts(target, f, x0, num_chains):
+@eqx.filter_jit
+def _to_z(target, x0):
+    return jax.vmap(target.to_z)(x0)
+
+
+@eqx.filter_jit
+def _gaussian_starts(target, approx, key, fallback, num_chains):
+    """Draws of the Laplace Gaussian as chain starts, or the mode for every chain if
+    any draw lands where the log-density is not finite."""
+    draws = approx.sample(key, (num_chains,))
+    ok = jnp.all(jnp.isfinite(jax.vmap(target.logdensity)(draws)))
+    return jnp.where(ok, draws, fallback)
+
+
+@eqx.filter_jit
+def _draw_keys(key, num_chains, num_samples, thin):
+    keys = jax.vmap(lambda k: jax.random.split(k, num_samples * thin))(jax.random.split(key, num_chains))
+    return keys.reshape(num_chains, num_samples, thin)
+
+
+def _starts(target, f, x0, num_chains, check=True):
     """Starting points in the sampled space, ``[num_chains, n]``, and whether they
-    were given per chain."""
+    were given per chain. ``check=False`` leaves the finiteness check to the caller
+    (the Laplace path's fit runs it only if the start fails)."""
     if x0 is None:
         x0 = constrained_init(f)
     x0 = start_vector(f, x0, "nuts", lead_ok=True)
@@ -195,18 +221,23 @@ def _starts(target, f, x0, num_chains):
             "for all chains (shape (n,)) or one per chain (shape (num_chains, n))."
         )
     x0 = x0 if per_chain else jnp.broadcast_to(x0, (num_chains, x0.shape[0]))
-    z0 = jax.vmap(target.to_z)(x0)
-    check_finite_start(target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1])
+    z0 = _to_z(target, x0)
+    if check:
+        check_finite_start(target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1])
     return z0, per_chain
 
 
 def _laplace_seed(target, z0, per_chain, key, dense):
     """Fit the log-density from the first start, take its Laplace covariance at the
     mode, and start the chains from draws of that Gaussian (unless starts were given
-    per chain). Falls back to the plain starts with a warning if either step fails."""
+    per chain). Falls back to the plain starts with a warning if either step fails;
+    raises if the starts themselves are not finite."""
+    res, start_ok, _, _ = _fit_unchecked(target.logdensity, z0[0])
+    if not bool(start_ok) or per_chain:
+        # compiled only when needed: a bad start, or starts given per chain
+        check_finite_start(target, z0 if per_chain else z0[:1], "nuts")
     try:
-        res = fit(target.logdensity, z0[0])
-        if not bool(jnp.isfinite(res.value)):
+        if not np.isfinite(float(res.value)):
             raise InferenceError("the fit to the mode returned a non-finite log-density")
         approx = laplace(target.logdensity, res.x)
     except InferenceError as err:
@@ -216,10 +247,8 @@ def _laplace_seed(target, z0, per_chain, key, dense):
         )
         return z0, None
     if not per_chain:
-        draws = approx.sample(key, (z0.shape[0],))
-        ok = jnp.all(jnp.isfinite(jax.vmap(target.logdensity)(draws)))
-        z0 = draws if bool(ok) else jnp.broadcast_to(res.x, z0.shape)
-    seed = approx.cov if dense else jnp.diag(approx.cov)
+        z0 = _gaussian_starts(target, approx, key, jnp.broadcast_to(res.x, z0.shape), z0.shape[0])
+    seed = approx.cov if dense else jnp.asarray(np.diag(np.asarray(approx.cov)))
     return z0, seed
 
 
@@ -293,6 +322,27 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     mesh = _resolve_chain_method(chain_method, num_chains)
     k_start, k_warm, k_draw = jax.random.split(key, 3)
 
+    block = _block_size(num_samples)
+    sampling = _Sampling(int(thin))
+
+    def run(state, da, keys, modes, step_size, imm, bar, keep):
+        """Blocks of ``block`` rows through the shared runner."""
+        parts = []
+        for start in range(0, keys.shape[1], block):
+            (state, da), out = _map_chains(
+                _run_one, target,
+                (state, da, keys[:, start : start + block], modes[:, start : start + block],
+                 step_size, imm),
+                sampling, chain_method, mesh,
+            )
+            if keep:
+                parts.append(jax.tree.map(np.asarray, out))
+            if bar is not None:  # warmup counts steps, sampling counts draws
+                bar.update(min(out.x.shape[1] * (1 if keep else thin), bar.total - bar.n))
+        if bar is not None:
+            bar.close()
+        return state, da, parts
+
     if resume is not None:
         size = resume.last_position.shape[-1]
         _check_layout(resume, layout_of(f, size), target.unconstrained)
@@ -300,13 +350,14 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         step_size = jnp.asarray(resume.step_size, dtype=z0.dtype)
         imm = jnp.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
         check_finite_start(target, z0, "nuts (resume)")
-        state = _map_chains(_init_one, target, (z0,), None, chain_method, mesh)
+        state, da = _map_chains(_init_one, target, (z0,), None, chain_method, mesh)
         num_warmup = 0
     else:
-        z0, per_chain = _starts(target, f, x0, num_chains)
+        laplace_path = isinstance(inverse_mass_matrix, str)
+        z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
         n = z0.shape[-1]
         seed = None
-        if isinstance(inverse_mass_matrix, str):
+        if laplace_path:
             if inverse_mass_matrix != "laplace":
                 raise InferenceError(
                     f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
@@ -322,37 +373,40 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         seeded = seed is not None
         if seed is None:
             seed = jnp.ones((n,), z0.dtype)
-        laplace_seeded = seeded and isinstance(inverse_mass_matrix, str)
-        cfg = _Warmup(int(num_warmup), dense, seeded, laplace_seeded)
         seeds = jnp.broadcast_to(seed, (num_chains,) + seed.shape)
-        bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
-        warm_keys = jax.random.split(k_warm, num_chains)
-        state, step_size, imm = _map_chains(
-            _warmup_one, target, (warm_keys, z0, seeds), cfg, chain_method, mesh
-        )
-        if bar is not None:
-            jax.block_until_ready(step_size)
-            bar.update(1)
-            bar.close()
+        if laplace_path and seeded and num_warmup > 0:
+            # Step size only, in the runner that also makes the draws: one compile.
+            state, da = _map_chains(_init_one, target, (z0,), None, chain_method, mesh)
+            rows = -(-num_warmup // (block * thin)) * block
+            steps = np.arange(rows * thin).reshape(rows, thin)
+            modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
+                                    (num_chains, rows, thin))
+            bar = _progress_bar(progress, num_warmup, "warmup")
+            keys = _draw_keys(k_warm, num_chains, rows, thin)
+            ones = jnp.ones((num_chains,), z0.dtype)
+            state, da, _ = run(state, da, keys, modes, ones, seeds, bar, keep=False)
+            step_size = jnp.asarray(np.exp(np.asarray(da.log_step_size_avg)), z0.dtype)
+            imm = seeds
+        else:
+            cfg = _Warmup(int(num_warmup), dense, seeded)
+            bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
+            warm_keys = jax.random.split(k_warm, num_chains)
+            state, step_size, imm = _map_chains(
+                _warmup_one, target, (warm_keys, z0, seeds), cfg, chain_method, mesh
+            )
+            if bar is not None:
+                jax.block_until_ready(step_size)
+                bar.update(1)
+                bar.close()
+            # the runner's adaptation state is not used for draws: shapes only
+            shapes = jax.eval_shape(_dual_averaging[0], jnp.ones((), z0.dtype))
+            da = jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
 
     # Draws, in blocks; the per-step keys do not depend on the blocking.
-    draw_keys = jax.vmap(lambda k: jax.random.split(k, num_samples * thin))(
-        jax.random.split(k_draw, num_chains)
-    ).reshape(num_chains, num_samples, thin)
-    block = _block_size(num_samples)
-    sampling = _Sampling(int(thin))
+    draw_keys = _draw_keys(k_draw, num_chains, num_samples, thin)
+    modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
-    parts = []
-    for start in range(0, num_samples, block):
-        keys = draw_keys[:, start : start + block]
-        state, out = _map_chains(
-            _sample_one, target, (state, keys, step_size, imm), sampling, chain_method, mesh
-        )
-        parts.append(jax.tree.map(np.asarray, out))
-        if bar is not None:
-            bar.update(keys.shape[1])
-    if bar is not None:
-        bar.close()
+    state, _, parts = run(state, da, draw_keys, modes, step_size, imm, bar, keep=True)
     out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts)))
     chains = Chains(
         samples=out.x,
