@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import caskax as cx
 
@@ -50,8 +51,8 @@ class MockData(NamedTuple):
 
 def pixel_grid(n: int = 50):
     """Pixel centres on [-1, 1]^2 (``ij`` indexing, as in the tutorial)."""
-    axis = jnp.linspace(-1.0, 1.0, n)
-    return jnp.meshgrid(axis, axis, indexing="ij")
+    axis = np.linspace(-1.0, 1.0, n)  # numpy: nothing to compile
+    return tuple(jnp.asarray(a) for a in np.meshgrid(axis, axis, indexing="ij"))
 
 
 def true_simulator(x, y):
@@ -70,14 +71,21 @@ def mock_data(seed: int = 1123, n_epochs: int = 5, n_pix: int = 50,
     """Noisy images of the true simulator at ``linspace(0, 6, n_epochs)``: Gaussian read
     noise plus Poisson noise approximated as ``sqrt(img*exp_time)/exp_time * N(0, 1)``."""
     x, y = pixel_grid(n_pix)
-    sim = true_simulator(x, y)
-    times = jnp.linspace(0.0, 6.0, n_epochs)
+    times = jnp.asarray(np.linspace(0.0, 6.0, n_epochs))
+    images, flux = _observe(cx.compile(true_simulator(x, y)), times, jax.random.key(seed),
+                            sigma_read, exp_time)
+    return MockData(x, y, times, images, flux, sigma_read, exp_time)
+
+
+@jax.jit
+def _observe(sim, times, key, sigma_read, exp_time):
+    # one compiled program for the whole mock: images at each time, noise, true flux
     clean = jax.vmap(lambda t: sim(t[None]))(times)  # sim([t]): time is the only dynamic param
-    k1, k2 = jax.random.split(jax.random.key(seed))
+    k1, k2 = jax.random.split(key)
     read = sigma_read * jax.random.normal(k1, clean.shape)
     poisson = jnp.sqrt(clean * exp_time) / exp_time * jax.random.normal(k2, clean.shape)
-    lc = sim.models[0].flux.link.inputs[0]
-    return MockData(x, y, times, clean + read + poisson, lc.flux(times), sigma_read, exp_time)
+    lc = sim.module.models[0].flux.link.inputs[0]
+    return clean + read + poisson, lc.flux(times)
 
 
 def _galaxy(name="Galaxy"):
