@@ -132,26 +132,29 @@ class _Static:
     functions by code), so Programs that differ only in array values, and rebuilds of
     one model, share jax's compiled code."""
 
-    __slots__ = ("treedef", "leaves", "rows", "method", "valid", "key")
+    __slots__ = ("treedef", "leaves", "rows", "method", "valid", "key", "_cmp", "_hash")
 
     def __init__(self, treedef, leaves, rows, method, valid, key):
         self.treedef, self.leaves, self.rows = treedef, leaves, rows
         self.method, self.valid, self.key = method, valid, key
-
-    def _key(self):
+        # jit hashes and compares this on every call with a Program argument: do the
+        # work once (the fields never change).
         # slices are unhashable before Python 3.12: use their ends.
         rows = tuple((r.path, r.shape, r.slice.start, r.slice.stop, r.valid, r.units,
-                      r.group, r.cyclic, r.name) for r in self.rows)
-        return (self.key, rows, self.method, self.valid)
+                      r.group, r.cyclic, r.name) for r in rows)
+        self._cmp = (key, rows, method, valid)
+        try:
+            self._hash = hash((self._cmp, leaves))
+        except TypeError:
+            self._hash = hash(self._cmp)
 
     def __hash__(self):
-        try:
-            return hash((self._key(), self.leaves))
-        except TypeError:
-            return hash(self._key())
+        return self._hash
 
     def __eq__(self, other):
-        if not isinstance(other, _Static) or self._key() != other._key():
+        if self is other:
+            return True
+        if not isinstance(other, _Static) or self._hash != other._hash or self._cmp != other._cmp:
             return False
         try:
             return bool(self.leaves == other.leaves)
