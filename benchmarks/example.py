@@ -16,7 +16,7 @@ Runs, one after another, each in its own process:
 
 Reported: the process wall time (interpreter start and imports included), the script's
 own total (after its imports) and its per-stage seconds, and what each recovered. The
-two sides do different work in stages 1-4 (caskax: L-BFGS + Laplace, NUTS 4 x (500 +
+two sides do different work in stages 1-4 (caskax: L-BFGS + Laplace, NUTS 4 x (200 +
 1000); caskade: Nelder-Mead + hessian, emcee): the comparison is of the two worked
 examples as each library's tutorial runs them.
 """

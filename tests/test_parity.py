@@ -91,14 +91,27 @@ def _order(module):
     return module.param_order()
 
 
+def _same_order(ours, theirs):
+    # caskade labels a param "parent: name"; a shared param has several parents (its
+    # module and the params pointing to it), and which one caskade prints follows the
+    # iteration order of a set of objects, which differs between Python builds
+    # ("SN0: x0" here, "x0: x0" on Python 3.12). The names, in order, are what count.
+    ours, theirs = ours.split(", "), theirs.split(", ")
+    assert [a.split(": ")[-1] for a in ours] == [b.split(": ")[-1] for b in theirs]
+    for a, b in zip(ours, theirs):
+        parent, name = b.split(": ")
+        if parent != name:  # "x0: x0": labelled by the pointing param, not a module
+            assert a == b
+
+
 def test_stage2_order_matches_caskade(data, caskade_orders):
     like = stage2_model(data)
-    assert _order(like) == caskade_orders["stage2"]
+    _same_order(_order(like), caskade_orders["stage2"])
     assert like.get_values().tolist() == pytest.approx(caskade_orders["stage2_values"])
 
 
 def test_stage3_order_matches_caskade(data, caskade_orders):
     like = stage3_model(data)
-    assert _order(like) == caskade_orders["stage3"]
+    _same_order(_order(like), caskade_orders["stage3"])
     assert like.get_values().tolist() == pytest.approx(caskade_orders["stage3_values"])
     assert cx.compile(like).size == len(caskade_orders["stage3_values"])
