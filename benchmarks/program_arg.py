@@ -14,25 +14,25 @@ time to dispatch one call without waiting, in microseconds, of:
 Written to look into `RESULTS.md`'s ``jit-program-arg`` cell on a GPU.
 """
 
+import sys
 import time
+from pathlib import Path
 
-import jax
-import numpy as np
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
 
-import caskax as cx
-from caskax import program as P
-from caskax.examples import stages
+import jax  # noqa: E402
+
+import caskax as cx  # noqa: E402
+from caskax import program as P  # noqa: E402
+from caskax.examples import stages  # noqa: E402
+
+from ._timing import timeit  # noqa: E402
 
 
 def median_us(fn, n=1500):
-    for _ in range(30):
-        jax.block_until_ready(fn())
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e6)
+    return timeit(fn, repeats=n)["median"] * 1e6
 
 
 def dispatch_us(fn, n=1500):
