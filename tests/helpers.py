@@ -49,3 +49,38 @@ class Bag(cx.Module):
 
 def xs():
     return jnp.linspace(0.0, 1.0, 4)
+
+
+class CompileLog:
+    """Names of the XLA compilations inside a ``with`` block, from jax's compile log
+    (``"jit(f)"`` for a compiled function ``f``)."""
+
+    def __enter__(self):
+        import logging
+        import re
+
+        import jax
+
+        self.names = []
+        pattern = re.compile(r"Finished XLA compilation of (\S+)")
+
+        class _Handler(logging.Handler):
+            def emit(handler, record):
+                m = pattern.search(record.getMessage())
+                if m:
+                    self.names.append(m.group(1))
+
+        self._handler = _Handler(level=logging.DEBUG)
+        self._logger = logging.getLogger("jax")
+        self._level = self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.DEBUG)
+        self._ctx = jax.log_compiles(True)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)
+        return False

@@ -210,3 +210,32 @@ def test_fit_traces_once_per_function():
     res = cx.fit(f, jnp.full(2, 3.0))
     assert len(traces) == first  # the second fit reuses the compiled loop
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-4)
+
+
+class Root(cx.Module):
+    """log(a) + sqrt(b): not finite for a <= 0; its gradient not finite at b = 0."""
+
+    a: cx.Param
+    b: cx.Param
+
+    def __init__(self, a, b):
+        super().__init__("root")
+        self.a = cx.Param("a", a, dynamic=True)
+        self.b = cx.Param("b", b, dynamic=True)
+
+    @cx.forward
+    def loglike(self, a, b):
+        return jnp.log(a) + jnp.sqrt(b) - a - b
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_fit_non_finite_start_names_param(method):
+    # The start is checked inside the fit's loop; the error still names the param,
+    # also where L-BFGS could have stepped from a NaN start to finite ground.
+    with pytest.raises(cx.InferenceError, match=r"f itself returns a non-finite value.*root\.a"):
+        cx.fit(cx.compile(Root(-1.0, 1.0), "loglike"), method=method)
+    with pytest.raises(cx.InferenceError, match=r"root\.b = 0\.0 \(gradient not finite\)"):
+        cx.fit(cx.compile(Root(1.0, 0.0), "loglike"), method=method)
+    res = cx.fit(cx.compile(Root(0.5, 0.5), "loglike"), method=method,
+                 **({"maxiter": 3000, "learning_rate": 0.02} if method == "adam" else {}))
+    np.testing.assert_allclose(res.x, [1.0, 0.25], atol=2e-2)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from helpers import CompileLog
 
 import caskax as cx
 
@@ -287,3 +288,17 @@ def test_sharded_over_four_host_devices():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_warmup_and_draws_share_one_compiled_runner(corr):
+    # Laplace-seeded warmup (step size only) and draws run through one compiled runner:
+    # one compile for the chains' start, one for the runner, and none for a new
+    # num_warmup. A weak-typed leaf in the runner's state would compile it twice.
+    run = dict(num_samples=40, num_chains=2, progress=False)
+    with CompileLog() as first:
+        cx.nuts(corr, jax.random.key(11), num_warmup=30, **run)
+    with CompileLog() as second:
+        c = cx.nuts(corr, jax.random.key(12), num_warmup=45, **run)
+    assert first.names.count("jit(_vectorized)") == 2, first.names
+    assert "jit(_vectorized)" not in second.names, second.names
+    assert c.samples.shape == (2, 40, 2) and c.num_warmup == 45

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import Line, Pair, xs
+from helpers import CompileLog, Line, Pair, xs
 
 import caskax as cx
 from caskax.examples import Gaussian
@@ -283,3 +283,34 @@ def test_shared_forward_evaluated_once_per_call():
     calls.clear()
     Twice(Counted())(x, y, [2.0])  # a call that fills opens its own scope
     assert len(calls) == 3
+
+
+class Bounded(cx.Module):
+    a: cx.Param
+
+    def __init__(self):
+        super().__init__("bounded")
+        self.a = cx.Param("a", 2.0, valid=(0, 5), dynamic=True)
+
+    @cx.forward
+    def __call__(self, x, a):
+        return a * x
+
+
+def test_eager_transforms_of_a_program_compile_as_one():
+    # Outside jit, vmap and grad of a Program run its compiled function as a whole, and
+    # the transform methods run compiled: op by op, each operation would compile alone.
+    # Odd sizes keep other tests' compiled ops out of the count.
+    f = cx.compile(Line(a=2.0, b=1.0).to_dynamic("a"), "__call__", jnp.arange(13.0))
+    xs = jnp.linspace(0.5, 1.5, 7)[:, None]
+    with CompileLog() as log:
+        out = jax.vmap(f)(xs)
+        g = jax.grad(lambda a: f(a).sum())(jnp.array([3.0]))
+    assert out.shape == (7, 13) and float(g[0]) == pytest.approx(float(jnp.arange(13.0).sum()))
+    # the model's own operations (a * x + b) never compile alone
+    assert not {"jit(multiply)", "jit(add)", "jit(mul)"} & set(log.names), log.names
+    bounded = cx.compile(Bounded(), "__call__", jnp.arange(11.0))
+    with CompileLog() as log:
+        u = bounded.to_valid(jnp.array([1.0]))
+        bounded.from_valid(u), bounded.log_det_jacobian(u)
+    assert len(log.names) <= 3 and all("_compiled_method" in n for n in log.names), log.names
