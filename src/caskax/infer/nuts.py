@@ -296,7 +296,8 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     - ``chain_method``: ``"vectorized"`` (``vmap``), ``"sequential"`` (one chain at a
       time) or ``"sharded"`` (over ``jax.devices()``; ``num_chains`` must divide evenly).
     - ``thin``: keep every ``thin``-th draw (``num_samples`` draws are kept).
-    - ``progress``: a tqdm bar advancing per block of draws (no host sync per step).
+    - ``progress``: tqdm bars for warmup and draws, advancing per block of steps (no host
+      sync per step; window adaptation shows its warmup as one step).
     - ``resume``: `Chains` from an earlier run on the same Program: skip warmup and
       continue from their last state with their adapted step size and mass matrix;
       the result holds the earlier draws followed by the new ones.
