@@ -302,3 +302,38 @@ def test_warmup_and_draws_share_one_compiled_runner(corr):
     assert first.names.count("jit(_vectorized)") == 2, first.names
     assert "jit(_vectorized)" not in second.names, second.names
     assert c.samples.shape == (2, 40, 2) and c.num_warmup == 45
+
+
+def test_float64_fit_laplace_nuts():
+    """Inference keeps float64 when x64 is on (a subprocess: x64 is process-wide)."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np, caskax as cx
+
+        class Model(cx.Module):
+            a: cx.Param
+            s: cx.Param
+
+            def __init__(self):
+                super().__init__("m")
+                self.a = cx.Param("a", [0.5, -0.5], dynamic=True)
+                self.s = cx.Param("s", 1.5, valid=(0, None), dynamic=True)
+
+            @cx.forward
+            def loglike(self, a, s):
+                return -0.5 * jnp.sum((a - 1.0) ** 2) - 2.0 * (s - 1.0) ** 2
+
+        f = cx.compile(Model(), "loglike")
+        fit = cx.fit(f)
+        assert fit.x.dtype == jnp.float64 and bool(fit.converged), fit
+        lap = cx.laplace(f, fit.x)
+        assert lap.cov.dtype == jnp.float64 and np.all(np.isfinite(lap.sigma))
+        c = cx.nuts(f, jax.random.key(0), num_warmup=50, num_samples=50, num_chains=2,
+                    progress=False)
+        assert c.samples.dtype == np.float64 and c.step_size.dtype == np.float64
+        assert np.all(np.isfinite(c.samples)) and not np.any(c.divergences)
+        print("ok")
+    """)
+    env = dict(os.environ, JAX_ENABLE_X64="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
