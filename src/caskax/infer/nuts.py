@@ -267,6 +267,88 @@ def _resolve_chain_method(chain_method, num_chains):
     return Mesh(np.array(devices), ("chains",))
 
 
+class _Runner:
+    """Warmup steps and draws through the shared compiled runner, in blocks of
+    ``block`` rows of ``thin`` steps."""
+
+    def __init__(self, target, block, cfg: _Sampling, chains_map):
+        self.target, self.block, self.cfg, self.chains_map = target, block, cfg, chains_map
+
+    def run(self, state, da, keys, modes, step_size, imm, bar, keep):
+        parts = []
+        for start in range(0, keys.shape[1], self.block):
+            rows = slice(start, start + self.block)
+            (state, da), out = _map_chains(
+                _run_one, self.target, (state, da, keys[:, rows], modes[:, rows], step_size, imm),
+                self.cfg, **self.chains_map,
+            )
+            if keep:
+                parts.append(jax.tree.map(np.asarray, out))
+            if bar is not None:  # warmup counts steps, sampling counts draws
+                bar.update(min(out.x.shape[1] * (1 if keep else self.cfg.thin), bar.total - bar.n))
+        if bar is not None:
+            bar.close()
+        return state, da, parts
+
+    def adapt_step_size(self, z0, imm, key, num_warmup, progress):
+        """Dual averaging of the step size with the mass matrix ``imm`` fixed (Stan's
+        fast window), padded to whole blocks with idle steps: one compile with draws."""
+        num_chains, thin = z0.shape[0], self.cfg.thin
+        state, da = _map_chains(_init_one, self.target, (z0,), None, **self.chains_map)
+        rows = -(-num_warmup // (self.block * thin)) * self.block
+        steps = np.arange(rows * thin).reshape(rows, thin)
+        modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
+                                (num_chains, rows, thin))
+        keys = _draw_keys(key, num_chains, rows, thin)
+        unused = jnp.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
+        bar = _progress_bar(progress, num_warmup, "warmup")
+        state, da, _ = self.run(state, da, keys, modes, unused, imm, bar, keep=False)
+        return state, da, jnp.asarray(np.exp(np.asarray(da.log_step_size_avg)), z0.dtype)
+
+
+def _window_warmup(target, z0, seeds, key, num_warmup, progress, chains_map):
+    """blackjax's window adaptation (``seeds`` seed its mass matrix when given):
+    ``(state, step_size, inverse_mass_matrix, unused runner state)``."""
+    num_chains, n = z0.shape
+    seeded = seeds is not None
+    if not seeded:
+        seeds = jnp.ones((num_chains, n), z0.dtype)
+    cfg = _Warmup(int(num_warmup), seeds.ndim == 3, seeded)
+    bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
+    state, step_size, imm = _map_chains(
+        _warmup_one, target, (jax.random.split(key, num_chains), z0, seeds), cfg, **chains_map
+    )
+    if bar is not None:
+        jax.block_until_ready(step_size)
+        bar.update(1)
+        bar.close()
+    # the runner's adaptation state is not used for draws: shapes only
+    shapes = jax.eval_shape(_dual_averaging[0], jnp.ones((), z0.dtype))
+    da = jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
+    return state, step_size, imm, da
+
+
+def _metric_seed(target, z0, per_chain, key, inverse_mass_matrix):
+    """``(starts, seed)``: the seed of the inverse mass matrix (``(n,)``, ``(n, n)``
+    or ``None``) from the ``inverse_mass_matrix`` argument; ``"laplace"`` also moves
+    the starts to draws of the Laplace Gaussian."""
+    n = z0.shape[-1]
+    if isinstance(inverse_mass_matrix, str):
+        if inverse_mass_matrix != "laplace":
+            raise InferenceError(
+                f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
+            )
+        return _laplace_seed(target, z0, per_chain, key, dense=n <= _DENSE_MAX)
+    if inverse_mass_matrix is None:
+        return z0, None
+    seed = jnp.asarray(inverse_mass_matrix, dtype=z0.dtype)
+    if seed.shape not in ((n,), (n, n)):
+        raise InferenceError(
+            f"nuts: inverse_mass_matrix has shape {seed.shape}, expected ({n},) or ({n}, {n})."
+        )
+    return z0, seed
+
+
 # -- the public function -------------------------------------------------------------------------
 def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4,
          progress: bool = True, valid: bool = True, inverse_mass_matrix="laplace",
@@ -323,26 +405,8 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     mesh = _resolve_chain_method(chain_method, num_chains)
     k_start, k_warm, k_draw = jax.random.split(key, 3)
 
-    block = _block_size(num_samples)
-    sampling = _Sampling(int(thin))
-
-    def run(state, da, keys, modes, step_size, imm, bar, keep):
-        """Blocks of ``block`` rows through the shared runner."""
-        parts = []
-        for start in range(0, keys.shape[1], block):
-            (state, da), out = _map_chains(
-                _run_one, target,
-                (state, da, keys[:, start : start + block], modes[:, start : start + block],
-                 step_size, imm),
-                sampling, chain_method, mesh,
-            )
-            if keep:
-                parts.append(jax.tree.map(np.asarray, out))
-            if bar is not None:  # warmup counts steps, sampling counts draws
-                bar.update(min(out.x.shape[1] * (1 if keep else thin), bar.total - bar.n))
-        if bar is not None:
-            bar.close()
-        return state, da, parts
+    chains_map = dict(chain_method=chain_method, mesh=mesh)
+    runner = _Runner(target, _block_size(num_samples), _Sampling(int(thin)), chains_map)
 
     if resume is not None:
         size = resume.last_position.shape[-1]
@@ -351,63 +415,25 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         step_size = jnp.asarray(resume.step_size, dtype=z0.dtype)
         imm = jnp.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
         check_finite_start(target, z0, "nuts (resume)")
-        state, da = _map_chains(_init_one, target, (z0,), None, chain_method, mesh)
+        state, da = _map_chains(_init_one, target, (z0,), None, **chains_map)
         num_warmup = 0
     else:
         laplace_path = isinstance(inverse_mass_matrix, str)
         z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
-        n = z0.shape[-1]
-        seed = None
-        if laplace_path:
-            if inverse_mass_matrix != "laplace":
-                raise InferenceError(
-                    f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
-                )
-            z0, seed = _laplace_seed(target, z0, per_chain, k_start, dense=n <= _DENSE_MAX)
-        elif inverse_mass_matrix is not None:
-            seed = jnp.asarray(inverse_mass_matrix, dtype=z0.dtype)
-            if seed.shape not in ((n,), (n, n)):
-                raise InferenceError(
-                    f"nuts: inverse_mass_matrix has shape {seed.shape}, expected ({n},) or ({n}, {n})."
-                )
-        dense = seed is not None and seed.ndim == 2
-        seeded = seed is not None
-        if seed is None:
-            seed = jnp.ones((n,), z0.dtype)
-        seeds = jnp.broadcast_to(seed, (num_chains,) + seed.shape)
-        if laplace_path and seeded and num_warmup > 0:
-            # Step size only, in the runner that also makes the draws: one compile.
-            state, da = _map_chains(_init_one, target, (z0,), None, chain_method, mesh)
-            rows = -(-num_warmup // (block * thin)) * block
-            steps = np.arange(rows * thin).reshape(rows, thin)
-            modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
-                                    (num_chains, rows, thin))
-            bar = _progress_bar(progress, num_warmup, "warmup")
-            keys = _draw_keys(k_warm, num_chains, rows, thin)
-            ones = jnp.ones((num_chains,), z0.dtype)
-            state, da, _ = run(state, da, keys, modes, ones, seeds, bar, keep=False)
-            step_size = jnp.asarray(np.exp(np.asarray(da.log_step_size_avg)), z0.dtype)
+        z0, seed = _metric_seed(target, z0, per_chain, k_start, inverse_mass_matrix)
+        seeds = jnp.broadcast_to(seed, (num_chains,) + seed.shape) if seed is not None else None
+        if laplace_path and seed is not None and num_warmup > 0:
+            state, da, step_size = runner.adapt_step_size(z0, seeds, k_warm, num_warmup, progress)
             imm = seeds
         else:
-            cfg = _Warmup(int(num_warmup), dense, seeded)
-            bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
-            warm_keys = jax.random.split(k_warm, num_chains)
-            state, step_size, imm = _map_chains(
-                _warmup_one, target, (warm_keys, z0, seeds), cfg, chain_method, mesh
-            )
-            if bar is not None:
-                jax.block_until_ready(step_size)
-                bar.update(1)
-                bar.close()
-            # the runner's adaptation state is not used for draws: shapes only
-            shapes = jax.eval_shape(_dual_averaging[0], jnp.ones((), z0.dtype))
-            da = jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
+            state, step_size, imm, da = _window_warmup(target, z0, seeds, k_warm, num_warmup,
+                                                       progress, chains_map)
 
     # Draws, in blocks; the per-step keys do not depend on the blocking.
     draw_keys = _draw_keys(k_draw, num_chains, num_samples, thin)
     modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
-    state, _, parts = run(state, da, draw_keys, modes, step_size, imm, bar, keep=True)
+    state, _, parts = runner.run(state, da, draw_keys, modes, step_size, imm, bar, keep=True)
     out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts)))
     chains = Chains(
         samples=out.x,
