@@ -90,3 +90,44 @@ def test_vmap_over_one_group():
     xs = jnp.stack([x0, x0 + 1.0])
     out = jax.vmap(lambda x: f(x, x2))(xs)
     assert out.tolist() == [9.0, 15.0]
+
+
+class GroupedGauss(cx.Module):
+    """A Gaussian log-likelihood whose params sit in two groups: ``m`` (2,) in group 1,
+    ``s`` > 0 in group 0, so the joined vector is ``[s, m0, m1]``."""
+
+    m: cx.Param
+    s: cx.Param
+
+    def __init__(self):
+        super().__init__("gg")
+        self.m = cx.Param("m", [0.0, 0.0], dynamic=True, group=1)
+        self.s = cx.Param("s", 2.0, dynamic=True, group=0, valid=(0, None))
+
+    @cx.forward
+    def loglike(self, m, s):
+        # maximum at m = (1, -2) with sigmas (1, 0.5), and at s = 1 with sigma 0.5
+        return -0.5 * ((m[0] - 1.0) ** 2 + ((m[1] + 2.0) / 0.5) ** 2) - 2.0 * (s - 1.0) ** 2
+
+
+def test_inference_joins_param_groups():
+    # fit, laplace and nuts see a grouped Program as one vector, groups in order
+    f = cx.compile(GroupedGauss(), "loglike")
+    assert f.groups == (0, 1)
+    fit = cx.fit(f, valid=True)
+    assert fit.names == ["gg.s", "gg.m[0]", "gg.m[1]"]
+    np.testing.assert_allclose(fit.x, [1.0, 1.0, -2.0], atol=1e-3)
+    np.testing.assert_allclose(fit.by_name()["gg.m"], [1.0, -2.0], atol=1e-3)
+    lap = cx.laplace(f, fit.x)
+    np.testing.assert_allclose(lap.sigma, [0.5, 1.0, 0.5], rtol=1e-3)
+    np.testing.assert_allclose(cx.laplace(f, fit.x, subset=["gg.m"]).sigma, [1.0, 0.5], rtol=1e-3)
+    chains = cx.nuts(f, jax.random.key(0), num_warmup=100, num_samples=300, num_chains=2,
+                     progress=False)
+    post = chains.by_name()
+    assert post["gg.m"].shape == (2, 300, 2) and np.all(post["gg.s"] > 0)
+    np.testing.assert_allclose(post["gg.m"].mean(axis=(0, 1)), [1.0, -2.0], atol=0.2)
+    # a valid=True Program takes u = (log s, m): fit and laplace work in u
+    fv = cx.compile(GroupedGauss(), "loglike", valid=True)
+    np.testing.assert_allclose(cx.fit(fv).x, [0.0, 1.0, -2.0], atol=1e-3)
+    with pytest.raises(cx.InferenceError, match="one param group"):
+        cx.numpyro_model(f)

@@ -3,7 +3,8 @@ space a sampler or optimiser moves in.
 
 ``f`` is a caskax `Program` or any plain function of one flat vector. A Program brings
 names, shapes, valid ranges and priors; a plain function brings only its values, so
-its entries are labelled ``x[0], x[1], ...``.
+its entries are labelled ``x[0], x[1], ...``. A Program with several param groups is
+seen as one vector: its groups' vectors joined in group order.
 """
 
 import math
@@ -21,15 +22,10 @@ __all__ = ["Target", "layout_of", "names_of", "check_program", "start_vector"]
 
 
 def check_program(f, what: str):
-    """Refuse inputs inference cannot handle: several param groups, or no dynamic
-    params. Plain callables pass through."""
+    """Refuse inputs inference cannot handle: no dynamic params, or neither a Program
+    nor a callable. Plain callables pass through."""
     if isinstance(f, Program):
-        if len(f.groups) > 1:
-            raise InferenceError(
-                f"{what} needs a Program of one flat vector, but {f!r} has param groups "
-                f"{f.groups}. Compile a model whose dynamic params share one group."
-            )
-        if f.size == 0:
+        if sum(group_sizes(f)) == 0:
             raise InferenceError(
                 f"{what}: {f!r} has no dynamic params, so there is nothing to infer. "
                 "Make some params dynamic first (module.to_dynamic(...))."
@@ -41,10 +37,28 @@ def check_program(f, what: str):
         )
 
 
+def group_sizes(f: Program) -> tuple:
+    """Entries per param group, in group order."""
+    size = f.size
+    return size if isinstance(size, tuple) else (size,)
+
+
+def joined_rows(f: Program) -> list:
+    """``[(row, start, stop), ...]``: the layout rows in the joined vector's order
+    (group by group) with their entries' span in it."""
+    out, offset = [], 0
+    for g in f.groups:
+        rows = sorted((r for r in f.layout if r.group == g), key=lambda r: r.slice.start)
+        for r in rows:
+            out.append((r, offset + r.slice.start, offset + r.slice.stop))
+        offset += sum(math.prod(r.shape) for r in rows)
+    return out
+
+
 def layout_of(f, size: int | None = None) -> tuple:
     """``((name, shape), ...)``, one pair per param, in flat-vector order."""
     if isinstance(f, Program):
-        return tuple((r.name, tuple(r.shape)) for r in f.layout)
+        return tuple((r.name, tuple(r.shape)) for r, _, _ in joined_rows(f))
     if size is None:
         return ()
     return tuple((f"x[{i}]", ()) for i in range(size))
@@ -77,7 +91,22 @@ def constrained_init(f):
         raise InferenceError(
             "x0 is required when f is a plain function (it has no stored init values)."
         )
-    return f.from_valid(f.init) if f.valid else f.init
+    init = _as_tuple(f.init)
+    return _join(f.from_valid(*init) if f.valid else init)
+
+
+def init_vector(f: Program):
+    """``f.init`` as one vector (groups joined; ``u`` for a ``valid=True`` Program)."""
+    return _join(f.init)
+
+
+def _as_tuple(v) -> tuple:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def _join(parts):
+    parts = _as_tuple(parts)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def start_vector(f, x0, what: str, lead_ok: bool = False):
@@ -87,11 +116,11 @@ def start_vector(f, x0, what: str, lead_ok: bool = False):
     # one compiled fit.
     dtype = x0.dtype if jnp.issubdtype(x0.dtype, jnp.inexact) else jnp.zeros(()).dtype
     x0 = jnp.asarray(x0, dtype=dtype)
-    n = f.size if isinstance(f, Program) else None
+    n = sum(group_sizes(f)) if isinstance(f, Program) else None
     ndim_ok = x0.ndim == 1 or (lead_ok and x0.ndim == 2)
     if not ndim_ok or (n is not None and x0.shape[-1] != n):
         listing = (
-            ", ".join(f"{r.name}{list(r.shape)}" for r in f.layout)
+            ", ".join(f"{r.name}{list(r.shape)}" for r, _, _ in joined_rows(f))
             if isinstance(f, Program)
             else "a flat vector"
         )
@@ -117,12 +146,20 @@ class Target(eqx.Module):
     f: Any
     unconstrained: bool = eqx.field(static=True)
     density: bool = eqx.field(static=True)
+    sizes: tuple = eqx.field(static=True)  # entries per param group; () for a function
 
     def __init__(self, f, unconstrained: bool, density: bool = True):
         self.f = f
         is_program = isinstance(f, Program)
         self.unconstrained = bool(is_program and (unconstrained or f.valid))
         self.density = bool(density)
+        self.sizes = group_sizes(f) if is_program else ()
+
+    def split(self, v) -> tuple:
+        """One joined vector -> the Program's arguments, one per param group."""
+        if len(self.sizes) < 2:
+            return (v,)
+        return tuple(jnp.split(v, np.cumsum(self.sizes)[:-1].tolist(), axis=-1))
 
     @property
     def is_program(self) -> bool:
@@ -139,24 +176,25 @@ class Target(eqx.Module):
 
     def to_x(self, z):
         """Sampling space -> constrained space."""
-        return self.f.from_valid(z) if self.unconstrained else z
+        return _join(self.f.from_valid(*self.split(z))) if self.unconstrained else z
 
     def to_z(self, x):
         """Constrained space -> sampling space."""
-        return self.f.to_valid(x) if self.unconstrained else x
+        return _join(self.f.to_valid(*self.split(x))) if self.unconstrained else x
 
     def logdensity(self, z):
         f = self.f
         if not self.is_program:
             return self._value(f(z))
+        zs = self.split(z)
         if not self.unconstrained:
-            out = self._value(f(z))
-            return out + f.log_prior(z) if self.density else out
+            out = self._value(f(*zs))
+            return out + f.log_prior(*zs) if self.density else out
         # f.valid Programs take u themselves (and so does their log_prior).
-        arg = z if f.valid else f.from_valid(z)
-        out = self._value(f(arg))
+        args = zs if f.valid else _as_tuple(f.from_valid(*zs))
+        out = self._value(f(*args))
         if self.density:
-            out = out + f.log_prior(arg) + f.log_det_jacobian(z)
+            out = out + f.log_prior(*args) + f.log_det_jacobian(*zs)
         return out
 
 
@@ -181,7 +219,7 @@ def check_finite_start(target: Target, z, what: str, x=None):
         names = names_of(layout)
         x = xs[k] if xs is not None else np.asarray(target.to_x(jnp.asarray(zk)))
         bad = []
-        rows = f.layout if target.is_program else [None] * len(layout)
+        rows = [r for r, _, _ in joined_rows(f)] if target.is_program else [None] * len(layout)
         start = 0
         for (name, shape), row in zip(layout, rows):
             n = math.prod(shape)

@@ -13,6 +13,7 @@ from ._target import (
     check_finite_start,
     check_program,
     constrained_init,
+    init_vector,
     layout_of,
     names_of,
     split_by_name,
@@ -167,7 +168,9 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
     **Arguments:**
 
     - ``f``: a caskax `Program` (priors are not added: ``fit`` maximises ``f`` itself)
-      or any function of a flat vector returning a scalar.
+      or any function of a flat vector returning a scalar. A Program with several
+      param groups is fitted as one vector, its groups joined in order (``x`` and
+      ``names`` follow that order).
     - ``x0``: start, ``f.init`` when ``None`` (required for a plain function).
     - ``valid``: optimise ``u = f.to_valid(x)`` in unconstrained space, so bounded
       params never leave their valid range; ``x0`` and the result stay constrained. A
@@ -197,13 +200,13 @@ def _fit_unchecked(f, x0=None, method="lbfgs", maxiter=1000, tol=1e-6, valid=Fal
         raise InferenceError(f"fit: method must be one of {_METHODS}, got {method!r}.")
     check_program(f, "fit")
     if x0 is None:
-        x0 = f.init if isinstance(f, Program) else constrained_init(f)
+        x0 = init_vector(f) if isinstance(f, Program) else constrained_init(f)
     x0 = start_vector(f, x0, "fit")
     if learning_rate is None and method == "adam":
         learning_rate = 1e-2
     target = Target(f, unconstrained=valid, density=False)
     # A valid=True Program takes u: x0 is already in its space.
-    z0 = f.to_valid(x0) if (isinstance(f, Program) and valid and not f.valid) else x0
+    z0 = target.to_z(x0) if (isinstance(f, Program) and valid and not f.valid) else x0
     layout = layout_of(f, int(x0.shape[-1]))
     res, start_ok = _fit(target, z0, method, int(maxiter), float(tol), learning_rate, layout)
     return res, start_ok, target, z0

@@ -73,6 +73,11 @@ def numpyro_model(f: Program):
             f"and priors), got {type(f).__name__}."
         )
     check_program(f, "numpyro_model")
+    if len(f.groups) > 1:
+        raise InferenceError(
+            f"numpyro_model needs a Program of one param group (its sites are the "
+            f"params of one vector), but {f!r} has groups {f.groups}."
+        )
     nodes = graph.walk(f.module).nodes
     sites = [(row, _site_distribution(row, nodes[row.uid].prior)) for row in f.layout]
 

@@ -359,7 +359,9 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     sampler moves in unconstrained space ``u`` (``x = f.from_valid(u)``) and adds
     ``f.log_det_jacobian(u)``, so bounded params are sampled correctly; a Program
     compiled with ``valid=True`` takes ``u`` itself and is always sampled that way. A
-    plain function of a flat vector is sampled as is (then ``x0`` is required).
+    plain function of a flat vector is sampled as is (then ``x0`` is required). A
+    Program with several param groups is sampled as one vector, its groups joined in
+    order.
 
     **Arguments:**
 
