@@ -174,6 +174,15 @@ def _hist2d_levels(h, fractions):
     return levels
 
 
+def _lower_triangle(fig, d, **grid):
+    """``(i, j, axes)`` for the diagonal and below of a ``d x d`` grid: no axes above
+    the diagonal, which halves the drawing time."""
+    spec = fig.add_gridspec(d, d, **grid)
+    for i in range(d):
+        for j in range(i + 1):
+            yield i, j, fig.add_subplot(spec[i, j])
+
+
 def corner(chains_or_samples, names=None, truth=None, bins=30):
     """A corner plot: histograms on the diagonal, 2-D densities with contours enclosing
     39 % and 86 % of the samples (2-D 1σ and 2σ) below it; ``truth`` marked in red.
@@ -193,7 +202,6 @@ def corner(chains_or_samples, names=None, truth=None, bins=30):
     truth = _truth(truth, d)
     size = max(2.0, min(2.5, 12.0 / d))
     fig = plt.figure(figsize=(size * d, size * d))
-    grid = fig.add_gridspec(d, d, wspace=0.05, hspace=0.05)
     lims = []
     for i in range(d):
         lo, hi = np.percentile(x[:, i], [0.5, 99.5])
@@ -201,43 +209,39 @@ def corner(chains_or_samples, names=None, truth=None, bins=30):
             lo, hi = min(lo, truth[i]), max(hi, truth[i])
         pad = 0.05 * (hi - lo) or 0.5
         lims.append((lo - pad, hi + pad))
-    for i in range(d):
-        for j in range(d):
-            if j > i:
-                continue  # no axes above the diagonal: half the drawing time
-            ax = fig.add_subplot(grid[i, j])
-            if i == j:
-                ax.hist(x[:, i], bins=bins, range=lims[i], histtype="step", color="k")
-                ax.set_yticks([])
-                q = np.percentile(x[:, i], [16, 50, 84])
-                for v in q:
-                    ax.axvline(v, color="k", ls="--", lw=0.8)
-                ax.set_title(f"{names[i]} = {q[1]:.3g}$^{{+{q[2] - q[1]:.2g}}}_{{-{q[1] - q[0]:.2g}}}$",
-                             fontsize=9)
-                if truth is not None:
-                    ax.axvline(truth[i], color="C3")
-            else:
-                h, xe, ye = np.histogram2d(x[:, j], x[:, i], bins=bins, range=[lims[j], lims[i]])
-                h = _smooth(h)
-                ax.plot(x[:, j], x[:, i], ",", color="k", alpha=0.2)
-                levels = _hist2d_levels(h, [0.865, 0.393])
-                if len(levels) > 1 and np.ptp(h) > 0:
-                    xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
-                    ax.contour(xc, yc, h.T, levels=levels, colors="k", linewidths=1)
-                if truth is not None:
-                    ax.axvline(truth[j], color="C3")
-                    ax.axhline(truth[i], color="C3")
-                    ax.plot(truth[j], truth[i], "s", color="C3", ms=3)
-                ax.set_ylim(lims[i])
-            ax.set_xlim(lims[j])
-            if i < d - 1:
-                ax.set_xticklabels([])
-            else:
-                ax.set_xlabel(names[j])
-            if j > 0 or i == 0:
-                ax.set_yticklabels([])
-            else:
-                ax.set_ylabel(names[i])
+    for i, j, ax in _lower_triangle(fig, d, wspace=0.05, hspace=0.05):
+        if i == j:
+            ax.hist(x[:, i], bins=bins, range=lims[i], histtype="step", color="k")
+            ax.set_yticks([])
+            q = np.percentile(x[:, i], [16, 50, 84])
+            for v in q:
+                ax.axvline(v, color="k", ls="--", lw=0.8)
+            ax.set_title(f"{names[i]} = {q[1]:.3g}$^{{+{q[2] - q[1]:.2g}}}_{{-{q[1] - q[0]:.2g}}}$",
+                         fontsize=9)
+            if truth is not None:
+                ax.axvline(truth[i], color="C3")
+        else:
+            h, xe, ye = np.histogram2d(x[:, j], x[:, i], bins=bins, range=[lims[j], lims[i]])
+            h = _smooth(h)
+            ax.plot(x[:, j], x[:, i], ",", color="k", alpha=0.2)
+            levels = _hist2d_levels(h, [0.865, 0.393])
+            if len(levels) > 1 and np.ptp(h) > 0:
+                xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
+                ax.contour(xc, yc, h.T, levels=levels, colors="k", linewidths=1)
+            if truth is not None:
+                ax.axvline(truth[j], color="C3")
+                ax.axhline(truth[i], color="C3")
+                ax.plot(truth[j], truth[i], "s", color="C3", ms=3)
+            ax.set_ylim(lims[i])
+        ax.set_xlim(lims[j])
+        if i < d - 1:
+            ax.set_xticklabels([])
+        else:
+            ax.set_xlabel(names[j])
+        if j > 0 or i == 0:
+            ax.set_yticklabels([])
+        else:
+            ax.set_ylabel(names[i])
     return fig
 
 
@@ -327,23 +331,18 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
         ax.set_ylabel(names[1])
         return fig
     fig = plt.figure(figsize=(2.2 * d, 2.2 * d))
-    grid = fig.add_gridspec(d, d)
-    for i in range(d):
-        for j in range(d):
-            if j > i:
-                continue  # no axes above the diagonal: half the drawing time
-            ax = fig.add_subplot(grid[i, j])
-            if i == j:
-                xs = np.linspace(mean[i] - 4 * sig[i], mean[i] + 4 * sig[i], 200)
-                s = sig[i] or 1.0
-                ax.plot(xs, np.exp(-0.5 * ((xs - mean[i]) / s) ** 2), color="C0")
-                if truth is not None:
-                    ax.axvline(truth[i], color="C3")
-                ax.set_yticks([])
-            else:
-                pair(ax, i, j)
-            if i == d - 1:
-                ax.set_xlabel(names[j])
-            if j == 0 and i > 0:
-                ax.set_ylabel(names[i])
+    for i, j, ax in _lower_triangle(fig, d):
+        if i == j:
+            xs = np.linspace(mean[i] - 4 * sig[i], mean[i] + 4 * sig[i], 200)
+            s = sig[i] or 1.0
+            ax.plot(xs, np.exp(-0.5 * ((xs - mean[i]) / s) ** 2), color="C0")
+            if truth is not None:
+                ax.axvline(truth[i], color="C3")
+            ax.set_yticks([])
+        else:
+            pair(ax, i, j)
+        if i == d - 1:
+            ax.set_xlabel(names[j])
+        if j == 0 and i > 0:
+            ax.set_ylabel(names[i])
     return fig
