@@ -188,9 +188,7 @@ class Module(eqx.Module):
                 _check_has_value(p, w)
                 vals.append(p.value)
             if scheme == "array":
-                out.append(
-                    jnp.concatenate([jnp.ravel(v) for v in vals]) if vals else jnp.zeros((0,))
-                )
+                out.append(_join_values(vals))
             elif scheme == "list":
                 out.append(vals)
             elif scheme == "dict":
@@ -408,13 +406,24 @@ def _path(w, p) -> str:
     return w.paths.get(p.uid) or p.name
 
 
+def _join_values(vals) -> jax.Array:
+    """Param values as one flat array. Concrete values are joined in numpy: an eager
+    ``jnp.concatenate`` compiles once per layout, a cost that shows in a cold run."""
+    if not vals:
+        return jnp.zeros((0,))
+    if any(isinstance(v, jax.core.Tracer) for v in vals):
+        return jnp.concatenate([jnp.ravel(v) for v in vals])
+    dtype = jnp.result_type(*vals)
+    return jnp.asarray(np.concatenate([np.ravel(np.asarray(v)) for v in vals]).astype(dtype))
+
+
 def _check_has_value(p, w):
     if p.value is None:
         raise ParamError(
             f"dynamic param '{_path(w, p)}' has no value: give it one (Param(..., value) or "
             "set_values) or pass the flat vector explicitly."
         )
-    if not isinstance(p.value, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(p.value))):
+    if not isinstance(p.value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(p.value))):
         raise ParamError(f"dynamic param '{_path(w, p)}' holds a non-finite value {p.value}.")
 
 

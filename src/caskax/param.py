@@ -96,8 +96,12 @@ def _coerce(name, value, shape, dtype):
             if not jnp.issubdtype(dtype, jnp.inexact):
                 # An int value must not make a param integer: gradients need floats.
                 dtype = _default_float()
-        # An explicit dtype also drops jax's weak type from Python scalars.
-        arr = jnp.asarray(value, dtype=dtype)
+        # An explicit dtype also drops jax's weak type from Python scalars. Host values
+        # are cast in numpy: an eager cast on the device is a compile of its own.
+        if isinstance(value, (jax.Array, jax.core.Tracer)):
+            arr = jnp.asarray(value, dtype=dtype)
+        else:
+            arr = jnp.asarray(np.asarray(value, dtype=dtype))
     except (TypeError, ValueError) as err:
         raise ParamError(
             f"Param '{name}': value of type {type(value).__name__} cannot become an array "

@@ -98,7 +98,8 @@ def stage1_model(data: MockData, epoch: int, flux0: float = 0.2) -> Likelihood:
     """One image alone: SN position and flux free, galaxy free."""
     sn = Gaussian("SN", x0=list(TRUTH.sn_x0), q=1.0, phi=0.0, sigma=0.05, flux=flux0)
     image = Combined("image", data.x, data.y, [sn.to_dynamic("x0", "flux"), _galaxy()])
-    return Likelihood("likelihood", image, data.images[epoch], data.sigma_read, data.exp_time)
+    image_data = jnp.asarray(np.asarray(data.images)[epoch])  # numpy indexing: no compile
+    return Likelihood("likelihood", image, image_data, data.sigma_read, data.exp_time)
 
 
 def stage2_model(data: MockData, flux0: float = 0.2) -> Likelihood:
@@ -122,9 +123,9 @@ def stage3_model(data: MockData, lc_sigma0: float = 2.5) -> Likelihood:
     like = stage2_model(data)
     lc = Gaussian1D("lightcurve", t0=TRUTH.t0, sigma=lc_sigma0, peak_flux=TRUTH.peak_flux)
     lc = lc.to_dynamic()
-    for i, t in enumerate(data.times):
+    for i, t in enumerate(np.asarray(data.times)):  # numpy: no device op per epoch
         like = like.set(f"model.models[{i}].models[0].flux",
-                        cx.Pointer(lambda lc, t: lc.flux(t), lc, t))
+                        cx.Pointer(lambda lc, t: lc.flux(t), lc, jnp.asarray(t, data.times.dtype)))
     return like
 
 

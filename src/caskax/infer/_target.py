@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InferenceError, ShapeError
 from ..program import Program
+from ._jit import inference_jit
 
 __all__ = ["Target", "layout_of", "names_of", "check_program", "start_vector"]
 
@@ -198,7 +199,7 @@ class Target(eqx.Module):
         return out
 
 
-@eqx.filter_jit
+@inference_jit
 def _value_and_grad(target, z):
     return jax.value_and_grad(target.logdensity)(z)
 

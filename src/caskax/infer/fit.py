@@ -19,6 +19,7 @@ from ._target import (
     split_by_name,
     start_vector,
 )
+from ._jit import inference_jit
 
 __all__ = ["fit", "FitResult"]
 
@@ -137,7 +138,7 @@ def _finite(value, grad):
     return jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
 
 
-@eqx.filter_jit
+@inference_jit
 def _fit(target, z0, method, maxiter, tol, learning_rate, layout):
     loss = _loss(target)
     run = _run_lbfgs if method == "lbfgs" else _run_adam

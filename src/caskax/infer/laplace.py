@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import InferenceError
 from ..program import Program
 from ._target import Target, check_program, joined_rows, layout_of, names_of, start_vector
+from ._jit import inference_jit
 
 __all__ = ["laplace", "Laplace"]
 
@@ -45,7 +46,7 @@ class Laplace(eqx.Module):
         return jax.random.multivariate_normal(key, self.mean, self.cov, shape, method="eigh")
 
 
-@eqx.filter_jit
+@inference_jit
 def _hessian(target, x):
     # Forward-over-reverse, one Hessian-vector product per basis vector, batched: the
     # arithmetic of jax.hessian, but XLA compiled it in 0.7x the time (1.7 s vs 2.4 s
@@ -149,5 +150,6 @@ def laplace(f, x, subset=None) -> Laplace:
         mean, cov, names = mean[idx], cov[np.ix_(idx, idx)], [names[i] for i in idx]
     dtype = x.dtype
     sigma = np.sqrt(np.diag(cov))  # numpy: no compile for a few small ops
-    return Laplace(jnp.asarray(mean, dtype), jnp.asarray(cov, dtype), jnp.asarray(sigma, dtype),
+    # cast in numpy: jnp.asarray(..., dtype) of a float64 array compiles a convert
+    return Laplace(jnp.asarray(mean.astype(dtype)), jnp.asarray(cov.astype(dtype)), jnp.asarray(sigma.astype(dtype)),
                    tuple(names))

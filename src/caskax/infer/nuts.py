@@ -35,6 +35,7 @@ from ._target import (
     layout_of,
     start_vector,
 )
+from ._jit import inference_jit
 
 __all__ = ["nuts"]
 
@@ -99,10 +100,14 @@ def _init_one(target, z, cfg):
     return blackjax.nuts.init(z, target.logdensity), da
 
 
-def _run_one(target, state, da, keys, modes, step_size, imm, cfg: _Sampling):
-    """One chain, one block of ``keys``/``modes`` ``[draws, thin]``: warmup and
-    draws share this compiled function. Returns ``((state, da), _Draw)``."""
+def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Sampling):
+    """One chain, one block of ``modes`` ``[draws, thin]`` starting at step ``first``:
+    warmup and draws share this compiled function. Step ``i`` uses
+    ``fold_in(key, i)``, so the draws do not depend on the blocking. Returns
+    ``((state, da), _Draw)``."""
     da_update = _dual_averaging[1]
+    steps = first + jnp.arange(modes.size, dtype=jnp.int32).reshape(modes.shape)
+    keys = jax.vmap(jax.vmap(lambda i: jax.random.fold_in(key, i)))(steps)
 
     def transition(carry, km):
         state, da = carry
@@ -130,17 +135,17 @@ def _run_one(target, state, da, keys, modes, step_size, imm, cfg: _Sampling):
 
 
 # -- mapping over chains ---------------------------------------------------------------------
-@eqx.filter_jit
+@inference_jit
 def _vectorized(fn, target, args, cfg):
     return jax.vmap(lambda *a: fn(target, *a, cfg))(*args)
 
 
-@eqx.filter_jit
+@inference_jit
 def _single(fn, target, args, cfg):
     return fn(target, *args, cfg)
 
 
-@eqx.filter_jit
+@inference_jit
 def _sharded(fn, target, args, cfg, mesh):
     dynamic, static = eqx.partition(target, eqx.is_array)
 
@@ -187,24 +192,18 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="draw")
 
 
-@eqx.filter_jit
+@inference_jit
 def _to_z(target, x0):
     return jax.vmap(target.to_z)(x0)
 
 
-@eqx.filter_jit
+@inference_jit
 def _gaussian_starts(target, approx, key, fallback, num_chains):
     """Draws of the Laplace Gaussian as chain starts, or the mode for every chain if
     any draw lands where the log-density is not finite."""
     draws = approx.sample(key, (num_chains,))
     ok = jnp.all(jnp.isfinite(jax.vmap(target.logdensity)(draws)))
     return jnp.where(ok, draws, fallback)
-
-
-@eqx.filter_jit
-def _draw_keys(key, num_chains, num_samples, thin):
-    keys = jax.vmap(lambda k: jax.random.split(k, num_samples * thin))(jax.random.split(key, num_chains))
-    return keys.reshape(num_chains, num_samples, thin)
 
 
 def _starts(target, f, x0, num_chains, check=True):
@@ -220,7 +219,8 @@ def _starts(target, f, x0, num_chains, check=True):
             f"nuts: x0 has {x0.shape[0]} rows but num_chains={num_chains}; give one start "
             "for all chains (shape (n,)) or one per chain (shape (num_chains, n))."
         )
-    x0 = x0 if per_chain else jnp.broadcast_to(x0, (num_chains, x0.shape[0]))
+    # numpy for the small host-side steps: an eager jnp op is a compile of its own
+    x0 = x0 if per_chain else np.broadcast_to(np.asarray(x0), (num_chains, x0.shape[0]))
     z0 = _to_z(target, x0)
     if check:
         check_finite_start(target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1])
@@ -232,7 +232,7 @@ def _laplace_seed(target, z0, per_chain, key, dense):
     mode, and start the chains from draws of that Gaussian (unless starts were given
     per chain). Falls back to the plain starts with a warning if either step fails;
     raises if the starts themselves are not finite."""
-    res, start_ok, _, _ = _fit_unchecked(target.logdensity, z0[0])
+    res, start_ok, _, _ = _fit_unchecked(target.logdensity, jnp.asarray(np.asarray(z0)[0]))
     if not bool(start_ok) or per_chain:
         # compiled only when needed: a bad start, or starts given per chain
         check_finite_start(target, z0 if per_chain else z0[:1], "nuts")
@@ -247,7 +247,7 @@ def _laplace_seed(target, z0, per_chain, key, dense):
         )
         return z0, None
     if not per_chain:
-        z0 = _gaussian_starts(target, approx, key, jnp.broadcast_to(res.x, z0.shape), z0.shape[0])
+        z0 = _gaussian_starts(target, approx, key, np.broadcast_to(np.asarray(res.x), z0.shape), z0.shape[0])
     seed = approx.cov if dense else jnp.asarray(np.diag(np.asarray(approx.cov)))
     return z0, seed
 
@@ -275,11 +275,13 @@ class _Runner:
         self.target, self.block, self.cfg, self.chains_map = target, block, cfg, chains_map
 
     def run(self, state, da, keys, modes, step_size, imm, bar, keep):
+        """``modes`` ``[chains, rows, thin]`` (numpy) from per-chain ``keys``."""
         parts = []
-        for start in range(0, keys.shape[1], self.block):
-            rows = slice(start, start + self.block)
+        for start in range(0, modes.shape[1], self.block):
+            rows = modes[:, start:start + self.block]
+            first = np.full(modes.shape[0], start * modes.shape[2], np.int32)
             (state, da), out = _map_chains(
-                _run_one, self.target, (state, da, keys[:, rows], modes[:, rows], step_size, imm),
+                _run_one, self.target, (state, da, keys, first, rows, step_size, imm),
                 self.cfg, **self.chains_map,
             )
             if keep:
@@ -299,8 +301,8 @@ class _Runner:
         steps = np.arange(rows * thin).reshape(rows, thin)
         modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
                                 (num_chains, rows, thin))
-        keys = _draw_keys(key, num_chains, rows, thin)
-        unused = jnp.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
+        keys = jax.random.split(key, num_chains)
+        unused = np.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
         bar = _progress_bar(progress, num_warmup, "warmup")
         state, da, _ = self.run(state, da, keys, modes, unused, imm, bar, keep=False)
         return state, da, jnp.asarray(np.exp(np.asarray(da.log_step_size_avg)), z0.dtype)
@@ -423,7 +425,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         laplace_path = isinstance(inverse_mass_matrix, str)
         z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
         z0, seed = _metric_seed(target, z0, per_chain, k_start, inverse_mass_matrix)
-        seeds = jnp.broadcast_to(seed, (num_chains,) + seed.shape) if seed is not None else None
+        seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape) if seed is not None else None
         if laplace_path and seed is not None and num_warmup > 0:
             state, da, step_size = runner.adapt_step_size(z0, seeds, k_warm, num_warmup, progress)
             imm = seeds
@@ -432,7 +434,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
                                                        progress, chains_map)
 
     # Draws, in blocks; the per-step keys do not depend on the blocking.
-    draw_keys = _draw_keys(k_draw, num_chains, num_samples, thin)
+    draw_keys = jax.random.split(k_draw, num_chains)
     modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
     state, _, parts = runner.run(state, da, draw_keys, modes, step_size, imm, bar, keep=True)

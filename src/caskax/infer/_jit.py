@@ -1,0 +1,53 @@
+"""The jit of caskax's inference programs: ``eqx.filter_jit`` with XLA:CPU settings
+under which their loops compile in about half the time.
+
+``fit``'s line search, NUTS's tree building and the Laplace Hessian are loops full of
+small scalar ops. On the CPU, XLA's newer fusion emitters and LLVM's ``-O2`` spend most
+of a cold run compiling those, while the programs run no faster for it. The settings
+below are scoped to these programs (``jax.jit(..., compiler_options=...)``); a user's
+own ``jax.jit`` and a Program's direct call keep XLA's defaults. They are XLA debug
+options, so each process checks once that its jaxlib still knows them and falls back
+to the defaults otherwise. ``benchmarks/compile_options.py`` measures both sides.
+"""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+__all__ = ["CPU_COMPILER_OPTIONS", "inference_jit"]
+
+CPU_COMPILER_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 1))
+
+
+@functools.cache
+def options_known(options: tuple) -> bool:
+    """Whether this jaxlib compiles with ``options`` (a tuple of (name, value) pairs)."""
+    try:
+        jax.jit(jnp.negative, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+    except Exception:  # noqa: BLE001 - jaxlib raises its own runtime error type
+        return False
+    return True
+
+
+def inference_jit(fun, options: tuple = CPU_COMPILER_OPTIONS):
+    """``eqx.filter_jit(fun)``, compiled with ``options`` when the default backend is
+    the CPU and the installed jaxlib knows them.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> square = inference_jit(lambda x: x**2)
+        >>> float(square(jnp.array(3.0)))
+        9.0
+    """
+    plain = eqx.filter_jit(fun)
+    tuned = eqx.filter_jit(fun, compiler_options=dict(options))
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+        use_tuned = jax.default_backend() == "cpu" and options_known(options)
+        return (tuned if use_tuned else plain)(*args, **kwargs)
+
+    call.plain, call.tuned = plain, tuned
+    return call
