@@ -319,7 +319,10 @@ class Program:
     def __call__(self, *xs):
         if self._direct is None:
             if self._traced:
-                return self._pure(*xs)
+                # Inside a transformation that took this Program as an argument: one
+                # nested jit, so the many calls of an optimiser's loop (L-BFGS calls f in
+                # three places) trace the model once.
+                return _apply_nested(self._arrays, self._static, xs)
             tree, static = self._tree, self._static
             self._direct = jax.jit(lambda *xs: _apply(tree, static, xs))
         # Also under vmap or grad outside jit: the compiled function batches or
@@ -434,6 +437,11 @@ class Program:
 
     def __repr__(self):
         return f"Program({self.module.name}.{self.method}, size={self.size}, valid={self.valid})"
+
+
+@jax.jit(static_argnums=1)
+def _apply_nested(arrays, static, xs):
+    return Program._from_parts(arrays, static)._pure(*xs)
 
 
 @jax.jit(static_argnames="method")
