@@ -9,7 +9,6 @@ import caskax as cx
 from caskax.examples import Gaussian1D
 from caskax.infer import _jit
 from caskax.infer._target import Target
-from caskax.infer.fit import _fit
 from caskax.infer.laplace import _hessian
 
 from helpers import CompileLog
@@ -62,15 +61,11 @@ def test_cpu_calls_run_the_tuned_compile():
     assert len(log.names) == 1
 
 
-def test_tuned_and_default_compiles_agree_on_fit_and_hessian():
+def test_tuned_and_default_compiles_agree_on_the_hessian():
     f = _program()
     target = Target(f, unconstrained=False, density=False)
-    x0 = f.init
-    args = (target, x0, "lbfgs", 1000, 1e-6, None, ())
-    tuned, _ = _fit.tuned(*args)
-    plain, _ = _fit.plain(*args)
-    np.testing.assert_allclose(tuned.x, plain.x, rtol=1e-4, atol=1e-5)
-    assert int(tuned.steps) > 1 and bool(tuned.converged)
-    h_tuned = _hessian.tuned(target, tuned.x)
-    h_plain = _hessian.plain(target, tuned.x)
+    x = cx.fit(f).x
+    h_tuned = _hessian.tuned(target, x)
+    h_plain = _hessian.plain(target, x)
+    assert np.all(np.isfinite(np.asarray(h_tuned)))
     np.testing.assert_allclose(h_tuned, h_plain, rtol=1e-4, atol=1e-3)

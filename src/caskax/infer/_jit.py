@@ -1,11 +1,12 @@
-"""The jit of caskax's inference programs: ``eqx.filter_jit`` with XLA:CPU settings
-under which their loops compile in about half the time.
+"""The jit of caskax's sampling and Hessian programs: ``eqx.filter_jit`` with XLA:CPU
+settings under which they compile in about half the time.
 
-``fit``'s line search, NUTS's tree building and the Laplace Hessian are loops full of
-small scalar ops. On the CPU, XLA's newer fusion emitters and LLVM's ``-O2`` spend most
-of a cold run compiling those, while the programs run no faster for it. The settings
-below are scoped to these programs (``jax.jit(..., compiler_options=...)``); a user's
-own ``jax.jit`` and a Program's direct call keep XLA's defaults. They are XLA debug
+NUTS's tree building and the Laplace Hessian are programs of many small ops. On the
+CPU, XLA's newer fusion emitters and LLVM's ``-O2`` spend most of a cold run compiling
+them, while the programs run no faster for it. The settings below are scoped to these
+programs (``jax.jit(..., compiler_options=...)``); a user's own ``jax.jit``, a
+Program's direct call and ``cx.fit``'s loop (whose compile is mostly the model's
+gradient, which these settings do not speed up) keep XLA's defaults. They are XLA debug
 options, so each process checks once that its jaxlib still knows them and falls back
 to the defaults otherwise. ``benchmarks/compile_options.py`` measures both sides.
 """

@@ -19,7 +19,6 @@ from ._target import (
     split_by_name,
     start_vector,
 )
-from ._jit import inference_jit
 
 __all__ = ["fit", "FitResult"]
 
@@ -138,8 +137,7 @@ def _finite(value, grad):
     return jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
 
 
-@inference_jit
-def _fit(target, z0, method, maxiter, tol, learning_rate, layout):
+def _fit_impl(target, z0, method, maxiter, tol, learning_rate, layout):
     loss = _loss(target)
     run = _run_lbfgs if method == "lbfgs" else _run_adam
     z, loss_value, gnorm, steps, start_ok = run(loss, z0, maxiter, tol, learning_rate)
@@ -148,6 +146,12 @@ def _fit(target, z0, method, maxiter, tol, learning_rate, layout):
     # A valid=True Program takes u: report x in its own input space, like x0.
     x = z if (target.is_program and target.f.valid) else target.to_x(z)
     return FitResult(x, value, gnorm, jnp.asarray(steps, jnp.int32), converged, layout), start_ok
+
+
+# XLA's defaults here: this loop's compile is mostly the model's gradient (three
+# copies, one per place L-BFGS evaluates f), which inference_jit's CPU options do not
+# make faster (benchmarks/compile_options.py).
+_fit = eqx.filter_jit(_fit_impl)
 
 
 def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-6,
