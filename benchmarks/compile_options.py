@@ -1,13 +1,14 @@
 """XLA:CPU compile options of the inference programs: compile and run time, side by side.
 
-    python benchmarks/compile_options.py [--rounds 2] [--json FILE]
+    python benchmarks/compile_options.py [--rounds 2] [--json FILE] [--quick]
 
 For the worked example's four models, compiles and runs ``cx.fit``'s loop, the Laplace
 Hessian and one block (50 steps, 4 chains) of the NUTS runner twice: with XLA's
 defaults (``.plain``) and with `caskax.infer._jit.CPU_COMPILER_OPTIONS` (``.tuned``,
 what caskax uses on the CPU for the Hessian and NUTS; the fit keeps the defaults). Rounds alternate the two, each compile after
 ``jax.clear_caches()``; the table shows the minimum over rounds. Run times are medians
-of repeated calls of the compiled program.
+of repeated calls of the compiled program. ``--quick`` (a smoke run for the tests):
+stage 1's fit and Hessian only, one round.
 """
 
 import argparse
@@ -37,7 +38,7 @@ from caskax.infer._target import Target  # noqa: E402
 from ._timing import timeit  # noqa: E402
 
 
-def _cases(data):
+def _cases(data, quick=False):
     """(label, (plain jit, tuned jit), args) per model and program."""
     models = {
         "stage1": stages.stage1_model(data, 0),
@@ -54,6 +55,8 @@ def _cases(data):
         x = f.init
         out.append((f"{name} fit", fit, (target, x, "lbfgs", 1000, 1e-6, None, ())))
         out.append((f"{name} hessian", laplace_mod._hessian, (target, x)))
+        if quick:
+            return out
     # one block of the NUTS runner on the hierarchical model as cx.nuts runs it: at the
     # mode, with the Laplace metric and a step size near the adapted one
     f4 = cx.compile(models["stage4"])
@@ -83,12 +86,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = 1
     if not _jit.options_known(_jit.CPU_COMPILER_OPTIONS):
         sys.exit("this jaxlib does not know caskax's CPU compile options: nothing to compare")
     data = stages.mock_data()
     rows = []
-    for label, fn, fargs in _cases(data):
+    for label, fn, fargs in _cases(data, args.quick):
         comp = {"default": [], "tuned": []}
         for _ in range(args.rounds):
             comp["default"].append(_compile_s(fn.plain, fargs))

@@ -126,3 +126,17 @@ def test_markdown(tiny_run):
     _, md = tiny_run
     for title in ("### 1.", "### 2.", "### 3.", "### 4.", "### 5a.", "### 5b.", "### 6."):
         assert title in md
+
+
+def test_compile_options_quick(tmp_path):
+    out = tmp_path / "co.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compile_options.py"), "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["stage1 fit", "stage1 hessian"]
+    for r in rows:
+        for k in ("compile_default_s", "compile_tuned_s", "run_default_s", "run_tuned_s"):
+            assert math.isfinite(r[k]) and r[k] > 0
