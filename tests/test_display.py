@@ -8,7 +8,7 @@ import pytest
 
 import caskax as cx
 from caskax import graph
-from caskax.display import graphviz, tree_html, tree_str
+from caskax.display import tree_html, tree_str
 from caskax.examples.models import Combined, Gaussian, Gaussian1D, Likelihood, Stack
 
 

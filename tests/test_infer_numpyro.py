@@ -1,7 +1,6 @@
 """cx.numpyro_model: sites, supports and priors, and agreement of numpyro's NUTS with
 cx.nuts (that test lives in test_infer_nuts.py, reusing its compiled chains)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from .errors import FillError, GraphError
-from .param import Param, Pointer
+from .param import Param
 
 __all__ = [
     "is_node",

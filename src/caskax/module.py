@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import inspect
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import equinox as eqx
 import jax

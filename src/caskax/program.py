@@ -8,7 +8,7 @@ code is the user's arithmetic only.
 
 import hashlib
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
