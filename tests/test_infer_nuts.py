@@ -130,6 +130,13 @@ def test_progress_blocks_do_not_change_draws(corr, corr_chains, capsys):
     np.testing.assert_array_equal(shown.samples, corr_chains.samples)
 
 
+def test_a_longer_run_extends_a_shorter_one(corr, corr_chains):
+    # Step i's key is fold_in(chain key, i): draws do not depend on how many are asked
+    # for, nor on the blocks (500 draws run in blocks of 25, 100 in blocks of 5).
+    short = cx.nuts(corr, jax.random.key(1), **{**RUN, "num_samples": 100})
+    np.testing.assert_allclose(short.samples, corr_chains.samples[:, :100], rtol=1e-6, atol=1e-6)
+
+
 def test_sequential_thinned_in_x_space(coin):
     # valid=False samples x directly: the prior's support keeps p in (0, 1) (the
     # log-density is -inf outside), and thinning keeps num_samples draws.
