@@ -235,11 +235,11 @@ def corner(chains_or_samples, names=None, truth=None, bins=30):
             ax.set_ylim(lims[i])
         ax.set_xlim(lims[j])
         if i < d - 1:
-            ax.set_xticklabels([])
+            ax.tick_params(labelbottom=False)  # cheaper than set_xticklabels([])
         else:
             ax.set_xlabel(names[j])
         if j > 0 or i == 0:
-            ax.set_yticklabels([])
+            ax.tick_params(labelleft=False)
         else:
             ax.set_ylabel(names[i])
     return fig
