@@ -414,7 +414,8 @@ def _join_values(vals) -> jax.Array:
     if any(isinstance(v, jax.core.Tracer) for v in vals):
         return jnp.concatenate([jnp.ravel(v) for v in vals])
     dtype = jnp.result_type(*vals)
-    return jnp.asarray(np.concatenate([np.ravel(np.asarray(v)) for v in vals]).astype(dtype))
+    # device_put, not jnp.asarray: the latter compiles a copy program per shape
+    return jax.device_put(np.concatenate([np.ravel(np.asarray(v)) for v in vals]).astype(dtype))
 
 
 def _check_has_value(p, w):

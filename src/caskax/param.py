@@ -92,7 +92,9 @@ def _coerce(name, value, shape, dtype):
         return None
     try:
         if dtype is None:
-            dtype = jnp.asarray(value).dtype
+            # host values typed in numpy: jnp.asarray would compile a copy per shape
+            dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+            dtype = jax.dtypes.canonicalize_dtype(dtype)
             if not jnp.issubdtype(dtype, jnp.inexact):
                 # An int value must not make a param integer: gradients need floats.
                 dtype = _default_float()
@@ -101,7 +103,7 @@ def _coerce(name, value, shape, dtype):
         if isinstance(value, (jax.Array, jax.core.Tracer)):
             arr = jnp.asarray(value, dtype=dtype)
         else:
-            arr = jnp.asarray(np.asarray(value, dtype=dtype))
+            arr = jax.device_put(np.asarray(value, dtype=dtype))
     except (TypeError, ValueError) as err:
         raise ParamError(
             f"Param '{name}': value of type {type(value).__name__} cannot become an array "

@@ -101,7 +101,7 @@ def main(argv=None):
         # start away from the truth, as the tutorial does (5% multiplicative noise);
         # numpy, so that the starts cost no compile
         noise = rng.standard_normal(x.shape)
-        return jnp.asarray((np.asarray(x) * (1 + 0.05 * noise)).astype(x.dtype))
+        return jax.device_put((np.asarray(x) * (1 + 0.05 * noise)).astype(x.dtype))
 
     # -- 1. each image alone ----------------------------------------------------------
     print("[1] each image fitted alone (L-BFGS + Laplace)")
@@ -118,7 +118,7 @@ def main(argv=None):
     for i in range(len(times)):
         # same structure, new data (the tutorial's `likelihood.data = data[i]`), so
         # fit, Laplace and the image function compile once for all epochs
-        f = cx.compile(like1.set("data", jnp.asarray(images[i])))
+        f = cx.compile(like1.set("data", jax.device_put(images[i])))
         fit = cx.fit(f, jitter(f.init))
         k = f.names.index("SN.flux")
         try:

@@ -52,7 +52,7 @@ class MockData(NamedTuple):
 def pixel_grid(n: int = 50):
     """Pixel centres on [-1, 1]^2 (``ij`` indexing, as in the tutorial)."""
     axis = np.linspace(-1.0, 1.0, n)  # numpy: nothing to compile
-    return tuple(jnp.asarray(a) for a in np.meshgrid(axis, axis, indexing="ij"))
+    return tuple(jax.device_put(a) for a in np.meshgrid(axis, axis, indexing="ij"))
 
 
 def true_simulator(x, y):
@@ -71,7 +71,7 @@ def mock_data(seed: int = 1123, n_epochs: int = 5, n_pix: int = 50,
     """Noisy images of the true simulator at ``linspace(0, 6, n_epochs)``: Gaussian read
     noise plus Poisson noise approximated as ``sqrt(img*exp_time)/exp_time * N(0, 1)``."""
     x, y = pixel_grid(n_pix)
-    times = jnp.asarray(np.linspace(0.0, 6.0, n_epochs))
+    times = jax.device_put(np.linspace(0.0, 6.0, n_epochs))
     images, flux = _observe(cx.compile(true_simulator(x, y)), times, jax.random.key(seed),
                             sigma_read, exp_time)
     return MockData(x, y, times, images, flux, sigma_read, exp_time)
@@ -98,7 +98,7 @@ def stage1_model(data: MockData, epoch: int, flux0: float = 0.2) -> Likelihood:
     """One image alone: SN position and flux free, galaxy free."""
     sn = Gaussian("SN", x0=list(TRUTH.sn_x0), q=1.0, phi=0.0, sigma=0.05, flux=flux0)
     image = Combined("image", data.x, data.y, [sn.to_dynamic("x0", "flux"), _galaxy()])
-    image_data = jnp.asarray(np.asarray(data.images)[epoch])  # numpy indexing: no compile
+    image_data = jax.device_put(np.asarray(data.images)[epoch])  # numpy indexing: no compile
     return Likelihood("likelihood", image, image_data, data.sigma_read, data.exp_time)
 
 
@@ -125,7 +125,7 @@ def stage3_model(data: MockData, lc_sigma0: float = 2.5) -> Likelihood:
     lc = lc.to_dynamic()
     for i, t in enumerate(np.asarray(data.times)):  # numpy: no device op per epoch
         like = like.set(f"model.models[{i}].models[0].flux",
-                        cx.Pointer(lambda lc, t: lc.flux(t), lc, jnp.asarray(t, data.times.dtype)))
+                        cx.Pointer(lambda lc, t: lc.flux(t), lc, jax.device_put(np.asarray(t, data.times.dtype))))
     return like
 
 

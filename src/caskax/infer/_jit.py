@@ -16,6 +16,7 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["CPU_COMPILER_OPTIONS", "inference_jit"]
 
@@ -26,7 +27,7 @@ CPU_COMPILER_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_op
 def options_known(options: tuple) -> bool:
     """Whether this jaxlib compiles with ``options`` (a tuple of (name, value) pairs)."""
     try:
-        jax.jit(jnp.negative, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+        jax.jit(jnp.negative, compiler_options=dict(options)).lower(np.zeros((), np.float32)).compile()
     except Exception:  # noqa: BLE001 - jaxlib raises its own runtime error type
         return False
     return True

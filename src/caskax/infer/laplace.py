@@ -150,6 +150,7 @@ def laplace(f, x, subset=None) -> Laplace:
         mean, cov, names = mean[idx], cov[np.ix_(idx, idx)], [names[i] for i in idx]
     dtype = x.dtype
     sigma = np.sqrt(np.diag(cov))  # numpy: no compile for a few small ops
-    # cast in numpy: jnp.asarray(..., dtype) of a float64 array compiles a convert
-    return Laplace(jnp.asarray(mean.astype(dtype)), jnp.asarray(cov.astype(dtype)), jnp.asarray(sigma.astype(dtype)),
+    # cast in numpy and device_put: jnp.asarray compiles a cast or copy per shape
+    put = jax.device_put
+    return Laplace(put(mean.astype(dtype)), put(cov.astype(dtype)), put(sigma.astype(dtype)),
                    tuple(names))

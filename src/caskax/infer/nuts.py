@@ -232,7 +232,7 @@ def _laplace_seed(target, z0, per_chain, key, dense):
     mode, and start the chains from draws of that Gaussian (unless starts were given
     per chain). Falls back to the plain starts with a warning if either step fails;
     raises if the starts themselves are not finite."""
-    res, start_ok, _, _ = _fit_unchecked(target.logdensity, jnp.asarray(np.asarray(z0)[0]))
+    res, start_ok, _, _ = _fit_unchecked(target.logdensity, jax.device_put(np.asarray(z0)[0]))
     if not bool(start_ok) or per_chain:
         # compiled only when needed: a bad start, or starts given per chain
         check_finite_start(target, z0 if per_chain else z0[:1], "nuts")
@@ -248,7 +248,7 @@ def _laplace_seed(target, z0, per_chain, key, dense):
         return z0, None
     if not per_chain:
         z0 = _gaussian_starts(target, approx, key, np.broadcast_to(np.asarray(res.x), z0.shape), z0.shape[0])
-    seed = approx.cov if dense else jnp.asarray(np.diag(np.asarray(approx.cov)))
+    seed = approx.cov if dense else jax.device_put(np.diag(np.asarray(approx.cov)))
     return z0, seed
 
 
@@ -305,7 +305,7 @@ class _Runner:
         unused = np.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
         bar = _progress_bar(progress, num_warmup, "warmup")
         state, da, _ = self.run(state, da, keys, modes, unused, imm, bar, keep=False)
-        return state, da, jnp.asarray(np.exp(np.asarray(da.log_step_size_avg)), z0.dtype)
+        return state, da, jax.device_put(np.exp(np.asarray(da.log_step_size_avg)).astype(z0.dtype))
 
 
 def _window_warmup(target, z0, seeds, key, num_warmup, progress, chains_map):
