@@ -425,7 +425,8 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         laplace_path = isinstance(inverse_mass_matrix, str)
         z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
         z0, seed = _metric_seed(target, z0, per_chain, k_start, inverse_mass_matrix)
-        seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape) if seed is not None else None
+        # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
+        seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
         if laplace_path and seed is not None and num_warmup > 0:
             state, da, step_size = runner.adapt_step_size(z0, seeds, k_warm, num_warmup, progress)
             imm = seeds
