@@ -237,6 +237,21 @@ def test_rebuilt_model_reuses_compiled_code(data):
     assert len(traces) == 4
 
 
+def test_numpy_constants_become_device_arrays():
+    """A numpy constant in the tree (a pointer input here) is a jax array in the
+    Program: passed to jit as an argument, a numpy leaf would be copied to the device on
+    every call."""
+    base = Line("l", 1.0, 0.0).to_dynamic("a")
+    t = np.float32(4.0)
+    line = base.set("b", cx.Pointer(lambda a, t: a * t, base.a, t))
+    f = cx.compile(line, "__call__", np.arange(3, dtype=np.float32))
+    assert any(isinstance(leaf, np.generic) for leaf in jax.tree.leaves(line))
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(f))
+    x = jnp.array([2.0])
+    np.testing.assert_allclose(jax.jit(lambda p, v: p(v))(f, x), f(x))
+    np.testing.assert_allclose(f(x), 2.0 * np.arange(3) + 8.0)
+
+
 CALLS = []  # a trace-time counter, for this test only
 
 
