@@ -212,6 +212,35 @@ def test_fit_traces_once_per_function():
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-4)
 
 
+def test_lbfgs_evaluates_f_once_per_iteration():
+    """The line search lives in the loop: the compiled fit holds one copy of f's
+    gradient (optax.lbfgs's zoom search traced f three times, tripling the compile)."""
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        return -jnp.sum((x - 2.0) ** 2)
+
+    res = cx.fit(f, jnp.zeros(3))
+    assert len(traces) == 1 and bool(res.converged)
+
+
+@pytest.mark.parametrize("start", [(-1.2, 1.0), (2.0, -1.5)])
+def test_lbfgs_line_search_on_rosenbrock(start):
+    """A curved valley needs both halves of the line search: longer steps while the
+    slope stays steep, bisection when the decrease fails."""
+    res = cx.fit(lambda x: -((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2), jnp.array(start))
+    assert bool(res.converged) and int(res.steps) < 200
+    np.testing.assert_allclose(res.x, [1.0, 1.0], atol=2e-3)
+
+
+def test_lbfgs_badly_scaled_quadratic():
+    scales = jnp.array([1e-3, 1.0, 1e3])  # curvatures 6 decades apart
+    res = cx.fit(lambda x: -jnp.sum(scales * (x - 1.0) ** 2), jnp.zeros(3), tol=1e-7)
+    assert bool(res.converged)
+    np.testing.assert_allclose(res.x, [1.0, 1.0, 1.0], atol=1e-3)
+
+
 class Root(cx.Module):
     """log(a) + sqrt(b): not finite for a <= 0; its gradient not finite at b = 0."""
 

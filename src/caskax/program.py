@@ -322,8 +322,8 @@ class Program:
         if self._direct is None:
             if self._traced:
                 # Inside a transformation that took this Program as an argument: one
-                # nested jit, so the many calls of an optimiser's loop (L-BFGS calls f in
-                # three places) trace the model once.
+                # nested jit, so an optimiser's loop that calls f in several places
+                # traces the model once.
                 return _apply_nested(self._arrays, self._static, xs)
             tree, static = self._tree, self._static
             self._direct = jax.jit(lambda *xs: _apply(tree, static, xs))

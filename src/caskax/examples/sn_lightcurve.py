@@ -114,7 +114,7 @@ def main(argv=None):
         filled = f.unflatten(x)
         return filled.model(), filled.residuals()[0]
 
-    s1_flux, s1_sigma, s1_models, s1_resid = [], [], [], []
+    s1_flux, s1_sigma, s1_fits = [], [], []
     like1 = stages.stage1_model(data, 0)
     images = np.asarray(data.images)
     for i in range(len(times)):
@@ -129,9 +129,7 @@ def main(argv=None):
             sigma = float("nan")
         s1_flux.append(float(np.asarray(fit.x)[k]))
         s1_sigma.append(sigma)
-        model, resid = model_and_residuals(f, fit.x)
-        s1_models.append(np.asarray(model))
-        s1_resid.append(np.asarray(resid))
+        s1_fits.append((f, fit.x))
         print(_row(f"flux t={times[i]:.2f}", s1_flux[-1], sigma, true_flux[i]))
     t1 = clock.lap()
     print(f"    stage 1: {t1:.2f} s")
@@ -148,7 +146,6 @@ def main(argv=None):
     s2_sigma = [float(np.asarray(lap2.sigma)[k]) for k in idx]
     for i in range(len(times)):
         print(_row(f"flux t={times[i]:.2f}", s2_flux[i], s2_sigma[i], true_flux[i]))
-    s2_models, s2_resid = (np.asarray(a) for a in model_and_residuals(f2, fit2.x))
     t2 = clock.lap()
     print(f"    stage 2: {t2:.2f} s")
     results["stage2"] = {"flux": s2_flux, "sigma": s2_sigma, "seconds": t2,
@@ -167,7 +164,6 @@ def main(argv=None):
     for label, tru in (("t0", truth.t0), ("sigma", truth.lc_sigma), ("peak_flux", truth.peak_flux)):
         v, s = s3[label]
         print(f"  {label}: {v:.3f} ± {s:.3f} vs {tru:.2f} (true)")
-    s3_models, s3_resid = (np.asarray(a) for a in model_and_residuals(f3, fit3.x))
     t3 = clock.lap()
     print(f"    stage 3: {t3:.2f} s")
     results["stage3"] = {k: {"value": v, "sigma": s} for k, (v, s) in s3.items()}
@@ -207,6 +203,11 @@ def main(argv=None):
         print(f"  {label:<10s} {v3: .3f} ± {e3:.3f} | {v4: .3f} ± {e4:.3f} | {tru: .3f}")
 
     if not args.no_figures:
+        # the fitted images, only for the figures (their compile is wasted otherwise)
+        s1_models, s1_resid = (np.stack(a) for a in zip(*(
+            [np.asarray(v) for v in model_and_residuals(f, x)] for f, x in s1_fits)))
+        s2_models, s2_resid = (np.asarray(a) for a in model_and_residuals(f2, fit2.x))
+        s3_models, s3_resid = (np.asarray(a) for a in model_and_residuals(f3, fit3.x))
         _figures(args.out, cx, jax, jnp, np, data, sim, times, true_flux, truth,
                  (s1_flux, s1_sigma, s1_models, s1_resid), (s2_flux, s2_sigma, s2_models, s2_resid),
                  (fit3, lap3, lc_idx, s3_models, s3_resid, like3), (chains, post))

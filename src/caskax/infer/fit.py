@@ -1,10 +1,11 @@
 """Maximum-likelihood (or MAP) fits of a Program with optax, the whole loop jitted."""
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-import optax.tree_utils as otu
 
 from ..errors import InferenceError
 from ..program import Program
@@ -82,33 +83,83 @@ def _threshold(tol, value):
     return tol * jnp.maximum(1.0, jnp.abs(value))
 
 
+class _LBFGS(NamedTuple):
+    """The carry of `_run_lbfgs`'s loop."""
+
+    z: jax.Array  # the last accepted point, its loss and gradient
+    value: jax.Array
+    grad: jax.Array
+    direction: jax.Array
+    step: jax.Array  # the step length tried next along `direction`
+    lo: jax.Array  # the line search's bracket: decrease holds at lo, fails at hi
+    hi: jax.Array
+    tries: jax.Array  # trial points of the current line search
+    memory: optax.ScaleByLBFGSState
+    steps: jax.Array  # accepted steps
+    fresh: jax.Array  # the start is not evaluated yet
+    start_ok: jax.Array
+    stalled: jax.Array
+
+
+_C1, _C2 = 1e-4, 0.9  # sufficient decrease and curvature (weak Wolfe) constants
+_MAX_TRIES = 30
+
+
 def _run_lbfgs(loss, z0, maxiter, tol, learning_rate):
-    opt = optax.lbfgs(learning_rate=learning_rate)
-    value_and_grad = optax.value_and_grad_from_state(loss)
+    # optax's L-BFGS direction (optax.scale_by_lbfgs) with a weak-Wolfe line search by
+    # bracketing: double the step while the slope is still steep, bisect once decrease
+    # fails (Lewis & Overton, Math. Prog. 2013). The search is written into the loop so
+    # that each iteration evaluates the loss once: optax.lbfgs's zoom line search and
+    # value_and_grad_from_state evaluate it in three places, and XLA compiles each copy
+    # of the model's gradient (about 2x the compile of this loop, measured in
+    # benchmarks/compile_options.py). Near the optimum float32 cannot resolve the
+    # sufficient decrease, so Hager & Zhang's approximate Wolfe test also passes.
+    del learning_rate  # the line search sets the step
+    lbfgs = optax.scale_by_lbfgs()
+    value_and_grad = jax.value_and_grad(loss)
+    zero, inf = jnp.zeros((), z0.dtype), jnp.array(jnp.inf, z0.dtype)
 
-    def step(carry):
-        z, state, _, start_ok = carry
-        value, grad = value_and_grad(z, state=state)
-        # The first step evaluates the start: note whether it is finite there.
-        first = otu.tree_get(state, "count") == 0
-        start_ok = jnp.where(first, _finite(value, grad), start_ok)
-        updates, state = opt.update(grad, state, z, value=value, grad=grad, value_fn=loss)
-        new = optax.apply_updates(z, updates)
-        return new, state, jnp.all(new == z), start_ok
+    def step(c):
+        trial = c.z + c.step * c.direction
+        value, grad = value_and_grad(trial)
+        slope0, slope = jnp.vdot(c.grad, c.direction), jnp.vdot(grad, c.direction)
+        decrease = _finite(value, grad) & (
+            (value <= c.value + _C1 * c.step * slope0)
+            | ((value <= c.value + 1e-6 * jnp.abs(c.value)) & (slope <= (2 * _C1 - 1) * slope0)))
+        last_try = c.tries + 1 >= _MAX_TRIES
+        accept = c.fresh | (decrease & ((slope >= _C2 * slope0) | last_try))
 
-    def keep_going(carry):
-        _, state, stalled, _ = carry
-        count = otu.tree_get(state, "count")
-        value = otu.tree_get(state, "value")
-        gnorm = otu.tree_norm(otu.tree_get(state, "grad"))
-        small = gnorm <= _threshold(tol, value)
-        return (count == 0) | ((count < maxiter) & ~small & ~stalled & jnp.isfinite(value))
+        def accepted(_):
+            update, memory = lbfgs.update(grad, c.memory, trial)
+            # A curvature pair accepted on the last try can spoil the memory: fall back
+            # to steepest descent rather than leave along an ascent direction.
+            direction = jnp.where(jnp.vdot(grad, update) > 0, -update, -grad)
+            return c._replace(z=trial, value=value, grad=grad, direction=direction,
+                              step=jnp.ones_like(zero), lo=zero, hi=inf, tries=jnp.int32(0),
+                              memory=memory, steps=c.steps + (~c.fresh),
+                              start_ok=jnp.where(c.fresh, _finite(value, grad), c.start_ok))
 
-    carry = (z0, opt.init(z0), jnp.array(False), jnp.array(True))
-    z, state, _, start_ok = jax.lax.while_loop(keep_going, step, carry)
-    value = otu.tree_get(state, "value")
-    grad = otu.tree_get(state, "grad")
-    return z, value, otu.tree_norm(grad), otu.tree_get(state, "count"), start_ok
+        def rejected(_):
+            lo = jnp.where(decrease, c.step, c.lo)
+            hi = jnp.where(decrease, c.hi, c.step)
+            new = jnp.where(jnp.isinf(hi), 2 * c.step, 0.5 * (lo + hi))
+            return c._replace(step=new, lo=lo, hi=hi, tries=c.tries + 1,
+                              stalled=last_try & ~decrease)
+
+        c = jax.lax.cond(accept, accepted, rejected, None)
+        # A step below float resolution cannot move z any more.
+        return c._replace(fresh=jnp.array(False),
+                          stalled=c.stalled | jnp.all(c.z + c.step * c.direction == c.z))
+
+    def keep_going(c):
+        small = jnp.linalg.norm(c.grad) <= _threshold(tol, c.value)
+        return c.fresh | ((c.steps < maxiter) & ~small & ~c.stalled & jnp.isfinite(c.value))
+
+    start = _LBFGS(z0, inf, jnp.zeros_like(z0), jnp.zeros_like(z0), zero, zero, inf,
+                   jnp.int32(0), lbfgs.init(z0), jnp.int32(0), jnp.array(True),
+                   jnp.array(True), jnp.array(False))
+    c = jax.lax.while_loop(keep_going, step, start)
+    return c.z, c.value, jnp.linalg.norm(c.grad), c.steps, c.start_ok
 
 
 def _run_adam(loss, z0, maxiter, tol, learning_rate):
@@ -148,9 +199,8 @@ def _fit_impl(target, z0, method, maxiter, tol, learning_rate, layout):
     return FitResult(x, value, gnorm, jnp.asarray(steps, jnp.int32), converged, layout), start_ok
 
 
-# XLA's defaults here: this loop's compile is mostly the model's gradient (three
-# copies, one per place L-BFGS evaluates f), which inference_jit's CPU options do not
-# make faster (benchmarks/compile_options.py).
+# XLA's defaults here: this loop's compile is mostly the model's gradient, which
+# inference_jit's CPU options do not make faster (benchmarks/compile_options.py).
 _fit = eqx.filter_jit(_fit_impl)
 
 
@@ -159,8 +209,11 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
     """Maximise ``f`` (a log-likelihood or log-posterior) with optax.
 
     The whole loop runs in one ``jax.lax.while_loop`` inside ``jit``: no Python per
-    step. ``"lbfgs"`` is ``optax.lbfgs`` with its zoom line search; ``"adam"`` is
-    ``optax.adam(learning_rate)`` (default ``1e-2``).
+    step. ``"lbfgs"`` steps along optax's L-BFGS direction (``optax.scale_by_lbfgs``)
+    with a weak-Wolfe line search that evaluates ``f`` once per loop iteration, so the
+    model's gradient is compiled once (``optax.lbfgs`` evaluates it in three places);
+    ``maxiter`` counts accepted steps. ``"adam"`` is ``optax.adam(learning_rate)``
+    (default ``1e-2``).
 
     **Stopping rule.** ``tol`` is relative: the fit stops (``converged=True``) once
     ``|grad f| <= tol * max(1, |f|)``. Float32 cannot resolve gradients much below
