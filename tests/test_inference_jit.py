@@ -1,5 +1,7 @@
 """The jit of the inference programs: XLA:CPU options where known, defaults otherwise."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,8 @@ from caskax.examples import Gaussian1D
 from caskax.infer import _jit
 from caskax.infer._target import Target
 from caskax.infer.laplace import _hessian
+
+fit_module = importlib.import_module("caskax.infer.fit")  # caskax.infer.fit is the function
 
 from helpers import CompileLog
 
@@ -40,6 +44,7 @@ def _like(lc, t, data):
 def test_this_jaxlib_knows_the_cpu_options():
     # If a jaxlib drops one of them, the tuned path silently turns off: this says so.
     assert _jit.options_known(_jit.CPU_COMPILER_OPTIONS)
+    assert _jit.options_known(_jit.CPU_RUN_ONCE_OPTIONS)
 
 
 def test_unknown_options_fall_back_to_the_defaults():
@@ -69,3 +74,13 @@ def test_tuned_and_default_compiles_agree_on_the_hessian():
     h_plain = _hessian.plain(target, x)
     assert np.all(np.isfinite(np.asarray(h_tuned)))
     np.testing.assert_allclose(h_tuned, h_plain, rtol=1e-4, atol=1e-3)
+
+
+def test_tuned_and_default_compiles_agree_on_the_fit():
+    f = _program()
+    target = Target(f, unconstrained=False, density=False)
+    args = (target, f.init, "lbfgs", 1000, 1e-6, None, ())
+    tuned, ok_tuned = fit_module._fit.tuned(*args)
+    plain, ok_plain = fit_module._fit.plain(*args)
+    assert bool(tuned.converged) and bool(plain.converged) and bool(ok_tuned) and bool(ok_plain)
+    np.testing.assert_allclose(tuned.x, plain.x, rtol=1e-4, atol=1e-5)

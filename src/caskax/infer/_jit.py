@@ -1,14 +1,15 @@
-"""The jit of caskax's sampling and Hessian programs: ``eqx.filter_jit`` with XLA:CPU
-settings under which they compile in about half the time.
+"""The jit of caskax's inference programs: ``eqx.filter_jit`` with XLA:CPU settings
+under which they compile in about 0.5x-0.7x the time.
 
-NUTS's tree building and the Laplace Hessian are programs of many small ops. On the
-CPU, XLA's newer fusion emitters and LLVM's ``-O2`` spend most of a cold run compiling
-them, while the programs run no faster for it. The settings below are scoped to these
-programs (``jax.jit(..., compiler_options=...)``); a user's own ``jax.jit``, a
-Program's direct call and ``cx.fit``'s loop (whose compile is mostly the model's
-gradient, which these settings do not speed up) keep XLA's defaults. They are XLA debug
-options, so each process checks once that its jaxlib still knows them and falls back
-to the defaults otherwise. ``benchmarks/compile_options.py`` measures both sides.
+NUTS's tree building, the fit's loop and the Laplace Hessian are programs of many
+small ops. On the CPU, XLA's newer fusion emitters and LLVM's ``-O2`` spend most of a
+cold run compiling them, while the programs run little or no faster for it. The
+settings below are scoped to these programs (``jax.jit(..., compiler_options=...)``);
+a user's own ``jax.jit`` and a Program's direct call keep XLA's defaults. They are XLA
+debug options, so each process checks once that its jaxlib still knows them and falls
+back to the defaults otherwise. Programs that each call runs once (the Laplace Hessian,
+chain starts, start checks) go further, to LLVM's ``-O0`` (`run_once_jit`).
+``benchmarks/compile_options.py`` measures both sides.
 """
 
 import functools
@@ -18,9 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CPU_COMPILER_OPTIONS", "inference_jit"]
+__all__ = ["CPU_COMPILER_OPTIONS", "CPU_RUN_ONCE_OPTIONS", "inference_jit", "run_once_jit"]
 
 CPU_COMPILER_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 1))
+# For programs a call runs once (a Hessian, chain starts): LLVM's -O0 compiles them in
+# about 0.6x the time; they run several times slower, but a few milliseconds once.
+CPU_RUN_ONCE_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 0))
 
 
 @functools.cache
@@ -53,3 +57,16 @@ def inference_jit(fun, options: tuple = CPU_COMPILER_OPTIONS):
 
     call.plain, call.tuned = plain, tuned
     return call
+
+
+def run_once_jit(fun):
+    """`inference_jit` with `CPU_RUN_ONCE_OPTIONS`: for a program each call of the
+    public function runs once, where compile time is all that counts.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> cube = run_once_jit(lambda x: x**3)
+        >>> float(cube(jnp.array(2.0)))
+        8.0
+    """
+    return inference_jit(fun, CPU_RUN_ONCE_OPTIONS)

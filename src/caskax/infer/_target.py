@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InferenceError, ShapeError
 from ..program import Program
-from ._jit import inference_jit
+from ._jit import run_once_jit
 
 __all__ = ["Target", "layout_of", "names_of", "check_program", "start_vector"]
 
@@ -199,7 +199,7 @@ class Target(eqx.Module):
         return out
 
 
-@inference_jit
+@run_once_jit
 def _value_and_grad(target, z):
     return jax.value_and_grad(target.logdensity)(z)
 

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import InferenceError
 from ..program import Program
 from ._target import Target, check_program, joined_rows, layout_of, names_of, start_vector
-from ._jit import inference_jit
+from ._jit import run_once_jit
 
 __all__ = ["laplace", "Laplace"]
 
@@ -46,7 +46,7 @@ class Laplace(eqx.Module):
         return jax.random.multivariate_normal(key, self.mean, self.cov, shape, method="eigh")
 
 
-@inference_jit
+@run_once_jit
 def _hessian(target, x):
     # Forward-over-reverse, one Hessian-vector product per basis vector, batched: the
     # arithmetic of jax.hessian, but XLA compiled it in 0.7x the time (1.7 s vs 2.4 s

@@ -35,7 +35,7 @@ from ._target import (
     layout_of,
     start_vector,
 )
-from ._jit import inference_jit
+from ._jit import inference_jit, run_once_jit
 
 __all__ = ["nuts"]
 
@@ -192,12 +192,12 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="draw")
 
 
-@inference_jit
+@run_once_jit
 def _to_z(target, x0):
     return jax.vmap(target.to_z)(x0)
 
 
-@inference_jit
+@run_once_jit
 def _gaussian_starts(target, approx, key, fallback, num_chains):
     """Draws of the Laplace Gaussian as chain starts, or the mode for every chain if
     any draw lands where the log-density is not finite."""
