@@ -4,6 +4,7 @@ figure 7).
     python benchmarks/example.py              # full run (~5 min on 2 shared cores)
     python benchmarks/example.py --quick      # smoke run (short chains, ~3 min)
     python benchmarks/example.py --out DIR    # where example.json / .md go
+    python benchmarks/example.py --rounds 3   # the whole sequence 3 times, medians
 
 Runs, one after another, each in its own process:
 
@@ -19,6 +20,10 @@ own total (after its imports) and its per-stage seconds, and what each recovered
 two sides do different work in stages 1-4 (caskax: L-BFGS + Laplace, NUTS 4 x (200 +
 1000); caskade: Nelder-Mead + hessian, emcee): the comparison is of the two worked
 examples as each library's tutorial runs them.
+
+A shared 2-core machine's speed can move by 1.5x within minutes, so ``--rounds N``
+repeats the whole sequence (a fresh cache for each cold run) and reports the medians
+and, per round, the ratio of caskax's cold run to caskade's runs next to it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,11 +120,15 @@ def markdown(result) -> str:
            "the total; caskax reports it only in its log.", "",
            "| run | status | process | total | stage 1 | stage 2 | stage 3 | stage 4 |",
            "|---|---|---|---|---|---|---|---|"]
+    rounds = max(run.get("round", 1) for run in result["runs"])
     for run in result["runs"]:
         row = run["row"]
-        out.append(f"| {run['label']} | {run['status']} | {run['process_wall_s']:.2f} | "
+        label = run["label"] + (f", round {run['round']}" if rounds > 1 else "")
+        out.append(f"| {label} | {run['status']} | {run['process_wall_s']:.2f} | "
                    f"{_s(row.get('total'))} | {_s(row.get('stage1'))} | {_s(row.get('stage2'))} | "
                    f"{_s(row.get('stage3'))} | {_s(row.get('stage4'))} |")
+    if rounds > 1:
+        out += _rounds_summary(result["runs"])
     out += ["", "### What each recovered (light curve: truth t0 = -3, sigma = 2, peak = 0.25)", "",
             "| run | stage 3 t0 | stage 3 sigma | stage 3 peak | stage 4 t0 | stage 4 sigma "
             "| stage 4 peak | stage 4 diagnostics |", "|---|---|---|---|---|---|---|---|"]
@@ -131,31 +141,41 @@ def markdown(result) -> str:
 
         diag = rec.get("stage4_diag") or {}
         d = ", ".join(f"{k} {v:.3g}" for k, v in diag.items() if v is not None)
-        out.append(f"| {run['label']} | {pm('stage3', 't0')} | {pm('stage3', 'sigma')} | "
+        label = run["label"] + (f", round {run['round']}" if rounds > 1 else "")
+        out.append(f"| {label} | {pm('stage3', 't0')} | {pm('stage3', 'sigma')} | "
                    f"{pm('stage3', 'peak_flux')} | {pm('stage4', 't0')} | "
                    f"{pm('stage4', 'sigma')} | {pm('stage4', 'peak_flux')} | {d} |")
     out.append("")
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="the worked example: caskax vs caskade's tutorial")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: caskax --quick (2 chains x 150+200), emcee 50+200")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--timeout", type=float, default=300,
-                    help="seconds per process (a caskade run on torch's default threads can "
-                         "stall on a loaded machine)")
-    ap.add_argument("--skip-default-threads", action="store_true",
-                    help="run caskade with 1 torch thread only")
-    args = ap.parse_args(argv)
-    mode = "quick" if args.quick else "full"
-    t_start = time.perf_counter()
-    before = uptime()
-    print(f"uptime before: {before}", flush=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+def _rounds_summary(runs) -> list:
+    """Medians over rounds, and caskax cold / each caskade run within each round."""
+    by_label = {}
+    for run in runs:
+        by_label.setdefault(run["label"], []).append(run)
+    out = ["", "Medians over rounds (seconds):", "", "| run | rounds | process | total |",
+           "|---|---|---|---|"]
+    for label, rs in by_label.items():
+        totals = [r["row"]["total"] for r in rs if r["row"].get("total") is not None]
+        out.append(f"| {label} | {len(rs)} | {statistics.median(r['process_wall_s'] for r in rs):.2f} "
+                   f"| {_s(statistics.median(totals) if totals else None)} |")
+    out += ["", "caskax cold / caskade, each round (process; total):", ""]
+    for run in runs:
+        if not run["label"].startswith("caskade"):
+            continue
+        cold = next((r for r in runs if r["label"] == "caskax cold" and r["round"] == run["round"]), None)
+        if cold is None or not cold["row"].get("total") or not run["row"].get("total"):
+            continue
+        out.append(f"* round {run['round']}, {run['label']}: "
+                   f"{cold['process_wall_s'] / run['process_wall_s']:.2f}x; "
+                   f"{cold['row']['total'] / run['row']['total']:.2f}x")
+    return out
+
+
+def _one_round(args, env) -> list:
+    """caskax cold (an empty cache) and warm, then caskade on 1 and on torch's default
+    threads, each in its own process."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -180,6 +200,34 @@ def main(argv=None) -> int:
             run["row"] = _caskade_row(run)
             if run["row"].get("threads") is not None:
                 run["label"] = f"{label} ({run['row']['threads']})"
+            runs.append(run)
+    return runs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="the worked example: caskax vs caskade's tutorial")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: caskax --quick (2 chains x 150+200), emcee 50+200")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--timeout", type=float, default=300,
+                    help="seconds per process (a caskade run on torch's default threads can "
+                         "stall on a loaded machine)")
+    ap.add_argument("--skip-default-threads", action="store_true",
+                    help="run caskade with 1 torch thread only")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the whole sequence; the report adds medians and per-round ratios")
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    t_start = time.perf_counter()
+    before = uptime()
+    print(f"uptime before: {before}", flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+    runs = []
+    for k in range(1, args.rounds + 1):
+        for run in _one_round(args, env):
+            run["round"] = k
             runs.append(run)
     after = uptime()
     print(f"uptime after: {after}", flush=True)
