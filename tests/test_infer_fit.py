@@ -228,7 +228,7 @@ def test_lbfgs_evaluates_f_once_per_iteration():
 @pytest.mark.parametrize("start", [(-1.2, 1.0), (2.0, -1.5)])
 def test_lbfgs_line_search_on_rosenbrock(start):
     """A curved valley needs both halves of the line search: longer steps while the
-    slope stays steep, bisection when the decrease fails."""
+    slope stays steep, shorter ones past the line's minimum."""
     res = cx.fit(lambda x: -((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2), jnp.array(start))
     assert bool(res.converged) and int(res.steps) < 200
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=2e-3)
