@@ -297,6 +297,25 @@ def test_sharded_over_four_host_devices():
     assert out.stdout.strip().endswith("ok")
 
 
+def test_import_leaves_jax_unstarted():
+    """Importing caskax (blackjax included, on first use) starts no JAX backend, so a
+    user can still set backend options such as ``jax_num_cpu_devices`` after it."""
+    code = (
+        "import caskax as cx, jax\n"
+        "jax.config.update('jax_num_cpu_devices', 2)\n"
+        "assert len(jax.devices()) == 2, jax.devices()\n"
+        "import jax.numpy as jnp\n"
+        "c = cx.nuts(lambda x: -0.5 * jnp.sum(x**2), jax.random.key(0), jnp.zeros(2), num_warmup=20,\n"
+        "            num_samples=20, num_chains=2, chain_method='sharded', progress=False)\n"
+        "print('ok', c.samples.shape)\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok (2, 20, 2)"
+
+
 def test_warmup_and_draws_share_one_compiled_runner(corr):
     # Laplace-seeded warmup (step size only) and draws run through one compiled runner:
     # one compile for the chains' start, one for the runner, and none for a new

@@ -11,16 +11,15 @@ argument, so a second run on the same Program (or one with new data of the same
 shapes) reuses compiled code.
 """
 
+import functools
 import math
 import warnings
 from typing import NamedTuple
 
-import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.base import get_filter_adapt_info_fn
 from jax.sharding import Mesh, PartitionSpec
 
 from ..errors import CaskaxWarning, InferenceError
@@ -38,6 +37,16 @@ from ._target import (
 from ._jit import inference_jit, run_once_jit
 
 __all__ = ["nuts"]
+
+
+def _blackjax():
+    # Imported on first use: importing blackjax runs a jax op, which starts JAX's
+    # backends, and a user may still want to configure them after `import caskax`
+    # (jax_num_cpu_devices, for one, must be set before).
+    import blackjax
+    import blackjax.adaptation.base
+
+    return blackjax
 
 _CHAIN_METHODS = ("vectorized", "sequential", "sharded")
 _DENSE_MAX = 50  # dense mass matrix up to this many entries
@@ -63,6 +72,7 @@ class _Sampling(NamedTuple):
 def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
     """One chain's window adaptation: (NUTS state, step size, inverse mass matrix)."""
     logdensity = target.logdensity
+    blackjax = _blackjax()
     if cfg.num_warmup == 0:
         return blackjax.nuts.init(z0, logdensity), jnp.ones((), z0.dtype), imm_seed
     warmup = blackjax.window_adaptation(
@@ -71,7 +81,7 @@ def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
         is_mass_matrix_diagonal=not cfg.dense,
         initial_inverse_mass_matrix=imm_seed if cfg.seeded else None,
         imm_shrinkage_to_previous=_SEED_SHRINKAGE if cfg.seeded else 0.0,
-        adaptation_info_fn=get_filter_adapt_info_fn(),
+        adaptation_info_fn=blackjax.adaptation.base.get_filter_adapt_info_fn(),
     )
     (state, params), _ = warmup.run(key, z0, num_steps=cfg.num_warmup)
     return state, params["step_size"], params["inverse_mass_matrix"]
@@ -89,15 +99,21 @@ class _Draw(NamedTuple):
 # window: dual averaging with a fixed mass matrix), padding steps leave the chain as
 # it is, draws use the adapted step size.
 _DRAW, _ADAPT, _IDLE = 0, 1, 2
-_dual_averaging = blackjax.adaptation.step_size.dual_averaging_adaptation(0.8)
+
+
+@functools.cache
+def _dual_averaging():
+    """blackjax's dual averaging of the step size, to an acceptance rate of 0.8:
+    ``(init, update, final)``."""
+    return _blackjax().adaptation.step_size.dual_averaging_adaptation(0.8)
 
 
 def _init_one(target, z, cfg):
     """One chain's NUTS state at ``z`` and a fresh dual-averaging state."""
-    da = _dual_averaging[0](jnp.ones((), z.dtype))
+    da = _dual_averaging()[0](jnp.ones((), z.dtype))
     # strong dtypes, as after a step: a weak-typed leaf would compile the runner twice
     da = jax.tree.map(lambda a: jnp.asarray(a, getattr(a, "dtype", jnp.asarray(a).dtype)), da)
-    return blackjax.nuts.init(z, target.logdensity), da
+    return _blackjax().nuts.init(z, target.logdensity), da
 
 
 def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Sampling):
@@ -105,7 +121,7 @@ def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Samplin
     warmup and draws share this compiled function. Step ``i`` uses
     ``fold_in(key, i)``, so the draws do not depend on the blocking. Returns
     ``((state, da), _Draw)``."""
-    da_update = _dual_averaging[1]
+    da_update = _dual_averaging()[1]
     steps = first + jnp.arange(modes.size, dtype=jnp.int32).reshape(modes.shape)
     keys = jax.vmap(jax.vmap(lambda i: jax.random.fold_in(key, i)))(steps)
 
@@ -114,7 +130,7 @@ def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Samplin
         key, mode = km
         adapt = mode == _ADAPT
         eps = jnp.where(adapt, jnp.exp(da.log_step_size), step_size)
-        new, info = blackjax.nuts(target.logdensity, eps, imm).step(key, state)
+        new, info = _blackjax().nuts(target.logdensity, eps, imm).step(key, state)
         da = jax.tree.map(lambda a, b: jnp.where(adapt, a, b), da_update(da, info.acceptance_rate), da)
         state = jax.tree.map(lambda a, b: jnp.where(mode == _IDLE, b, a), new, state)
         return (state, da), info
@@ -325,7 +341,7 @@ def _window_warmup(target, z0, seeds, key, num_warmup, progress, chains_map):
         bar.update(1)
         bar.close()
     # the runner's adaptation state is not used for draws: shapes only
-    shapes = jax.eval_shape(_dual_averaging[0], jnp.ones((), z0.dtype))
+    shapes = jax.eval_shape(_dual_averaging()[0], jnp.ones((), z0.dtype))
     da = jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
     return state, step_size, imm, da
 
