@@ -200,6 +200,9 @@ def corner(chains_or_samples, names=None, truth=None, bins=30):
     x = arr.reshape(-1, arr.shape[-1])
     d = x.shape[1]
     truth = _truth(truth, d)
+    # at most about 1000 points per panel: drawing every sample of long chains made up
+    # most of the figure's save time; the contours still use all of them
+    thin = max(1, x.shape[0] // 1000)
     size = max(2.0, min(2.5, 12.0 / d))
     fig = plt.figure(figsize=(size * d, size * d))
     lims = []
@@ -223,7 +226,7 @@ def corner(chains_or_samples, names=None, truth=None, bins=30):
         else:
             h, xe, ye = np.histogram2d(x[:, j], x[:, i], bins=bins, range=[lims[j], lims[i]])
             h = _smooth(h)
-            ax.plot(x[:, j], x[:, i], ",", color="k", alpha=0.2)
+            ax.plot(x[::thin, j], x[::thin, i], ",", color="k", alpha=0.2)
             levels = _hist2d_levels(h, [0.865, 0.393])
             if len(levels) > 1 and np.ptp(h) > 0:
                 xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
