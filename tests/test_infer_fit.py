@@ -234,6 +234,33 @@ def test_lbfgs_line_search_on_rosenbrock(start):
     np.testing.assert_allclose(res.x, [1.0, 1.0], atol=2e-3)
 
 
+def test_lbfgs_backs_off_from_non_finite_trials():
+    """A trial step into the region where f is not finite counts as a failed decrease:
+    the search shortens the step instead of stopping or returning NaN."""
+    values = []
+
+    def f(x):  # NaN for x > 2
+        v = -jnp.sum((x - 1.9) ** 2) * 50.0 + jnp.sum(jnp.log(2.0 - x))
+        jax.debug.callback(values.append, v)
+        return v
+
+    # the first step (length 1 along the gradient) lands at x = 2.2, where f is NaN
+    res = cx.fit(f, jnp.full(2, 1.5), tol=1e-4)  # |grad| ~1e-5 is float32's floor here
+    jax.block_until_ready(res.x)
+    assert any(not np.isfinite(v) for v in values)
+    assert bool(res.converged) and np.all(np.isfinite(np.asarray(res.x)))
+    assert np.all(np.asarray(res.x) < 2.0)
+    # the maximum solves 100 (1.9 - x) = 1 / (2 - x)
+    np.testing.assert_allclose(res.x, [1.9 + (0.1 - np.sqrt(0.01 + 0.04)) / 2] * 2, atol=1e-4)
+
+
+def test_lbfgs_maxiter_counts_accepted_steps():
+    rosen = lambda x: -((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2)
+    res = cx.fit(rosen, jnp.array([-1.2, 1.0]), maxiter=5)
+    assert int(res.steps) == 5 and not bool(res.converged)
+    assert float(res.value) > float(rosen(jnp.array([-1.2, 1.0])))
+
+
 def test_lbfgs_badly_scaled_quadratic():
     scales = jnp.array([1e-3, 1.0, 1e3])  # curvatures 6 decades apart
     res = cx.fit(lambda x: -jnp.sum(scales * (x - 1.0) ** 2), jnp.zeros(3), tol=1e-7)
