@@ -45,3 +45,29 @@ def test_stage4_posterior_converged_and_agrees(run):
         m, sd = s4[key]["mean"], s4[key]["sd"]
         assert abs(m - results["truth"][key]) < 4 * sd
         assert math.isclose(sd, results["stage3"][key]["sigma"], rel_tol=0.5)
+
+
+def test_chains_sharded_over_the_cpu_cores_in_a_fresh_process():
+    """Started as a program, the example asks JAX for one CPU device per core (up to
+    one per chain) and shards the chains over them; called after JAX has started (as
+    in this test process) it keeps the devices it finds."""
+    import os
+    import subprocess
+    import sys
+
+    import jax
+
+    code = (
+        "import os, jax\n"
+        "os.sched_getaffinity = lambda pid: {0, 1, 2}\n"  # three cores, four chains
+        "from caskax.examples import sn_lightcurve as s\n"
+        "s._host_devices(4)\n"
+        "print(len(jax.devices()), s._chain_method(jax, 4), s._chain_method(jax, 3))\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "sharded", "vectorized"]
+    sn_lightcurve._host_devices(4)  # JAX already runs here: no error, no change
+    assert sn_lightcurve._chain_method(jax, 4) == ("sharded" if len(jax.devices()) > 1 else "vectorized")
