@@ -51,11 +51,8 @@ def test_chains_sharded_over_the_cpu_cores_in_a_fresh_process():
     """Started as a program, the example asks JAX for one CPU device per core (up to
     one per chain) and shards the chains over them; called after JAX has started (as
     in this test process) it keeps the devices it finds."""
-    import os
-    import subprocess
-    import sys
-
     import jax
+    from helpers import run_python
 
     code = (
         "import os, jax\n"
@@ -64,10 +61,7 @@ def test_chains_sharded_over_the_cpu_cores_in_a_fresh_process():
         "s._host_devices(4)\n"
         "print(len(jax.devices()), s._chain_method(jax, 4), s._chain_method(jax, 3))\n"
     )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["2", "sharded", "vectorized"]
+    out = run_python(code, timeout=120, JAX_PLATFORMS="cpu")
+    assert out.split() == ["2", "sharded", "vectorized"]
     sn_lightcurve._host_devices(4)  # JAX already runs here: no error, no change
     assert sn_lightcurve._chain_method(jax, 4) == ("sharded" if len(jax.devices()) > 1 else "vectorized")

@@ -1,9 +1,6 @@
 """cx.nuts and Chains: known posteriors, determinism, chain methods, files, resuming,
 and bad input. Small runs: every statistical check states its Monte-Carlo tolerance."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -11,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from helpers import CompileLog
+from helpers import CompileLog, run_python
 
 import caskax as cx
 
@@ -290,11 +287,9 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_over_four_host_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    out = run_python(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                     JAX_PLATFORMS="cpu")
+    assert out.strip().endswith("ok")
 
 
 def test_import_leaves_jax_unstarted():
@@ -309,11 +304,7 @@ def test_import_leaves_jax_unstarted():
         "            num_samples=20, num_chains=2, chain_method='sharded', progress=False)\n"
         "print('ok', c.samples.shape)\n"
     )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok (2, 20, 2)"
+    assert run_python(code, JAX_PLATFORMS="cpu").strip() == "ok (2, 20, 2)"
 
 
 def test_warmup_and_draws_share_one_compiled_runner(corr):
@@ -359,7 +350,4 @@ def test_float64_fit_laplace_nuts():
         assert np.all(np.isfinite(c.samples)) and not np.any(c.divergences)
         print("ok")
     """)
-    env = dict(os.environ, JAX_ENABLE_X64="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "ok" in out.stdout
+    assert "ok" in run_python(code, JAX_ENABLE_X64="1")

@@ -105,8 +105,7 @@ def test_edits_return_new_params_with_same_uid():
 
 def test_float64(tmp_path):
     """Params keep float64 when x64 is on (run in a subprocess: x64 is process-wide)."""
-    import subprocess
-    import sys
+    from helpers import run_python
 
     code = (
         "import jax, jax.numpy as jnp, caskax as cx\n"
@@ -119,7 +118,4 @@ def test_float64(tmp_path):
         "assert jax.hessian(f)(f.init).dtype == jnp.float64\n"
         "print('ok')\n"
     )
-    env = dict(__import__("os").environ, JAX_ENABLE_X64="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "ok" in out.stdout
+    assert "ok" in run_python(code, JAX_ENABLE_X64="1")
