@@ -209,6 +209,14 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 
 @run_once_jit
+def _keys(key, num_chains):
+    """The start's key and each chain's warmup and draw keys, in one program: eager
+    splits, and unpacking their result, would each compile one of their own."""
+    k_start, k_warm, k_draw = jax.random.split(key, 3)
+    return k_start, jax.random.split(k_warm, num_chains), jax.random.split(k_draw, num_chains)
+
+
+@run_once_jit
 def _to_z(target, x0):
     return jax.vmap(target.to_z)(x0)
 
@@ -308,7 +316,7 @@ class _Runner:
             bar.close()
         return state, da, parts
 
-    def adapt_step_size(self, z0, imm, key, num_warmup, progress):
+    def adapt_step_size(self, z0, imm, keys, num_warmup, progress):
         """Dual averaging of the step size with the mass matrix ``imm`` fixed (Stan's
         fast window), padded to whole blocks with idle steps: one compile with draws."""
         num_chains, thin = z0.shape[0], self.cfg.thin
@@ -317,14 +325,13 @@ class _Runner:
         steps = np.arange(rows * thin).reshape(rows, thin)
         modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
                                 (num_chains, rows, thin))
-        keys = jax.random.split(key, num_chains)
         unused = np.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
         bar = _progress_bar(progress, num_warmup, "warmup")
         state, da, _ = self.run(state, da, keys, modes, unused, imm, bar, keep=False)
         return state, da, jax.device_put(np.exp(np.asarray(da.log_step_size_avg)).astype(z0.dtype))
 
 
-def _window_warmup(target, z0, seeds, key, num_warmup, progress, chains_map):
+def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map):
     """blackjax's window adaptation (``seeds`` seed its mass matrix when given):
     ``(state, step_size, inverse_mass_matrix, unused runner state)``."""
     num_chains, n = z0.shape
@@ -334,7 +341,7 @@ def _window_warmup(target, z0, seeds, key, num_warmup, progress, chains_map):
     cfg = _Warmup(int(num_warmup), seeds.ndim == 3, seeded)
     bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
     state, step_size, imm = _map_chains(
-        _warmup_one, target, (jax.random.split(key, num_chains), z0, seeds), cfg, **chains_map
+        _warmup_one, target, (keys, z0, seeds), cfg, **chains_map
     )
     if bar is not None:
         jax.block_until_ready(step_size)
@@ -423,7 +430,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     if resume is not None:
         num_chains = resume.num_chains
     mesh = _resolve_chain_method(chain_method, num_chains)
-    k_start, k_warm, k_draw = jax.random.split(key, 3)
+    k_start, warm_keys, draw_keys = _keys(key, num_chains)
 
     chains_map = dict(chain_method=chain_method, mesh=mesh)
     runner = _Runner(target, _block_size(num_samples), _Sampling(int(thin)), chains_map)
@@ -444,14 +451,13 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
         seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
         if laplace_path and seed is not None and num_warmup > 0:
-            state, da, step_size = runner.adapt_step_size(z0, seeds, k_warm, num_warmup, progress)
+            state, da, step_size = runner.adapt_step_size(z0, seeds, warm_keys, num_warmup, progress)
             imm = seeds
         else:
-            state, step_size, imm, da = _window_warmup(target, z0, seeds, k_warm, num_warmup,
+            state, step_size, imm, da = _window_warmup(target, z0, seeds, warm_keys, num_warmup,
                                                        progress, chains_map)
 
     # Draws, in blocks; the per-step keys do not depend on the blocking.
-    draw_keys = jax.random.split(k_draw, num_chains)
     modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
     state, _, parts = runner.run(state, da, draw_keys, modes, step_size, imm, bar, keep=True)
