@@ -151,17 +151,14 @@ def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Samplin
 
 
 # -- mapping over chains ---------------------------------------------------------------------
-@inference_jit
 def _vectorized(fn, target, args, cfg):
     return jax.vmap(lambda *a: fn(target, *a, cfg))(*args)
 
 
-@inference_jit
 def _single(fn, target, args, cfg):
     return fn(target, *args, cfg)
 
 
-@inference_jit
 def _sharded(fn, target, args, cfg, mesh):
     dynamic, static = eqx.partition(target, eqx.is_array)
 
@@ -177,14 +174,25 @@ def _sharded(fn, target, args, cfg, mesh):
     return mapped(dynamic, *args)
 
 
-def _map_chains(fn, target, args, cfg, chain_method, mesh):
-    """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0."""
+# The chain mappers compiled for programs of many steps (warmup, draws), and at -O0 for
+# the chains' initial states, which are computed once per call.
+_MAPS = {"vectorized": inference_jit(_vectorized), "sequential": inference_jit(_single),
+         "sharded": inference_jit(_sharded)}
+_MAPS_ONCE = {"vectorized": run_once_jit(_vectorized), "sequential": run_once_jit(_single),
+              "sharded": run_once_jit(_sharded)}
+
+
+def _map_chains(fn, target, args, cfg, chain_method, mesh, once=False):
+    """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0.
+    ``once``: ``fn`` runs once per call of `nuts` (compile it cheaply)."""
+    maps = _MAPS_ONCE if once else _MAPS
     if chain_method == "vectorized":
-        return _vectorized(fn, target, tuple(args), cfg)
+        return maps["vectorized"](fn, target, tuple(args), cfg)
     if chain_method == "sharded":
-        return _sharded(fn, target, tuple(args), cfg, mesh)
+        return maps["sharded"](fn, target, tuple(args), cfg, mesh)
     n = jax.tree.leaves(args)[0].shape[0]
-    outs = [_single(fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg) for c in range(n)]
+    outs = [maps["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
+            for c in range(n)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
@@ -320,7 +328,8 @@ class _Runner:
         """Dual averaging of the step size with the mass matrix ``imm`` fixed (Stan's
         fast window), padded to whole blocks with idle steps: one compile with draws."""
         num_chains, thin = z0.shape[0], self.cfg.thin
-        state, da = _map_chains(_init_one, self.target, (z0,), None, **self.chains_map)
+        state, da = _map_chains(_init_one, self.target, (z0,), None, **self.chains_map,
+                                once=True)
         rows = -(-num_warmup // (self.block * thin)) * self.block
         steps = np.arange(rows * thin).reshape(rows, thin)
         modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
@@ -442,7 +451,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         step_size = jnp.asarray(resume.step_size, dtype=z0.dtype)
         imm = jnp.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
         check_finite_start(target, z0, "nuts (resume)")
-        state, da = _map_chains(_init_one, target, (z0,), None, **chains_map)
+        state, da = _map_chains(_init_one, target, (z0,), None, **chains_map, once=True)
         num_warmup = 0
     else:
         laplace_path = isinstance(inverse_mass_matrix, str)
