@@ -117,6 +117,8 @@ def test_fit_bad_input(gauss):
         cx.fit(gauss, jnp.zeros(3))
     with pytest.raises(cx.InferenceError, match="method"):
         cx.fit(gauss, method="newton")
+    with pytest.raises(cx.InferenceError, match="learning_rate=0.1 is Adam's step size"):
+        cx.fit(gauss, learning_rate=0.1)  # L-BFGS's line search sets the step
     bad = jnp.array([0.0, 0.0, 0.0, -1.0])  # s outside (0, inf): u = log(-1) = nan
     with pytest.raises(cx.InferenceError, match=r"gauss.s"):
         cx.fit(gauss, bad, valid=True)

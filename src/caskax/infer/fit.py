@@ -257,6 +257,8 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
       params never leave their valid range; ``x0`` and the result stay constrained. A
       Program compiled with ``valid=True`` already takes ``u``: then ``x0`` and ``x``
       are ``u`` and ``valid`` changes nothing.
+    - ``learning_rate``: Adam's step size (default ``1e-2``); an error with L-BFGS,
+      whose line search sets the step.
 
     **Returns:** a `FitResult`. It is a pytree, so many starts fit in one compile:
     ``jax.vmap(lambda x0: cx.fit(f, x0).x)(starts)``.
@@ -283,6 +285,11 @@ def _fit_unchecked(f, x0=None, method="lbfgs", maxiter=1000, tol=1e-6, valid=Fal
     if x0 is None:
         x0 = init_vector(f) if isinstance(f, Program) else constrained_init(f)
     x0 = start_vector(f, x0, "fit")
+    if learning_rate is not None and method == "lbfgs":
+        raise InferenceError(
+            f"fit: learning_rate={learning_rate!r} is Adam's step size; L-BFGS sets its own "
+            "step by its line search. Leave learning_rate out, or use method='adam'."
+        )
     if learning_rate is None and method == "adam":
         learning_rate = 1e-2
     target = Target(f, unconstrained=valid, density=False)
