@@ -65,13 +65,13 @@ def _cases(data, quick=False):
     mode = cx.fit(target.logdensity, target.to_z(f4.init)).x
     cov = np.asarray(cx.laplace(target.logdensity, mode).cov)
     chains = 4
-    z0 = np.broadcast_to(np.asarray(mode), (chains, f4.size))
-    state, da = nuts_mod._MAPS_ONCE["vectorized"](nuts_mod._init_one, target, (z0,), None)
-    args = (state, da, jax.random.split(jax.random.key(0), chains), np.zeros(chains, np.int32),
-            np.zeros((chains, 50, 1), np.int32), np.full(chains, 0.6, z0.dtype),
-            np.broadcast_to(cov.astype(z0.dtype), (chains,) + cov.shape))
+    z0 = np.broadcast_to(np.asarray(mode), (chains, f4.size)).copy()
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(0), chains)))
+    args = (z0, z0, nuts_mod._fresh_da(chains, z0.dtype), np.ones(chains, bool), keys,
+            np.zeros(chains, np.int32), np.zeros((chains, 50, 1), np.int32),
+            np.full(chains, 0.6, z0.dtype), np.broadcast_to(cov.astype(z0.dtype), (chains,) + cov.shape))
     out.append(("stage4 NUTS block", nuts_mod._MAPS["vectorized"],
-                (nuts_mod._run_one, target, args, nuts_mod._Sampling(1))))
+                (nuts_mod._run_one, target, args, nuts_mod._Sampling(1, "threefry2x32"))))
     return out
 
 

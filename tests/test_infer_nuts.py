@@ -236,6 +236,35 @@ def test_non_finite_start_names_param():
         cx.nuts(f, jax.random.key(0), num_warmup=10, num_samples=10, progress=False)
 
 
+def test_start_outside_support_falls_back_to_the_mode():
+    # A chain whose Gaussian start lands where the log-density is -inf starts at the
+    # fallback (the mode) instead; the others keep their starts.
+    from caskax.infer._target import Target
+    from caskax.infer.nuts import _start_state
+
+    def logp(x):  # a hard wall at |x| = 1
+        return jnp.where(jnp.all(jnp.abs(x) < 1), -0.5 * jnp.sum(x**2), -jnp.inf)
+
+    target = Target(logp, unconstrained=False)
+    z = jnp.array([[0.5, 0.2], [3.0, 0.0], [-0.9, 0.1]])
+    fallback = jnp.zeros_like(z)
+    state = jax.jit(jax.vmap(lambda a, b: _start_state(target, a, b)))(z, fallback)
+    np.testing.assert_allclose(np.asarray(state.position), [[0.5, 0.2], [0.0, 0.0], [-0.9, 0.1]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.logdensity), [-0.145, 0.0, -0.41], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.logdensity_grad), -np.asarray(state.position))
+
+
+def test_nuts_with_a_hard_wall_starts_inside(recwarn):
+    # The Laplace Gaussian (sd 1) puts most starts outside |x| < 0.3; every chain must
+    # still sample inside the support, from its first draw on.
+    def logp(x):
+        return jnp.where(jnp.all(jnp.abs(x) < 0.3), -0.5 * jnp.sum(x**2), -jnp.inf)
+
+    c = cx.nuts(logp, jax.random.key(3), jnp.zeros(1), num_warmup=20, num_samples=20,
+                num_chains=4, progress=False)
+    assert np.all(np.abs(c.samples) < 0.3) and np.all(np.isfinite(c.log_density))
+
+
 def test_wrong_x0_length(corr):
     with pytest.raises(cx.ShapeError, match=r"corr\.z"):
         cx.nuts(corr, jax.random.key(0), x0=jnp.zeros(3), num_warmup=10, num_samples=10, progress=False)
@@ -308,15 +337,15 @@ def test_import_leaves_jax_unstarted():
 
 
 def test_warmup_and_draws_share_one_compiled_runner(corr):
-    # Laplace-seeded warmup (step size only) and draws run through one compiled runner:
-    # one compile for the chains' start, one for the runner, and none for a new
-    # num_warmup. A weak-typed leaf in the runner's state would compile it twice.
+    # Laplace-seeded warmup (step size only) and draws run through one compiled runner,
+    # which also builds the chains' initial states: one compile in all, and none for a
+    # new num_warmup. A weak-typed leaf in the runner's state would compile it twice.
     run = dict(num_samples=40, num_chains=2, progress=False)
     with CompileLog() as first:
         cx.nuts(corr, jax.random.key(11), num_warmup=30, **run)
     with CompileLog() as second:
         c = cx.nuts(corr, jax.random.key(12), num_warmup=45, **run)
-    assert first.names.count("jit(_vectorized)") == 2, first.names
+    assert first.names.count("jit(_vectorized)") == 1, first.names
     assert "jit(_vectorized)" not in second.names, second.names
     assert c.samples.shape == (2, 40, 2) and c.num_warmup == 45
 

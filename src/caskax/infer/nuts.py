@@ -1,8 +1,12 @@
 """NUTS on a Program with blackjax: warmup, then blocks of draws.
 
-Layout of a run with the default Laplace metric: ``fit -> Laplace -> init -> warmup
-blocks -> draw blocks``, where warmup (step-size dual averaging, the mass matrix fixed)
-and draws run through one compiled runner, each step told by a mode whether it adapts.
+Layout of a run with the default Laplace metric: ``fit -> Laplace -> warmup blocks ->
+draw blocks``, where warmup (step-size dual averaging, the mass matrix fixed) and draws
+run through one compiled runner, each step told by a mode whether it adapts. The runner
+takes positions, not NUTS states: each block starts by evaluating the log-density at its
+first position (one gradient per block), so no separate program builds initial states.
+Per-chain inputs travel as host arrays (keys as raw key data), which a sharded runner
+places on its devices without compiling a reshard.
 With ``inverse_mass_matrix=None`` or an array, warmup is blackjax's window adaptation
 instead. Each stage is one jitted function of ``(target, per-chain arrays)``, mapped
 over chains by ``jax.vmap`` ("vectorized"), a Python loop ("sequential") or
@@ -20,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..errors import CaskaxWarning, InferenceError
 from .chains import Chains, _check_layout
@@ -59,6 +63,7 @@ class _Warmup(NamedTuple):
     num_warmup: int
     dense: bool
     seeded: bool
+    impl: str  # PRNG implementation of the raw key data
 
 
 class _Sampling(NamedTuple):
@@ -66,15 +71,17 @@ class _Sampling(NamedTuple):
     reuses one compiled sampler)."""
 
     thin: int
+    impl: str  # PRNG implementation of the raw key data
 
 
 # -- per-chain stages ----------------------------------------------------------------------
-def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
-    """One chain's window adaptation: (NUTS state, step size, inverse mass matrix)."""
+def _warmup_one(target, key_data, z0, imm_seed, cfg: _Warmup):
+    """One chain's window adaptation: (position, step size, inverse mass matrix)."""
     logdensity = target.logdensity
     blackjax = _blackjax()
+    key = jax.random.wrap_key_data(key_data, impl=cfg.impl)
     if cfg.num_warmup == 0:
-        return blackjax.nuts.init(z0, logdensity), jnp.ones((), z0.dtype), imm_seed
+        return z0, jnp.ones((), z0.dtype), imm_seed
     warmup = blackjax.window_adaptation(
         blackjax.nuts,
         logdensity,
@@ -84,7 +91,7 @@ def _warmup_one(target, key, z0, imm_seed, cfg: _Warmup):
         adaptation_info_fn=blackjax.adaptation.base.get_filter_adapt_info_fn(),
     )
     (state, params), _ = warmup.run(key, z0, num_steps=cfg.num_warmup)
-    return state, params["step_size"], params["inverse_mass_matrix"]
+    return state.position, params["step_size"], params["inverse_mass_matrix"]
 
 
 class _Draw(NamedTuple):
@@ -108,20 +115,41 @@ def _dual_averaging():
     return _blackjax().adaptation.step_size.dual_averaging_adaptation(0.8)
 
 
-def _init_one(target, z, cfg):
-    """One chain's NUTS state at ``z`` and a fresh dual-averaging state."""
-    da = _dual_averaging()[0](jnp.ones((), z.dtype))
-    # strong dtypes, as after a step: a weak-typed leaf would compile the runner twice
-    da = jax.tree.map(lambda a: jnp.asarray(a, getattr(a, "dtype", jnp.asarray(a).dtype)), da)
-    return _blackjax().nuts.init(z, target.logdensity), da
+def _fresh_da(num_chains, dtype):
+    """Host placeholders of the runner's dual-averaging state, ``[num_chains, ...]``;
+    a block with ``fresh`` set replaces them with blackjax's initial state."""
+    shapes = jax.eval_shape(_dual_averaging()[0], jax.ShapeDtypeStruct((), dtype))
+    return jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
 
 
-def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Sampling):
-    """One chain, one block of ``modes`` ``[draws, thin]`` starting at step ``first``:
-    warmup and draws share this compiled function. Step ``i`` uses
-    ``fold_in(key, i)``, so the draws do not depend on the blocking. Returns
-    ``((state, da), _Draw)``."""
-    da_update = _dual_averaging()[1]
+def _start_state(target, z, fallback):
+    """The NUTS state at ``z``, or at ``fallback`` where the log-density at ``z`` is
+    not finite (a Gaussian draw as a start can land outside the model's support). A
+    loop of at most two evaluations, so the model is traced once."""
+    init = functools.partial(_blackjax().nuts.init, logdensity_fn=target.logdensity)
+    blank = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(init, z))
+
+    def again(carry):
+        tries, state = carry
+        return (tries < 2) & ~jnp.isfinite(state.logdensity)
+
+    def evaluate(carry):
+        tries, _ = carry
+        return tries + 1, init(jnp.where(tries == 0, z, fallback))
+
+    return jax.lax.while_loop(again, evaluate, (jnp.zeros((), jnp.int32), blank))[1]
+
+
+def _run_one(target, z, fallback, da, fresh, key_data, first, modes, step_size, imm, cfg: _Sampling):
+    """One chain, one block of ``modes`` ``[draws, thin]`` starting at step ``first``
+    from position ``z``: warmup and draws share this compiled function. ``fresh``
+    starts a new dual averaging; ``fallback`` replaces a start whose log-density is
+    not finite. Step ``i`` uses ``fold_in(key, i)``, so the draws do not depend on the
+    blocking. Returns ``((position, da), _Draw)``."""
+    da_init, da_update, _ = _dual_averaging()
+    state = _start_state(target, z, fallback)
+    da = jax.tree.map(lambda a, b: jnp.where(fresh, a, b), da_init(jnp.ones((), z.dtype)), da)
+    key = jax.random.wrap_key_data(key_data, impl=cfg.impl)
     steps = first + jnp.arange(modes.size, dtype=jnp.int32).reshape(modes.shape)
     keys = jax.vmap(jax.vmap(lambda i: jax.random.fold_in(key, i)))(steps)
 
@@ -147,7 +175,8 @@ def _run_one(target, state, da, key, first, modes, step_size, imm, cfg: _Samplin
         )
         return carry, out
 
-    return jax.lax.scan(draw, (state, da), (keys, modes))
+    (state, da), out = jax.lax.scan(draw, (state, da), (keys, modes))
+    return (state.position, da), out
 
 
 # -- mapping over chains ---------------------------------------------------------------------
@@ -174,22 +203,21 @@ def _sharded(fn, target, args, cfg, mesh):
     return mapped(dynamic, *args)
 
 
-# The chain mappers compiled for programs of many steps (warmup, draws), and at -O0 for
-# the chains' initial states, which are computed once per call.
+# The chain mappers of the programs of many steps (warmup, draws).
 _MAPS = {"vectorized": inference_jit(_vectorized), "sequential": inference_jit(_single),
          "sharded": inference_jit(_sharded)}
-_MAPS_ONCE = {"vectorized": run_once_jit(_vectorized), "sequential": run_once_jit(_single),
-              "sharded": run_once_jit(_sharded)}
 
 
-def _map_chains(fn, target, args, cfg, chain_method, mesh, once=False):
-    """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0.
-    ``once``: ``fn`` runs once per call of `nuts` (compile it cheaply)."""
-    maps = _MAPS_ONCE if once else _MAPS
+def _map_chains(fn, target, args, cfg, chain_method, mesh):
+    """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0."""
+    maps = _MAPS
     if chain_method == "vectorized":
         return maps["vectorized"](fn, target, tuple(args), cfg)
     if chain_method == "sharded":
-        return maps["sharded"](fn, target, tuple(args), cfg, mesh)
+        # every call's per-chain inputs placed alike (host arrays and earlier outputs),
+        # so that the runner compiles once; from the host this is a plain transfer
+        args = jax.device_put(tuple(args), NamedSharding(mesh, PartitionSpec("chains")))
+        return maps["sharded"](fn, target, args, cfg, mesh)
     n = jax.tree.leaves(args)[0].shape[0]
     outs = [maps["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
             for c in range(n)]
@@ -217,25 +245,19 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 
 @run_once_jit
-def _keys(key, num_chains):
-    """The start's key and each chain's warmup and draw keys, in one program: eager
-    splits, and unpacking their result, would each compile one of their own."""
+def _keys(key, num_chains, size, dtype):
+    """Standard normal draws ``[num_chains, size]`` for the chains' starts and each
+    chain's warmup and draw keys as raw key data, in one program: eager splits, and
+    unpacking their result, would each compile one of their own."""
     k_start, k_warm, k_draw = jax.random.split(key, 3)
-    return k_start, jax.random.split(k_warm, num_chains), jax.random.split(k_draw, num_chains)
+    data = jax.random.key_data
+    return (jax.random.normal(k_start, (num_chains, size), dtype),
+            data(jax.random.split(k_warm, num_chains)), data(jax.random.split(k_draw, num_chains)))
 
 
 @run_once_jit
 def _to_z(target, x0):
     return jax.vmap(target.to_z)(x0)
-
-
-@run_once_jit
-def _gaussian_starts(target, approx, key, fallback, num_chains):
-    """Draws of the Laplace Gaussian as chain starts, or the mode for every chain if
-    any draw lands where the log-density is not finite."""
-    draws = approx.sample(key, (num_chains,))
-    ok = jnp.all(jnp.isfinite(jax.vmap(target.logdensity)(draws)))
-    return jnp.where(ok, draws, fallback)
 
 
 def _starts(target, f, x0, num_chains, check=True):
@@ -253,16 +275,18 @@ def _starts(target, f, x0, num_chains, check=True):
         )
     # numpy for the small host-side steps: an eager jnp op is a compile of its own
     x0 = x0 if per_chain else np.broadcast_to(np.asarray(x0), (num_chains, x0.shape[0]))
-    z0 = _to_z(target, x0)
+    z0 = np.asarray(_to_z(target, x0))  # host: the runner takes per-chain host arrays
     if check:
         check_finite_start(target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1])
     return z0, per_chain
 
 
-def _laplace_seed(target, z0, per_chain, key, dense):
+def _laplace_seed(target, z0, per_chain, normals, dense):
     """Fit the log-density from the first start, take its Laplace covariance at the
-    mode, and start the chains from draws of that Gaussian (unless starts were given
-    per chain). Falls back to the plain starts with a warning if either step fails;
+    mode, and start the chains from draws of that Gaussian (``mode + L @ normals``,
+    unless starts were given per chain). Returns ``(starts, seed, fallback)``: the
+    runner starts a chain at the mode (``fallback``) if its draw's log-density is not
+    finite. Falls back to the plain starts with a warning if either step fails;
     raises if the starts themselves are not finite."""
     res, start_ok, _, _ = _fit_unchecked(target.logdensity, jax.device_put(np.asarray(z0)[0]))
     if not bool(start_ok) or per_chain:
@@ -277,11 +301,18 @@ def _laplace_seed(target, z0, per_chain, key, dense):
             f"nuts: inverse_mass_matrix='laplace' failed ({err}); adapting from the identity.",
             CaskaxWarning, stacklevel=3,
         )
-        return z0, None
+        return z0, None, z0
+    cov = np.asarray(approx.cov, np.float64)
+    mode = np.broadcast_to(np.asarray(res.x), z0.shape)
     if not per_chain:
-        z0 = _gaussian_starts(target, approx, key, np.broadcast_to(np.asarray(res.x), z0.shape), z0.shape[0])
-    seed = approx.cov if dense else jax.device_put(np.diag(np.asarray(approx.cov)))
-    return z0, seed
+        # host arithmetic on an n x n matrix: a jitted draw compiled a program of its own
+        try:
+            chol = np.linalg.cholesky(cov)
+            z0 = (mode + np.asarray(normals, np.float64) @ chol.T).astype(z0.dtype)
+        except np.linalg.LinAlgError:  # rounding to float32 can break a near-singular cov
+            z0 = mode.astype(z0.dtype)
+    seed = (cov if dense else np.diag(cov)).astype(z0.dtype)
+    return z0, seed, mode
 
 
 def _resolve_chain_method(chain_method, num_chains):
@@ -306,81 +337,82 @@ class _Runner:
     def __init__(self, target, block, cfg: _Sampling, chains_map):
         self.target, self.block, self.cfg, self.chains_map = target, block, cfg, chains_map
 
-    def run(self, state, da, keys, modes, step_size, imm, bar, keep):
-        """``modes`` ``[chains, rows, thin]`` (numpy) from per-chain ``keys``."""
+    def run(self, z, fallback, da, fresh, keys, modes, step_size, imm, bar, keep):
+        """``modes`` ``[chains, rows, thin]`` (numpy) from positions ``z`` and raw
+        per-chain ``keys``; ``fresh`` (per chain) restarts the dual averaging."""
         parts = []
         for start in range(0, modes.shape[1], self.block):
             rows = modes[:, start:start + self.block]
             first = np.full(modes.shape[0], start * modes.shape[2], np.int32)
-            (state, da), out = _map_chains(
-                _run_one, self.target, (state, da, keys, first, rows, step_size, imm),
+            (z, da), out = _map_chains(
+                _run_one, self.target, (z, fallback, da, fresh, keys, first, rows, step_size, imm),
                 self.cfg, **self.chains_map,
             )
+            # later blocks start where the last one ended, at a finite log-density
+            fallback, fresh = z, np.zeros_like(fresh)
             if keep:
                 parts.append(jax.tree.map(np.asarray, out))
             if bar is not None:  # warmup counts steps, sampling counts draws
                 bar.update(min(out.x.shape[1] * (1 if keep else self.cfg.thin), bar.total - bar.n))
         if bar is not None:
             bar.close()
-        return state, da, parts
+        return z, da, parts
 
-    def adapt_step_size(self, z0, imm, keys, num_warmup, progress):
+    def adapt_step_size(self, z0, fallback, imm, keys, num_warmup, progress):
         """Dual averaging of the step size with the mass matrix ``imm`` fixed (Stan's
-        fast window), padded to whole blocks with idle steps: one compile with draws."""
+        fast window), padded to whole blocks with idle steps: one compile with draws.
+        Returns ``(position, da, step size)``."""
         num_chains, thin = z0.shape[0], self.cfg.thin
-        state, da = _map_chains(_init_one, self.target, (z0,), None, **self.chains_map,
-                                once=True)
+        da = _fresh_da(num_chains, z0.dtype)
         rows = -(-num_warmup // (self.block * thin)) * self.block
         steps = np.arange(rows * thin).reshape(rows, thin)
         modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
                                 (num_chains, rows, thin))
         unused = np.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
+        fresh = np.ones((num_chains,), bool)
         bar = _progress_bar(progress, num_warmup, "warmup")
-        state, da, _ = self.run(state, da, keys, modes, unused, imm, bar, keep=False)
-        return state, da, jax.device_put(np.exp(np.asarray(da.log_step_size_avg)).astype(z0.dtype))
+        z, da, _ = self.run(z0, fallback, da, fresh, keys, modes, unused, imm, bar, keep=False)
+        return z, da, np.exp(np.asarray(da.log_step_size_avg)).astype(z0.dtype)
 
 
-def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map):
+def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map, impl):
     """blackjax's window adaptation (``seeds`` seed its mass matrix when given):
-    ``(state, step_size, inverse_mass_matrix, unused runner state)``."""
+    ``(position, step size, inverse mass matrix)``."""
     num_chains, n = z0.shape
     seeded = seeds is not None
     if not seeded:
-        seeds = jnp.ones((num_chains, n), z0.dtype)
-    cfg = _Warmup(int(num_warmup), seeds.ndim == 3, seeded)
+        seeds = np.ones((num_chains, n), z0.dtype)
+    cfg = _Warmup(int(num_warmup), seeds.ndim == 3, seeded, impl)
     bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
-    state, step_size, imm = _map_chains(
+    z, step_size, imm = _map_chains(
         _warmup_one, target, (keys, z0, seeds), cfg, **chains_map
     )
     if bar is not None:
         jax.block_until_ready(step_size)
         bar.update(1)
         bar.close()
-    # the runner's adaptation state is not used for draws: shapes only
-    shapes = jax.eval_shape(_dual_averaging()[0], jnp.ones((), z0.dtype))
-    da = jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
-    return state, step_size, imm, da
+    return z, step_size, imm
 
 
-def _metric_seed(target, z0, per_chain, key, inverse_mass_matrix):
-    """``(starts, seed)``: the seed of the inverse mass matrix (``(n,)``, ``(n, n)``
-    or ``None``) from the ``inverse_mass_matrix`` argument; ``"laplace"`` also moves
-    the starts to draws of the Laplace Gaussian."""
+def _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix):
+    """``(starts, seed, fallback)``: the seed of the inverse mass matrix (``(n,)``,
+    ``(n, n)`` or ``None``) from the ``inverse_mass_matrix`` argument; ``"laplace"``
+    also moves the starts to draws of the Laplace Gaussian (``fallback``: the mode)."""
     n = z0.shape[-1]
     if isinstance(inverse_mass_matrix, str):
         if inverse_mass_matrix != "laplace":
             raise InferenceError(
                 f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
             )
-        return _laplace_seed(target, z0, per_chain, key, dense=n <= _DENSE_MAX)
+        return _laplace_seed(target, z0, per_chain, normals, dense=n <= _DENSE_MAX)
     if inverse_mass_matrix is None:
-        return z0, None
-    seed = jnp.asarray(inverse_mass_matrix, dtype=z0.dtype)
+        return z0, None, z0
+    seed = np.asarray(inverse_mass_matrix, dtype=z0.dtype)
     if seed.shape not in ((n,), (n, n)):
         raise InferenceError(
             f"nuts: inverse_mass_matrix has shape {seed.shape}, expected ({n},) or ({n}, {n})."
         )
-    return z0, seed
+    return z0, seed, z0
 
 
 # -- the public function -------------------------------------------------------------------------
@@ -439,37 +471,41 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     if resume is not None:
         num_chains = resume.num_chains
     mesh = _resolve_chain_method(chain_method, num_chains)
-    k_start, warm_keys, draw_keys = _keys(key, num_chains)
-
+    impl = str(jax.random.key_impl(key))
     chains_map = dict(chain_method=chain_method, mesh=mesh)
-    runner = _Runner(target, _block_size(num_samples), _Sampling(int(thin)), chains_map)
+    runner = _Runner(target, _block_size(num_samples), _Sampling(int(thin), impl), chains_map)
 
     if resume is not None:
         size = resume.last_position.shape[-1]
         _check_layout(resume, layout_of(f, size), target.unconstrained)
-        z0 = jnp.asarray(resume.last_position)
-        step_size = jnp.asarray(resume.step_size, dtype=z0.dtype)
-        imm = jnp.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
+        z0 = np.asarray(resume.last_position)
+        normals, _, draw_keys = (np.asarray(a) for a in _keys(key, num_chains, size, np.dtype(z0.dtype)))
+        step_size = np.asarray(resume.step_size, dtype=z0.dtype)
+        imm = np.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
         check_finite_start(target, z0, "nuts (resume)")
-        state, da = _map_chains(_init_one, target, (z0,), None, **chains_map, once=True)
-        num_warmup = 0
+        z, fallback, da, num_warmup = z0, z0, _fresh_da(num_chains, z0.dtype), 0
     else:
         laplace_path = isinstance(inverse_mass_matrix, str)
         z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
-        z0, seed = _metric_seed(target, z0, per_chain, k_start, inverse_mass_matrix)
+        normals, warm_keys, draw_keys = (np.asarray(a) for a in
+                                         _keys(key, num_chains, z0.shape[-1], np.dtype(z0.dtype)))
+        z0, seed, fallback = _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix)
         # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
         seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
         if laplace_path and seed is not None and num_warmup > 0:
-            state, da, step_size = runner.adapt_step_size(z0, seeds, warm_keys, num_warmup, progress)
+            z, da, step_size = runner.adapt_step_size(z0, fallback, seeds, warm_keys, num_warmup, progress)
             imm = seeds
         else:
-            state, step_size, imm, da = _window_warmup(target, z0, seeds, warm_keys, num_warmup,
-                                                       progress, chains_map)
+            z, step_size, imm = _window_warmup(target, z0, seeds, warm_keys, num_warmup,
+                                               progress, chains_map, impl)
+            # the runner's adaptation state is not used for draws: shapes only
+            fallback, da = z, _fresh_da(num_chains, z0.dtype)
 
     # Draws, in blocks; the per-step keys do not depend on the blocking.
     modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
-    state, _, parts = runner.run(state, da, draw_keys, modes, step_size, imm, bar, keep=True)
+    fresh = np.zeros((num_chains,), bool)
+    z, _, parts = runner.run(z, fallback, da, fresh, draw_keys, modes, step_size, imm, bar, keep=True)
     out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts)))
     chains = Chains(
         samples=out.x,
@@ -479,7 +515,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         acceptance_rate=out.acceptance_rate,
         step_size=np.asarray(step_size),
         inverse_mass_matrix=np.asarray(imm),
-        last_position=np.asarray(state.position),
+        last_position=np.asarray(z),
         layout=layout_of(f, int(out.x.shape[-1])),
         unconstrained=target.unconstrained,
         num_warmup=int(num_warmup),
