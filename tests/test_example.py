@@ -48,20 +48,21 @@ def test_stage4_posterior_converged_and_agrees(run):
 
 
 def test_chains_sharded_over_the_cpu_cores_in_a_fresh_process():
-    """Started as a program, the example asks JAX for one CPU device per core (up to
-    one per chain) and shards the chains over them; called after JAX has started (as
-    in this test process) it keeps the devices it finds."""
+    """Started as a program, the example asks JAX for one CPU device per chain (up to
+    max(4, cores), a divisor of the chain count) and shards the chains over them;
+    called after JAX has started (as in this test process) it keeps the devices it
+    finds."""
     import jax
     from helpers import run_python
 
     code = (
         "import os, jax\n"
-        "os.sched_getaffinity = lambda pid: {0, 1, 2}\n"  # three cores, four chains
+        "os.sched_getaffinity = lambda pid: {0, 1, 2}\n"  # three cores, six chains
         "from caskax.examples import sn_lightcurve as s\n"
-        "s._host_devices(4)\n"
-        "print(len(jax.devices()), s._chain_method(jax, 4), s._chain_method(jax, 3))\n"
+        "s._host_devices(6)\n"
+        "print(len(jax.devices()), s._chain_method(jax, 6), s._chain_method(jax, 4))\n"
     )
     out = run_python(code, timeout=120, JAX_PLATFORMS="cpu")
-    assert out.split() == ["2", "sharded", "vectorized"]
+    assert out.split() == ["3", "sharded", "vectorized"]
     sn_lightcurve._host_devices(4)  # JAX already runs here: no error, no change
     assert sn_lightcurve._chain_method(jax, 4) == ("sharded" if len(jax.devices()) > 1 else "vectorized")

@@ -181,6 +181,10 @@ def _run_one(target, z, fallback, da, fresh, key_data, first, modes, step_size, 
 
 # -- mapping over chains ---------------------------------------------------------------------
 def _vectorized(fn, target, args, cfg):
+    if jax.tree.leaves(args)[0].shape[0] == 1:
+        # one chain (per device, when sharded): no vmap, whose batching of NUTS's while
+        # loops was most of the runner's tracing time and a quarter of its compile
+        return jax.tree.map(lambda a: a[None], fn(target, *jax.tree.map(lambda a: a[0], args), cfg))
     return jax.vmap(lambda *a: fn(target, *a, cfg))(*args)
 
 
@@ -192,8 +196,7 @@ def _sharded(fn, target, args, cfg, mesh):
     dynamic, static = eqx.partition(target, eqx.is_array)
 
     def body(dynamic, *chunk):
-        local = eqx.combine(dynamic, static)
-        return jax.vmap(lambda *a: fn(local, *a, cfg))(*chunk)
+        return _vectorized(fn, eqx.combine(dynamic, static), chunk, cfg)
 
     spec = PartitionSpec("chains")
     mapped = jax.shard_map(
@@ -245,14 +248,20 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 
 @run_once_jit
-def _keys(key, num_chains, size, dtype):
-    """Standard normal draws ``[num_chains, size]`` for the chains' starts and each
-    chain's warmup and draw keys as raw key data, in one program: eager splits, and
-    unpacking their result, would each compile one of their own."""
+def _keys(key, num_chains):
+    """Raw key data of the starts' key and of each chain's warmup and draw keys, in one
+    program: eager splits, and unpacking their result, would each compile one of their
+    own."""
     k_start, k_warm, k_draw = jax.random.split(key, 3)
     data = jax.random.key_data
-    return (jax.random.normal(k_start, (num_chains, size), dtype),
-            data(jax.random.split(k_warm, num_chains)), data(jax.random.split(k_draw, num_chains)))
+    return data(k_start), data(jax.random.split(k_warm, num_chains)), data(jax.random.split(k_draw, num_chains))
+
+
+def _normals(key_data, num_chains, size):
+    """Standard normal draws ``[num_chains, size]`` (float64) for the chains' starts,
+    made on the host from the key's bits: jax.random.normal compiled a program of its
+    own (0.3-0.4 s cold) for a few numbers."""
+    return np.random.default_rng(np.asarray(key_data)).standard_normal((num_chains, size))
 
 
 @run_once_jit
@@ -479,7 +488,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         size = resume.last_position.shape[-1]
         _check_layout(resume, layout_of(f, size), target.unconstrained)
         z0 = np.asarray(resume.last_position)
-        normals, _, draw_keys = (np.asarray(a) for a in _keys(key, num_chains, size, np.dtype(z0.dtype)))
+        _, _, draw_keys = (np.asarray(a) for a in _keys(key, num_chains))
         step_size = np.asarray(resume.step_size, dtype=z0.dtype)
         imm = np.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
         check_finite_start(target, z0, "nuts (resume)")
@@ -487,8 +496,8 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     else:
         laplace_path = isinstance(inverse_mass_matrix, str)
         z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
-        normals, warm_keys, draw_keys = (np.asarray(a) for a in
-                                         _keys(key, num_chains, z0.shape[-1], np.dtype(z0.dtype)))
+        start_key, warm_keys, draw_keys = (np.asarray(a) for a in _keys(key, num_chains))
+        normals = _normals(start_key, num_chains, z0.shape[-1])
         z0, seed, fallback = _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix)
         # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
         seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
