@@ -57,7 +57,8 @@ def xs():
 
 class CompileLog:
     """Names of the XLA compilations inside a ``with`` block, from jax's compile log
-    (``"jit(f)"`` for a compiled function ``f``)."""
+    (``"jit(f)"`` for a compiled function ``f``), in any thread; ``threads`` holds the
+    name of the thread of each."""
 
     def __enter__(self):
         import logging
@@ -65,7 +66,7 @@ class CompileLog:
 
         import jax
 
-        self.names = []
+        self.names, self.threads = [], []
         pattern = re.compile(r"Finished XLA compilation of (\S+)")
 
         class _Handler(logging.Handler):
@@ -73,18 +74,22 @@ class CompileLog:
                 m = pattern.search(record.getMessage())
                 if m:
                     self.names.append(m.group(1))
+                    self.threads.append(record.threadName)
 
         self._handler = _Handler(level=logging.DEBUG)
         self._logger = logging.getLogger("jax")
         self._level = self._logger.level
         self._logger.addHandler(self._handler)
         self._logger.setLevel(logging.DEBUG)
-        self._ctx = jax.log_compiles(True)
-        self._ctx.__enter__()
+        # the process-wide setting, not the context manager: that one is thread-local
+        self._log_compiles = jax.config.jax_log_compiles
+        jax.config.update("jax_log_compiles", True)
         return self
 
     def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
+        import jax
+
+        jax.config.update("jax_log_compiles", self._log_compiles)
         self._logger.removeHandler(self._handler)
         self._logger.setLevel(self._level)
         return False

@@ -338,14 +338,17 @@ def test_import_leaves_jax_unstarted():
 
 def test_warmup_and_draws_share_one_compiled_runner(corr):
     # Laplace-seeded warmup (step size only) and draws run through one compiled runner,
-    # which also builds the chains' initial states: one compile in all, and none for a
-    # new num_warmup. A weak-typed leaf in the runner's state would compile it twice.
+    # which also builds the chains' initial states: one compile in all, made in a
+    # background thread while the mode is fitted, and none for a new num_warmup. A
+    # weak-typed leaf in the runner's state (or a background compile whose arguments
+    # differ from the calls') would compile it twice.
     run = dict(num_samples=40, num_chains=2, progress=False)
     with CompileLog() as first:
         cx.nuts(corr, jax.random.key(11), num_warmup=30, **run)
     with CompileLog() as second:
         c = cx.nuts(corr, jax.random.key(12), num_warmup=45, **run)
     assert first.names.count("jit(_vectorized)") == 1, first.names
+    assert first.threads[first.names.index("jit(_vectorized)")] == "caskax-nuts-compile"
     assert "jit(_vectorized)" not in second.names, second.names
     assert c.samples.shape == (2, 40, 2) and c.num_warmup == 45
 

@@ -8,7 +8,7 @@ settings below are scoped to these programs (``jax.jit(..., compiler_options=...
 a user's own ``jax.jit`` and a Program's direct call keep XLA's defaults. They are XLA
 debug options, so each process checks once that its jaxlib still knows them and falls
 back to the defaults otherwise. Programs that each call runs once (the Laplace Hessian,
-chain starts, start checks) go further, to LLVM's ``-O0`` (`run_once_jit`).
+start checks, NUTS keys) go further, to LLVM's ``-O0`` (`run_once_jit`).
 ``benchmarks/compile_options.py`` measures both sides.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["CPU_COMPILER_OPTIONS", "CPU_RUN_ONCE_OPTIONS", "inference_jit", "run_once_jit"]
 
 CPU_COMPILER_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 1))
-# For programs a call runs once (a Hessian, chain starts): at LLVM's -O0 the Hessians
+# For programs a call runs once (a Hessian, start checks): at LLVM's -O0 the Hessians
 # compiled in 0.2x-0.3x of XLA's default time and ran about 7x slower, a few ms once.
 CPU_RUN_ONCE_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 0))
 
@@ -50,12 +50,16 @@ def inference_jit(fun, options: tuple = CPU_COMPILER_OPTIONS):
     plain = eqx.filter_jit(fun)
     tuned = eqx.filter_jit(fun, compiler_options=dict(options))
 
+    def pick():
+        return tuned if jax.default_backend() == "cpu" and options_known(options) else plain
+
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        use_tuned = jax.default_backend() == "cpu" and options_known(options)
-        return (tuned if use_tuned else plain)(*args, **kwargs)
+        return pick()(*args, **kwargs)
 
     call.plain, call.tuned = plain, tuned
+    # lower(...).compile() fills the same cache that a later call uses
+    call.lower = lambda *args, **kwargs: pick().lower(*args, **kwargs)
     return call
 
 

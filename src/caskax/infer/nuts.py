@@ -17,6 +17,7 @@ shapes) reuses compiled code.
 
 import functools
 import math
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -211,16 +212,22 @@ _MAPS = {"vectorized": inference_jit(_vectorized), "sequential": inference_jit(_
          "sharded": inference_jit(_sharded)}
 
 
+def _mapped_call(fn, target, args, cfg, chain_method, mesh):
+    """``(jitted, call arguments)`` of ``fn`` mapped over all chains at once."""
+    if chain_method == "vectorized":
+        return _MAPS["vectorized"], (fn, target, tuple(args), cfg)
+    # every call's per-chain inputs placed alike (host arrays and earlier outputs), so
+    # that the runner compiles once; from the host this is a plain transfer
+    args = jax.device_put(tuple(args), NamedSharding(mesh, PartitionSpec("chains")))
+    return _MAPS["sharded"], (fn, target, args, cfg, mesh)
+
+
 def _map_chains(fn, target, args, cfg, chain_method, mesh):
     """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0."""
     maps = _MAPS
-    if chain_method == "vectorized":
-        return maps["vectorized"](fn, target, tuple(args), cfg)
-    if chain_method == "sharded":
-        # every call's per-chain inputs placed alike (host arrays and earlier outputs),
-        # so that the runner compiles once; from the host this is a plain transfer
-        args = jax.device_put(tuple(args), NamedSharding(mesh, PartitionSpec("chains")))
-        return maps["sharded"](fn, target, args, cfg, mesh)
+    if chain_method != "sequential":
+        jitted, call_args = _mapped_call(fn, target, args, cfg, chain_method, mesh)
+        return jitted(*call_args)
     n = jax.tree.leaves(args)[0].shape[0]
     outs = [maps["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
             for c in range(n)]
@@ -345,10 +352,42 @@ class _Runner:
 
     def __init__(self, target, block, cfg: _Sampling, chains_map):
         self.target, self.block, self.cfg, self.chains_map = target, block, cfg, chains_map
+        self.compiling = None
+
+    def compile_ahead(self, z, imm, keys):
+        """Compile the runner in a background thread, for per-chain positions like
+        ``z`` and inverse mass matrices like ``imm`` (shapes and dtypes count), while
+        this thread fits the mode and takes the Laplace Hessian: XLA compiles on one
+        core, and the runner is the largest program of a run. The compiled program
+        lands in the cache that the runner's calls use; if the shapes turn out
+        otherwise (the Laplace step failed), the first call compiles as usual."""
+        if self.chains_map["chain_method"] == "sequential":
+            return
+        num_chains, dtype = z.shape[0], z.dtype
+        args = (z, z, _fresh_da(num_chains, dtype), np.ones(num_chains, bool), keys,
+                np.zeros(num_chains, np.int32), np.zeros((num_chains, self.block, self.cfg.thin), np.int32),
+                np.ones(num_chains, dtype), imm)
+
+        def work():
+            try:
+                jitted, call_args = _mapped_call(_run_one, self.target, args, self.cfg, **self.chains_map)
+                jitted.lower(*call_args).compile()
+            except Exception:  # noqa: BLE001 - the first call compiles again and reports it
+                pass
+
+        self.compiling = threading.Thread(target=work, name="caskax-nuts-compile", daemon=True)
+        self.compiling.start()
+
+    def wait(self):
+        """Wait for `compile_ahead` (before a call that would otherwise compile twice)."""
+        if self.compiling is not None:
+            self.compiling.join()
+            self.compiling = None
 
     def run(self, z, fallback, da, fresh, keys, modes, step_size, imm, bar, keep):
         """``modes`` ``[chains, rows, thin]`` (numpy) from positions ``z`` and raw
         per-chain ``keys``; ``fresh`` (per chain) restarts the dual averaging."""
+        self.wait()
         parts = []
         for start in range(0, modes.shape[1], self.block):
             rows = modes[:, start:start + self.block]
@@ -401,6 +440,16 @@ def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map, im
         bar.update(1)
         bar.close()
     return z, step_size, imm
+
+
+def _imm_like(z0, inverse_mass_matrix):
+    """Zeros shaped like the per-chain inverse mass matrices the draws will use."""
+    num_chains, n = z0.shape
+    if isinstance(inverse_mass_matrix, str):
+        dense = n <= _DENSE_MAX
+    else:
+        dense = inverse_mass_matrix is not None and np.ndim(inverse_mass_matrix) == 2
+    return np.zeros((num_chains, n, n) if dense else (num_chains, n), z0.dtype)
 
 
 def _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix):
@@ -498,17 +547,21 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         z0, per_chain = _starts(target, f, x0, num_chains, check=not laplace_path)
         start_key, warm_keys, draw_keys = (np.asarray(a) for a in _keys(key, num_chains))
         normals = _normals(start_key, num_chains, z0.shape[-1])
-        z0, seed, fallback = _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix)
-        # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
-        seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
-        if laplace_path and seed is not None and num_warmup > 0:
-            z, da, step_size = runner.adapt_step_size(z0, fallback, seeds, warm_keys, num_warmup, progress)
-            imm = seeds
-        else:
-            z, step_size, imm = _window_warmup(target, z0, seeds, warm_keys, num_warmup,
-                                               progress, chains_map, impl)
-            # the runner's adaptation state is not used for draws: shapes only
-            fallback, da = z, _fresh_da(num_chains, z0.dtype)
+        runner.compile_ahead(z0, _imm_like(z0, inverse_mass_matrix), warm_keys)
+        try:
+            z0, seed, fallback = _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix)
+            # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
+            seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
+            if laplace_path and seed is not None and num_warmup > 0:
+                z, da, step_size = runner.adapt_step_size(z0, fallback, seeds, warm_keys, num_warmup, progress)
+                imm = seeds
+            else:
+                z, step_size, imm = _window_warmup(target, z0, seeds, warm_keys, num_warmup,
+                                                   progress, chains_map, impl)
+                # the runner's adaptation state is not used for draws: shapes only
+                fallback, da = z, _fresh_da(num_chains, z0.dtype)
+        finally:
+            runner.wait()  # no compile left running after an error either
 
     # Draws, in blocks; the per-step keys do not depend on the blocking.
     modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
