@@ -503,6 +503,11 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
       sampled space).
     - ``chain_method``: ``"vectorized"`` (``vmap``), ``"sequential"`` (one chain at a
       time) or ``"sharded"`` (over ``jax.devices()``; ``num_chains`` must divide evenly).
+      A device holding a single chain runs it without ``vmap``, which traces and
+      compiles faster: on a CPU, ask for one device per chain
+      (``jax_num_cpu_devices``, set before JAX starts). With the Laplace metric or
+      window adaptation, the sampler compiles in a background thread while the mode
+      is fitted (``"sequential"`` excepted).
     - ``thin``: keep every ``thin``-th draw (``num_samples`` draws are kept).
     - ``progress``: tqdm bars for warmup and draws, advancing per block of steps (no host
       sync per step; window adaptation shows its warmup as one step).
