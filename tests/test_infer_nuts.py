@@ -310,6 +310,23 @@ SHARDED = textwrap.dedent(
         assert "divisible by 4" in str(err)
     else:
         raise AssertionError("no error for 6 chains on 4 devices")
+    # The Laplace path compiles one sharded program, the runner (start states inside
+    # it, every call's inputs placed alike), for one chain per device (no vmap) and
+    # for two.
+    import logging
+    runners = []
+    class Log(logging.Handler):
+        def emit(self, record):
+            if "Finished XLA compilation of jit(_sharded)" in record.getMessage():
+                runners.append(record.threadName)
+    logging.getLogger("jax").addHandler(Log())
+    jax.config.update("jax_log_compiles", True)
+    for n in (4, 8):
+        del runners[:]
+        c = cx.nuts(logp, jax.random.key(1), jnp.zeros(2), num_warmup=20, num_samples=40,
+                    num_chains=n, progress=False, chain_method="sharded")
+        assert runners == ["caskax-nuts-compile"], (n, runners)
+        assert np.all(np.isfinite(c.samples)) and c.samples.std(axis=1).min() > 0.1, n
     print("ok")
     """
 )
