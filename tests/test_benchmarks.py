@@ -140,3 +140,17 @@ def test_compile_options_quick(tmp_path):
     for r in rows:
         for k in ("compile_default_s", "compile_tuned_s", "run_default_s", "run_tuned_s"):
             assert math.isfinite(r[k]) and r[k] > 0
+
+
+def test_nuts_first_call_quick(tmp_path):
+    out = tmp_path / "nuts.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "nuts_first_call.py"), "--rounds", "1",
+         "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"default", "two-per-device", "no-compile-ahead"}
+    assert all(r["median"] > 0 and len(r["seconds"]) == 1 for r in rows.values())
+    assert math.isclose(rows["default"]["x_default"], 1.0)

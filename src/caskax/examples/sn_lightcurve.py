@@ -62,8 +62,8 @@ def _host_devices(num_chains):
     of ``num_chains``), so that the chains can be sharded over the cores. One chain per
     device beats two vmapped chains per device even with two devices per core: the
     runner traces and compiles without batching NUTS's while loops (stage 4 of a cold
-    run: 6.3 s against 8.0 s on 2 cores), and no chain waits for the longest tree of
-    its batch. Only possible before JAX's backends start; afterwards (``main`` called
+    run: 5.5 s against 6.3 s on 2 cores, ``benchmarks/nuts_first_call.py``), and no
+    chain waits for the longest tree of its batch. Only possible before JAX's backends start; afterwards (``main`` called
     from a notebook or a test) the devices stay as they are."""
     import jax
 
