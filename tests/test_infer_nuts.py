@@ -370,6 +370,17 @@ def test_warmup_and_draws_share_one_compiled_runner(corr):
     assert c.samples.shape == (2, 40, 2) and c.num_warmup == 45
 
 
+def test_window_adaptation_compiles_the_runner_ahead(corr):
+    # With window adaptation, the warmup program compiles in this thread and the draws'
+    # runner in the background one, once: the warmup's outputs (a weak-typed step size
+    # from blackjax) must match what the runner was compiled for.
+    with CompileLog() as log:
+        cx.nuts(corr, jax.random.key(5), num_warmup=31, num_samples=23, num_chains=2,
+                progress=False, inverse_mass_matrix=None)
+    mapped = [t for n, t in zip(log.names, log.threads) if n == "jit(_vectorized)"]
+    assert sorted(mapped) == ["MainThread", "caskax-nuts-compile"], mapped
+
+
 def test_float64_fit_laplace_nuts():
     """Inference keeps float64 when x64 is on (a subprocess: x64 is process-wide)."""
     code = textwrap.dedent("""

@@ -92,7 +92,10 @@ def _warmup_one(target, key_data, z0, imm_seed, cfg: _Warmup):
         adaptation_info_fn=blackjax.adaptation.base.get_filter_adapt_info_fn(),
     )
     (state, params), _ = warmup.run(key, z0, num_steps=cfg.num_warmup)
-    return state.position, params["step_size"], params["inverse_mass_matrix"]
+    # a strong dtype: blackjax's step size is weak-typed, and the runner compiled ahead
+    # for a strong one would compile again
+    step_size = params["step_size"].astype(z0.dtype)
+    return state.position, step_size, params["inverse_mass_matrix"]
 
 
 class _Draw(NamedTuple):
