@@ -114,6 +114,18 @@ def test_summary_table_and_columns(corr_chains):
     assert "corr.z[0]" in text and "r_hat" in text and "divergences: 0" in text
 
 
+def test_average_ranks_match_scipy():
+    # the summary's rank normalisation ranks ties as scipy.stats.rankdata does
+    from scipy.stats import rankdata
+
+    from caskax.infer.chains import _average_ranks
+
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([rng.integers(0, 7, size=(300, 3)).astype(float),  # many ties
+                            rng.normal(size=(300, 2))], axis=1)
+    np.testing.assert_array_equal(_average_ranks(draws), rankdata(draws, axis=0, method="average"))
+
+
 def test_same_key_identical_different_key_differs(corr, corr_chains):
     again = cx.nuts(corr, jax.random.key(1), **RUN)
     np.testing.assert_array_equal(again.samples, corr_chains.samples)
