@@ -298,6 +298,8 @@ def test_bad_options(corr):
         cx.nuts(corr, jax.random.key(0), chain_method="threads", progress=False)
     with pytest.raises(cx.InferenceError, match="inverse_mass_matrix"):
         cx.nuts(corr, jax.random.key(0), inverse_mass_matrix=jnp.ones(3), progress=False)
+    with pytest.raises(cx.InferenceError, match="numeric array of shape"):
+        cx.nuts(corr, jax.random.key(0), inverse_mass_matrix=[["a", "b"]], progress=False)
 
 
 SHARDED = textwrap.dedent(

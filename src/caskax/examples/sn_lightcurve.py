@@ -63,8 +63,9 @@ def _host_devices(num_chains):
     device beats two vmapped chains per device even with two devices per core: the
     runner traces and compiles without batching NUTS's while loops (stage 4 of a cold
     run: 5.5 s against 6.3 s on 2 cores, ``benchmarks/nuts_first_call.py``), and no
-    chain waits for the longest tree of its batch. Only possible before JAX's backends start; afterwards (``main`` called
-    from a notebook or a test) the devices stay as they are."""
+    chain waits for the longest tree of its batch. Only possible before JAX's backends
+    start; afterwards (``main`` called from a notebook or a test) the devices stay as
+    they are."""
     import jax
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -227,12 +227,11 @@ def _mapped_call(fn, target, args, cfg, chain_method, mesh):
 
 def _map_chains(fn, target, args, cfg, chain_method, mesh):
     """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0."""
-    maps = _MAPS
     if chain_method != "sequential":
         jitted, call_args = _mapped_call(fn, target, args, cfg, chain_method, mesh)
         return jitted(*call_args)
     n = jax.tree.leaves(args)[0].shape[0]
-    outs = [maps["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
+    outs = [_MAPS["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
             for c in range(n)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
@@ -468,7 +467,13 @@ def _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix):
         return _laplace_seed(target, z0, per_chain, normals, dense=n <= _DENSE_MAX)
     if inverse_mass_matrix is None:
         return z0, None, z0
-    seed = np.asarray(inverse_mass_matrix, dtype=z0.dtype)
+    try:
+        seed = np.asarray(inverse_mass_matrix, dtype=z0.dtype)
+    except (TypeError, ValueError):
+        raise InferenceError(
+            f"nuts: inverse_mass_matrix must be None, 'laplace' or a numeric array of shape "
+            f"({n},) or ({n}, {n}), got {inverse_mass_matrix!r}."
+        ) from None
     if seed.shape not in ((n,), (n, n)):
         raise InferenceError(
             f"nuts: inverse_mass_matrix has shape {seed.shape}, expected ({n},) or ({n}, {n})."
