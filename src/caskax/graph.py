@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from .errors import FillError, GraphError
+from .errors import FillError, GraphError, ShapeError
 from .param import Param
 
 __all__ = [
@@ -97,24 +97,46 @@ class Walk(NamedTuple):
     owner: dict  # uid -> uid of the parent at the first visit (None for the root)
 
 
-def walk(root) -> Walk:
-    """Visit every node below ``root`` (pre-order), grouping copies by uid."""
-    nodes, paths, copies, owner, seen = {}, {}, {}, {}, set()
+def walk(root, check: bool = True) -> Walk:
+    """Visit every node below ``root`` (pre-order), grouping copies by uid.
 
-    def visit(node, path, parent):
+    With ``check`` (the default), two copies of one uid in different states raise a
+    `GraphError` naming the node: every reader of the graph (eager calls, values,
+    files, compile) would otherwise pick whichever copy it met first.
+    """
+    nodes, paths, copies, owner, seen, stale = {}, {}, {}, {}, set(), None
+    # Iterative (an explicit stack) so that deep trees do not hit Python's recursion limit.
+    stack = [(root, "", None)]
+    while stack:
+        node, path, parent = stack.pop()
         if id(node) in seen:
-            return
+            continue
         seen.add(id(node))
-        if node.uid not in nodes:
-            nodes[node.uid], paths[node.uid], copies[node.uid] = node, path, [node]
-            owner[node.uid] = parent
+        uid = node.uid
+        if uid not in nodes:
+            nodes[uid], paths[uid], copies[uid] = node, path, [node]
+            owner[uid] = parent
         else:
-            copies[node.uid].append(node)
-        for child in children(node):
-            visit(child.node, (path + child.path).lstrip("."), node.uid)
+            if check and stale is None and not _same_state(_own_state(copies[uid][0]), _own_state(node)):
+                stale = (nodes[uid], paths[uid], path)
+            copies[uid].append(node)
+        for child in reversed(children(node)):
+            stack.append((child.node, (path + child.path).lstrip("."), uid))
+    w = Walk(nodes, paths, copies, owner)
+    if stale is not None:
+        check_cycles(w)  # a cycle (only possible through stale copies) is the better error
+        raise _stale_error(*stale)
+    return w
 
-    visit(root, "", None)
-    return Walk(nodes, paths, copies, owner)
+
+def _stale_error(node, first_path, other_path) -> GraphError:
+    where = f"'{first_path or node.name}' and '{other_path or node.name}'"
+    return GraphError(
+        f"node '{node.name}' appears in two different states, at {where} (two copies of "
+        "one node were edited separately, e.g. linked between trees before one side "
+        "changed). Link after combining the trees, or edit the combined tree so every "
+        "copy changes at once."
+    )
 
 
 def _label(w: Walk, uid) -> str:
@@ -188,18 +210,14 @@ def check_cycles(w: Walk) -> None:
 
 
 def check_copies(w: Walk) -> None:
-    """Raise `GraphError` if two objects with one uid differ (compile time only)."""
+    """Raise `GraphError` if two objects with one uid differ (for a walk made with
+    ``check=False``)."""
     for uid, objs in w.copies.items():
         if len(objs) > 1:
             first = _own_state(objs[0])
             for other in objs[1:]:
                 if not _same_state(first, _own_state(other)):
-                    raise GraphError(
-                        f"node '{_label(w, uid)}' appears in two different states (two "
-                        "copies of one node were edited separately, e.g. linked between "
-                        "trees before one side changed). Link after combining the trees, "
-                        "or edit the combined tree so every copy changes at once."
-                    )
+                    raise _stale_error(w.nodes[uid], w.paths[uid], "")
 
 
 def _own_state(node):
@@ -354,7 +372,12 @@ def replace(root, new_nodes: dict):
         if node.uid in new_nodes:
             return new_nodes[node.uid]
         if id(node) not in memo:
-            memo[id(node)] = rebuild_children(node, rebuild)
+            new = rebuild_children(node, rebuild)
+            if new is not node and isinstance(node, Param) and node.pointer and node.value is not None:
+                # A filled pointer (inside a forward call) whose inputs changed holds
+                # a stale value: compute it again, as an override would.
+                new = copy_with(new, value=compute_pointer(new))
+            memo[id(node)] = new
         return memo[id(node)]
 
     return rebuild(root)
@@ -389,17 +412,63 @@ def fill(root, values: dict, w: Walk | None = None):
 
 
 def _fill_param(p: Param, values, fill_node, w):
+    # Inputs are filled for every param that holds them: a pointer reads them, and a
+    # former pointer keeps them as children (caskade keeps its links).
+    filled = rebuild_children(p, fill_node)
     if p.pointer:
-        filled = rebuild_children(p, fill_node)
-        args = [a.value if isinstance(a, Param) else a for a in filled.link.inputs]
-        try:
-            value = filled.link.fn(*args)
-        except Exception as err:
-            raise type(err)(f"while computing pointer '{_label(w, p.uid)}': {err}") from err
-        return copy_with(filled, value=value)
+        return copy_with(filled, value=compute_pointer(filled, _label(w, p.uid)))
     if p.uid in values:
-        return copy_with(p, value=values[p.uid])
-    return p
+        return copy_with(filled, value=values[p.uid])
+    return filled
+
+
+def compute_pointer(p: Param, label: str | None = None):
+    """``fn(*inputs)`` of a pointer param whose inputs are filled. An exception raised
+    by ``fn`` reaches the user with its own type, with a note naming the pointer."""
+    args = [a.value if isinstance(a, Param) else a for a in p.link.inputs]
+    try:
+        value = p.link.fn(*args)
+    except Exception as err:
+        err.add_note(f"(while computing pointer '{label or p.name}')")
+        raise
+    return _checked_pointer_value(p, value, label)
+
+
+def _checked_pointer_value(p: Param, value, label):
+    shape = getattr(value, "shape", None)
+    if p.shape is None or shape is None:
+        return value
+    n = len(p.shape)
+    if len(shape) < n or any(s is not None and s != v for s, v in zip(p.shape, shape[len(shape) - n :])):
+        raise ShapeError(
+            f"pointer '{label or p.name}' computed a value of shape {tuple(shape)}, but the "
+            f"param declares shape={p.shape} (extra leading axes are batch axes)."
+        )
+    return value
+
+
+def override(root, values: dict):
+    """A filled ``root`` in which the params in ``values`` (uid -> value) hold those
+    values for one call, and every pointer that depends on them is computed again
+    (caskade's OverrideParam: an override reaches the pointers that read it)."""
+    done = {}
+
+    def visit(node):
+        uid = node.uid
+        if uid in done:
+            return done[uid]
+        if uid in values:
+            new = copy_with(node, value=values[uid])
+        elif isinstance(node, Param):
+            new = rebuild_children(node, visit)
+            if new is not node and node.pointer:
+                new = copy_with(new, value=compute_pointer(new))
+        else:
+            new = rebuild_children(node, visit)
+        done[uid] = new
+        return new
+
+    return visit(root)
 
 
 def values_to_dict(root, params: list, getter: Callable) -> dict:

@@ -695,6 +695,7 @@ def forward(method):
     plist = list(inspect.signature(method).parameters.values())[1:]
     kinds = inspect.Parameter
     has_varargs = any(p.kind is kinds.VAR_POSITIONAL for p in plist)
+    has_varkw = any(p.kind is kinds.VAR_KEYWORD for p in plist)
     positional = [p.name for p in plist if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
     names = [p.name for p in plist]
 
@@ -710,6 +711,17 @@ def forward(method):
 
     def _call(module, args, kwargs):
         own = own_params(module)
+        overrides = {own[k].uid: v for k, v in kwargs.items() if k in own}
+        overrides.update(
+            (own[k].uid, v) for k, v in zip(positional, args) if k in own
+        )
+        if overrides:
+            # An override holds for the whole call: pointers that read the param (in
+            # this module or below it) are computed again from the new value.
+            module = graph.override(module, overrides)
+            own = own_params(module)
+            if not has_varkw:
+                kwargs = {k: v for k, v in kwargs.items() if k in names}
         bound = set(positional[: len(args)])
         for name in names:
             if name in own and name not in kwargs and name not in bound:
@@ -747,17 +759,28 @@ def batch_axes(module):
     def spec(x):
         if isinstance(x, Param):
             link_spec = None if x.link is None else spec(x.link)
-            if x.value is not None and x.batched:
-                return graph.copy_with(x, value=0, link=link_spec, prior=_none_like(x.prior))
-            # A None prefix leaves the param unmapped; a pointer still maps its inputs.
-            return None if link_spec is None else graph.copy_with(x, link=link_spec, prior=None)
+            mapped = x.value is not None and x.batched
+            if x.pointer and x.value is not None and x.shape is None:
+                # A filled pointer with no declared shape: its value carries the batch
+                # axis exactly when one of its inputs does.
+                mapped = mapped or _maps(link_spec)
+            if not mapped and not _maps(link_spec):
+                return None  # a None prefix leaves the whole param unmapped
+            return graph.copy_with(
+                x, value=0 if mapped else None, link=link_spec, prior=_none_like(x.prior)
+            )
         if isinstance(x, Pointer):
-            return graph.copy_with(x, inputs=tuple(spec(i) for i in x.inputs))
+            return graph.copy_with(x, inputs=tuple(_spec_value(i, spec) for i in x.inputs))
         if graph.is_node(x):
             return graph.copy_with(x, **{n: _spec_value(getattr(x, n), spec) for n in graph.node_fields(x)})
         return jax.tree_util.tree_map(lambda _: None, x)
 
     return spec(module)
+
+
+def _maps(spec) -> bool:
+    """True if an ``in_axes`` spec maps any leaf."""
+    return spec is not None and any(a == 0 for a in jax.tree_util.tree_leaves(spec))
 
 
 def _none_like(tree):

@@ -340,17 +340,19 @@ class Param(eqx.Module):
             return self._replace(link=ptr, value=None, node_kind="pointer")
         arr = _coerce(self.name, value, self.shape, self.dtype)
         _check_valid(self.name, arr, self.valid, self.cyclic)
+        # A pointer given a value becomes static but keeps its inputs as children, as
+        # caskade keeps its links: the tree (and a state file started earlier) keeps them.
         kind = "static" if self.node_kind == "pointer" else self.node_kind
-        return self._replace(value=arr, link=None, node_kind=kind)
+        return self._replace(value=arr, node_kind=kind)
 
     def to_dynamic(self, value=None) -> "Param":
-        """A dynamic copy (a pointer keeps its current value if it can be computed)."""
-        new = self._replace(node_kind="dynamic", link=None)
+        """A dynamic copy (a former pointer keeps its inputs as children)."""
+        new = self._replace(node_kind="dynamic")
         return new if value is None else new.with_value(value)
 
     def to_static(self, value=None) -> "Param":
-        """A static copy (live if it has no value)."""
-        new = self._replace(node_kind="static", link=None)
+        """A static copy (live if it has no value; a former pointer keeps its inputs)."""
+        new = self._replace(node_kind="static")
         return new if value is None else new.with_value(value)
 
     # -- identity -------------------------------------------------------------------
