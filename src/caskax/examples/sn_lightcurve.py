@@ -22,8 +22,19 @@ import sys
 import time
 
 
+class _Defaults(argparse.RawDescriptionHelpFormatter):
+    """Help text with each option's default, where it has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)r)" if action.default == "" else " (default: %(default)s)"
+        return text
+
+
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="caskax-sn-lightcurve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="caskax-sn-lightcurve", description=__doc__.split("\n\n")[0],
+                                formatter_class=_Defaults)
     p.add_argument("--out", default="sn_lightcurve_out", help="folder for figures and results.json")
     p.add_argument("--quick", action="store_true", help="fewer NUTS steps and 2 chains (CI smoke run)")
     p.add_argument("--seed", type=int, default=1123, help="seed of the mock data and the sampler")
