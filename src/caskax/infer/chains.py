@@ -6,10 +6,11 @@ import math
 import os
 import tempfile
 
+import jax
 import numpy as np
 
 from ..errors import InferenceError
-from ._target import names_of, split_by_name
+from ._target import Target, layout_of, names_of, split_by_name
 
 __all__ = ["Chains", "Summary"]
 
@@ -56,17 +57,39 @@ class Chains:
     num_warmup: int = 0
 
     @classmethod
-    def from_arrays(cls, samples, layout=None, **fields) -> "Chains":
-        """Chains from a ``[C, D, n]`` array (other fields default to zeros)."""
+    def from_arrays(cls, samples, layout=None, f=None, **fields) -> "Chains":
+        """Chains from a ``[C, D, n]`` array of constrained draws; other fields may be
+        given by keyword and default to zeros (unit step size and mass matrix).
+
+        ``last_position`` lies in the sampled space: with ``unconstrained=True`` (the
+        default, as `nuts` samples a Program) it is ``f.to_valid`` of each chain's last
+        draw, so pass the Program as ``f`` to resume from these chains (its layout is
+        then the default ``layout``). Without ``f`` it is the last draw itself when
+        ``unconstrained=False``, and NaN (refused by ``nuts(..., resume=)``) when the
+        map is unknown.
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> from caskax.examples import Gaussian1D
+            >>> f = cx.compile(Gaussian1D("lc", t0=0.0, sigma=1.0, peak_flux=1.0).to_dynamic("sigma"),
+            ...                "flux", 0.0)
+            >>> c = cx.Chains.from_arrays(np.full((2, 3, 1), np.e), f=f)   # sigma: valid (0, inf)
+            >>> c.last_position.round(4).tolist(), c.names
+            ([[1.0], [1.0]], ['lc.sigma'])
+        """
         samples = np.asarray(samples)
         c, d, n = samples.shape
         if layout is None:
-            layout = tuple((f"x[{i}]", ()) for i in range(n))
+            layout = layout_of(f, n) if f is not None else tuple((f"x[{i}]", ()) for i in range(n))
+        unconstrained = bool(fields.get("unconstrained", True))
+        last = samples[:, -1] if d else np.zeros((c, n), samples.dtype)
+        if unconstrained and "last_position" not in fields:
+            last = _to_sampled_space(f, last) if f is not None else np.full((c, n), np.nan)
         defaults = dict(
             log_density=np.zeros((c, d)), divergences=np.zeros((c, d), bool),
             num_steps=np.zeros((c, d), np.int32), acceptance_rate=np.ones((c, d)),
             step_size=np.ones(c), inverse_mass_matrix=np.ones((c, n)),
-            last_position=samples[:, -1] if d else np.zeros((c, n)),
+            last_position=last,
         )
         defaults.update(fields)
         return cls(samples=samples, layout=tuple(layout), **defaults)
@@ -218,6 +241,12 @@ class Chains:
                 **arrays, layout=layout, unconstrained=bool(group.attrs["unconstrained"]),
                 num_warmup=int(group.attrs["num_warmup"]),
             )
+
+
+def _to_sampled_space(f, x):
+    """Constrained draws ``[C, n]`` -> the space `nuts` samples ``f`` in (``u``)."""
+    target = Target(f, unconstrained=True)
+    return np.asarray(jax.vmap(target.to_z)(np.asarray(x)))
 
 
 def _split(x):

@@ -1,5 +1,6 @@
 """Maximum-likelihood (or MAP) fits of a Program with optax, the whole loop jitted."""
 
+import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -275,12 +276,33 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
     return res
 
 
+def _check_options(maxiter, tol):
+    """Refuse a loop that cannot run (``maxiter < 1``) or a stopping rule that cannot
+    be tested (``tol`` not a finite number >= 0): both used to return a start as if fitted."""
+    try:
+        whole = not isinstance(maxiter, bool) and int(maxiter) == maxiter and maxiter >= 1
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise InferenceError(f"fit: maxiter must be an integer >= 1, got {maxiter!r}.")
+    try:
+        ok = math.isfinite(float(tol)) and float(tol) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InferenceError(
+            f"fit: tol must be a finite number >= 0 (relative: stop once |grad f| <= "
+            f"tol * max(1, |f|)), got {tol!r}."
+        )
+
+
 def _fit_unchecked(f, x0=None, method="lbfgs", maxiter=1000, tol=1e-6, valid=False,
                   learning_rate=None):
     """`fit` without raising on a non-finite start: returns ``(result, start_ok,
     target, z0)`` so a caller can name its own params in the error."""
     if method not in _METHODS:
         raise InferenceError(f"fit: method must be one of {_METHODS}, got {method!r}.")
+    _check_options(maxiter, tol)
     check_program(f, "fit")
     if x0 is None:
         x0 = init_vector(f) if isinstance(f, Program) else constrained_init(f)

@@ -390,23 +390,29 @@ class _Runner:
         """``modes`` ``[chains, rows, thin]`` (numpy) from positions ``z`` and raw
         per-chain ``keys``; ``fresh`` (per chain) restarts the dual averaging."""
         self.wait()
-        parts = []
-        for start in range(0, modes.shape[1], self.block):
-            rows = modes[:, start:start + self.block]
-            first = np.full(modes.shape[0], start * modes.shape[2], np.int32)
-            (z, da), out = _map_chains(
-                _run_one, self.target, (z, fallback, da, fresh, keys, first, rows, step_size, imm),
-                self.cfg, **self.chains_map,
-            )
-            # later blocks start where the last one ended, at a finite log-density
-            fallback, fresh = z, np.zeros_like(fresh)
-            if keep:
-                parts.append(jax.tree.map(np.asarray, out))
-            if bar is not None:  # warmup counts steps, sampling counts draws
-                bar.update(min(out.x.shape[1] * (1 if keep else self.cfg.thin), bar.total - bar.n))
-        if bar is not None:
-            bar.close()
-        return z, da, parts
+        done = (z, da, [])  # replaced whole after each block: consistent if interrupted
+        try:
+            for start in range(0, modes.shape[1], self.block):
+                z, da, parts = done
+                rows = modes[:, start:start + self.block]
+                first = np.full(modes.shape[0], start * modes.shape[2], np.int32)
+                (z, da), out = _map_chains(
+                    _run_one, self.target, (z, fallback, da, fresh, keys, first, rows, step_size, imm),
+                    self.cfg, **self.chains_map,
+                )
+                out = jax.tree.map(np.asarray, out) if keep else out
+                done = (z, da, parts + [out] if keep else parts)
+                # later blocks start where the last one ended, at a finite log-density
+                fallback, fresh = z, np.zeros_like(fresh)
+                if bar is not None:  # warmup counts steps, sampling counts draws
+                    bar.update(min(out.x.shape[1] * (1 if keep else self.cfg.thin), bar.total - bar.n))
+        except KeyboardInterrupt as err:
+            err.caskax_done = done  # the blocks finished before Ctrl-C, for nuts to keep
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return done
 
     def adapt_step_size(self, z0, fallback, imm, keys, num_warmup, progress):
         """Dual averaging of the step size with the mass matrix ``imm`` fixed (Stan's
@@ -478,11 +484,40 @@ def _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix):
         raise InferenceError(
             f"nuts: inverse_mass_matrix has shape {seed.shape}, expected ({n},) or ({n}, {n})."
         )
+    _check_metric(seed, seed.ndim == 2, "inverse_mass_matrix")
     return z0, seed, z0
 
 
+def _check_metric(imm, dense: bool, what: str):
+    """Raise unless every inverse mass matrix in ``imm`` (``[..., n]`` diagonals, or
+    ``[..., n, n]`` matrices when ``dense``) is positive definite: with one that is
+    not, every NUTS trajectory diverges and nothing would say why."""
+    imm = np.asarray(imm, np.float64)
+    if not np.all(np.isfinite(imm)):
+        raise InferenceError(f"nuts: {what} has non-finite entries; it must be a positive definite "
+                             "inverse mass matrix (a variance per entry, or a covariance).")
+    if not dense:
+        bad = np.argwhere(imm <= 0)
+        if bad.size:
+            raise InferenceError(
+                f"nuts: {what} is not positive definite: entries at {bad[:5].tolist()} are <= 0 "
+                f"(first: {float(imm[tuple(bad[0])])!r}). Give variances > 0, one per entry."
+            )
+        return
+    asym = float(np.max(np.abs(imm - np.swapaxes(imm, -1, -2)), initial=0.0))
+    if asym > 1e-6 * max(float(np.max(np.abs(imm), initial=0.0)), 1e-300):
+        raise InferenceError(f"nuts: {what} is not symmetric (largest |M - M.T| = {asym:.3g}); "
+                             "give a covariance matrix.")
+    smallest = float(np.min(np.linalg.eigvalsh(imm), initial=np.inf))
+    if smallest <= 0:
+        raise InferenceError(
+            f"nuts: {what} is not positive definite (smallest eigenvalue {smallest:.3g}). "
+            "Give a covariance matrix (cx.laplace gives one) or a diagonal of variances > 0."
+        )
+
+
 # -- the public function -------------------------------------------------------------------------
-def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4,
+def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_chains: int | None = None,
          progress: bool = True, valid: bool = True, inverse_mass_matrix="laplace",
          chain_method: str = "vectorized", thin: int = 1, resume: Chains | None = None) -> Chains:
     """Sample ``f`` with blackjax NUTS after Stan-style window adaptation.
@@ -521,7 +556,19 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
       sync per step; window adaptation shows its warmup as one step).
     - ``resume``: `Chains` from an earlier run on the same Program: skip warmup and
       continue from their last state with their adapted step size and mass matrix;
-      the result holds the earlier draws followed by the new ones.
+      the result holds the earlier draws followed by the new ones. Its step size
+      must be finite and positive and its mass matrix positive definite.
+    - ``num_chains``: 4 by default; with ``resume``, the resumed Chains' count (any
+      other count is an error).
+
+    An array ``inverse_mass_matrix`` that is not positive definite is refused
+    (`InferenceError`): NUTS would diverge on every trajectory.
+
+    **Ctrl-C.** A ``KeyboardInterrupt`` during the draws keeps the blocks that
+    finished: the exception carries them as ``err.chains`` (a `Chains`, possibly of
+    zero draws, whose kernel and last position are set), so
+    ``cx.nuts(f, key2, resume=err.chains)`` continues the run. During warmup there
+    is nothing to keep yet: ``err.chains`` is ``None``.
 
     **Returns:** `Chains` (samples constrained, ``[num_chains, num_samples, n]``).
 
@@ -534,13 +581,20 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         (2, 100, 2)
     """
     check_program(f, "nuts")
+    if resume is not None:
+        if num_chains is not None and num_chains != resume.num_chains:
+            raise InferenceError(
+                f"nuts: num_chains={num_chains!r} but the resumed Chains hold {resume.num_chains} "
+                "chains; a resumed run continues each of its chains. Leave num_chains out."
+            )
+        num_chains = resume.num_chains
+    elif num_chains is None:
+        num_chains = 4
     for name, value, low in (("num_samples", num_samples, 1), ("num_chains", num_chains, 1),
                              ("thin", thin, 1), ("num_warmup", num_warmup, 0)):
         if int(value) != value or value < low:
             raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
     target = Target(f, unconstrained=valid)
-    if resume is not None:
-        num_chains = resume.num_chains
     mesh = _resolve_chain_method(chain_method, num_chains)
     impl = str(jax.random.key_impl(key))
     chains_map = dict(chain_method=chain_method, mesh=mesh)
@@ -553,6 +607,7 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         _, _, draw_keys = (np.asarray(a) for a in _keys(key, num_chains))
         step_size = np.asarray(resume.step_size, dtype=z0.dtype)
         imm = np.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
+        _check_resumed_kernel(resume)
         check_finite_start(target, z0, "nuts (resume)")
         z, fallback, da, num_warmup = z0, z0, _fresh_da(num_chains, z0.dtype), 0
     else:
@@ -573,6 +628,9 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
                                                    progress, chains_map, impl)
                 # the runner's adaptation state is not used for draws: shapes only
                 fallback, da = z, _fresh_da(num_chains, z0.dtype)
+        except KeyboardInterrupt as err:
+            err.chains = None  # no draws and no adapted kernel yet
+            raise
         finally:
             runner.wait()  # no compile left running after an error either
 
@@ -580,19 +638,53 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
     fresh = np.zeros((num_chains,), bool)
-    z, _, parts = runner.run(z, fallback, da, fresh, draw_keys, modes, step_size, imm, bar, keep=True)
-    out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts)))
-    chains = Chains(
-        samples=out.x,
-        log_density=out.log_density,
-        divergences=out.divergent.astype(bool),
-        num_steps=out.num_steps,
-        acceptance_rate=out.acceptance_rate,
-        step_size=np.asarray(step_size),
-        inverse_mass_matrix=np.asarray(imm),
-        last_position=np.asarray(z),
-        layout=layout_of(f, int(out.x.shape[-1])),
-        unconstrained=target.unconstrained,
-        num_warmup=int(num_warmup),
-    )
-    return resume.concatenate(chains) if resume is not None else chains
+
+    def chains_of(z, parts):
+        n = int(np.shape(z)[-1])
+        empty = _Draw(np.zeros((num_chains, 0, n), np.asarray(z).dtype), *(
+            np.zeros((num_chains, 0), t) for t in (np.asarray(z).dtype, bool, np.int32, np.asarray(z).dtype)))
+        out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts))) if parts else empty
+        chains = Chains(
+            samples=out.x,
+            log_density=out.log_density,
+            divergences=out.divergent.astype(bool),
+            num_steps=out.num_steps,
+            acceptance_rate=out.acceptance_rate,
+            step_size=np.asarray(step_size),
+            inverse_mass_matrix=np.asarray(imm),
+            last_position=np.asarray(z),
+            layout=layout_of(f, n),
+            unconstrained=target.unconstrained,
+            num_warmup=int(num_warmup),
+        )
+        return resume.concatenate(chains) if resume is not None else chains
+
+    try:
+        z, _, parts = runner.run(z, fallback, da, fresh, draw_keys, modes, step_size, imm, bar, keep=True)
+    except KeyboardInterrupt as err:
+        # Ctrl-C keeps the draws of the blocks that finished, resumable from where they end
+        z_done, _, parts = err.caskax_done
+        err.chains = chains_of(z_done, parts)
+        raise
+    return chains_of(z, parts)
+
+
+def _check_resumed_kernel(resume: Chains):
+    """Refuse a resumed kernel that cannot sample: a step size that is not a finite
+    positive number, an inverse mass matrix that is not positive definite, or no
+    finite last position."""
+    step = np.asarray(resume.step_size, np.float64)
+    if not np.all(np.isfinite(step) & (step > 0)):
+        raise InferenceError(
+            f"nuts: the resumed Chains' step_size must be finite and > 0 for every chain, got "
+            f"{step.tolist()}. Resume from chains that nuts adapted, or run nuts again without resume."
+        )
+    imm = np.asarray(resume.inverse_mass_matrix)
+    _check_metric(imm, imm.ndim == np.ndim(resume.last_position) + 1,
+                  "the resumed Chains' inverse_mass_matrix")
+    if not np.all(np.isfinite(np.asarray(resume.last_position, np.float64))):
+        raise InferenceError(
+            "nuts: the resumed Chains have no finite last_position (the state in the sampled "
+            "space to continue from). Chains.from_arrays(..., unconstrained=True) needs f= to "
+            "map its last draws there, or last_position= given."
+        )
