@@ -1,10 +1,14 @@
-"""caskax against hand-written JAX and caskade, side by side (issue 7).
+"""caskax against hand-written JAX and caskade, side by side.
 
     python benchmarks/run.py                  # full run (~8-10 min on 2 cores)
     python benchmarks/run.py --quick          # CI smoke (a few minutes)
     python benchmarks/run.py --tiny           # every code path on toy sizes (< 1 min)
     python benchmarks/run.py --out DIR        # where results.json and results.md go
     python benchmarks/run.py --torch-threads 1  # torch on one thread (shared machines)
+    python benchmarks/run.py --publish        # also keep it as benchmarks/results-cpu.json
+                                              # (-gpu.json on a GPU) and render the page
+    python benchmarks/run.py --render-only    # benchmarks/RESULTS.md, docs/performance.md
+                                              # and docs/img/bench/ from the JSON alone
 
 One process per backend, run one after another on the same machine:
 
@@ -55,7 +59,7 @@ STAT_KEYS = ("min", "median", "max", "n")
 FIGURE_TITLES = {
     "1-call": "1. One likelihood call (jitted; direct `f(x)`; caskade eager)",
     "2-deriv": "2. Gradient and hessian (jitted; caskade-torch: torch.func.grad and "
-               "torch.autograd.functional.hessian as the seed)",
+               "torch.autograd.functional.hessian, as caskade's tutorial takes them)",
     "3-vmap": "3. vmap over parameter vectors (jitted; caskade-torch: torch.vmap)",
     "4-compile": "4. Build, and compile + first call",
     "5-epochs": "5a. Scaling with epochs (likelihood2 stage 2: params and pixels grow, "
@@ -63,7 +67,7 @@ FIGURE_TITLES = {
     "5-nodes": "5b. Scaling with node count (k sources sharing one PSF param through k-1 "
                "links, k flux pointers to one light curve; 32x32 px; `hand` unrolled like "
                "the module tree, `hand-opt` vectorised over sources)",
-    "gpu-vmap": "GPU: vmap 1024 / 16384",
+    "gpu-vmap": "vmap 1024 / 16384",
 }
 
 
@@ -232,6 +236,43 @@ def _add_ratios(rows):
     return rows
 
 
+# ---------------------------------------------------------------------------------------
+# the page: benchmarks/RESULTS.md (and docs/performance.md) from the committed JSON files
+PUBLISHED = {"cpu": ROOT / "benchmarks" / "results-cpu.json",
+             "gpu": ROOT / "benchmarks" / "results-gpu.json",
+             "workflows": ROOT / "benchmarks" / "results-workflows.json"}
+PAGE = ROOT / "benchmarks" / "RESULTS.md"
+DOCS_PAGE = ROOT / "docs" / "performance.md"
+IMG_DIR = ROOT / "docs" / "img" / "bench"
+PEER_COLORS = {"hand": "#7f7f7f", "hand-opt": "#bcbd22", "caskax": "#1f77b4",
+               "caskade-torch": "#d62728", "caskade-jax": "#ff7f0e",
+               "hand-blackjax": "#7f7f7f", "caskade-torch+emcee": "#d62728",
+               "caskade-jax+emcee": "#ff7f0e"}
+PEER_NOTES = {
+    "hand": "the models as plain JAX functions of one flat vector, with the module tree's "
+            "arithmetic (each image model evaluates the shared galaxy itself): caskax / hand "
+            "is caskax's own overhead, the ratio in every cell",
+    "hand-opt": "the same models as a JAX author would write them from scratch (shared "
+                "profiles once, sources vectorised): the floor",
+    "caskax": "`f = cx.compile(model)`; `jit` = `jax.jit(f)`, `direct` = `f(x)`, "
+              "`jit-program-arg` = `jax.jit(lambda f, x: f(x))(f, x)` (the Program as an "
+              "argument, the path that reuses compiled code for new data)",
+    "caskade-torch": "caskade 1.1.5 running its tutorial's code on torch (gradients with "
+                     "`torch.func.grad`, Hessians with `torch.autograd.functional.hessian`, "
+                     "batches with `torch.vmap`)",
+    "caskade-jax": "caskade 1.1.5 on its jax backend (`CASKADE_BACKEND=jax`; `jit` = "
+                   "`jax.jit(lambda x: L(x))`, `direct` = the eager call)",
+    "hand-blackjax": "blackjax NUTS written by hand (`window_adaptation` defaults: "
+                     "identity start, diagonal mass matrix), compiled ahead",
+    "caskade-torch+emcee": "emcee as caskade's tutorial runs it (32 walkers, start "
+                           "`init * (1 + 0.1 N)`, 100 burn-in, 1000 steps)",
+}
+
+
+def _fmt_ratio(r):
+    return "" if r is None else f"{r:.2f}x"
+
+
 def _cell(r):
     if r is None:
         return ""
@@ -243,25 +284,65 @@ def _cell(r):
     return s
 
 
-def markdown(result: dict) -> str:
-    rows, meta = result["rows"], result["meta"]
-    out = [
-        f"Mode `{meta['mode']}`, {meta['date']}, `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
-        f"{meta['machine']['platform']}; device {meta['device']}. "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
-        "",
-        "Cells: median time (ratio to `hand`, the hand-written JAX function with the module "
-        "tree's arithmetic). Full min/median/max/n in results.json.",
-        "",
-    ]
-    for peer, st in result["peers"].items():
+def _index(rows):
+    return {(r["figure"], r["model"], r["case"], r["param"], r["peer"]): r for r in rows
+            if "median" in r and "ess_per_s" not in r}
+
+
+def _span(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return "n/a"
+    lo, hi = values[0], values[-1]
+    return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}x–{hi:.2f}x"
+
+
+def _speedups(rows, slow_peer, cases):
+    """slow_peer's median over caskax's for the same figure/model/case/param."""
+    idx = _index(rows)
+    out = []
+    for (fig, model, case, param, peer), r in idx.items():
+        if peer != slow_peer or (fig, case) not in cases:
+            continue
+        ref = idx.get((fig, model, case, param, "caskax"))
+        if ref:
+            out.append(r["median"] / ref["median"])
+    return out
+
+
+def _ratios(rows, figures, exclude=("jit-program-arg", "build", "compile+first")):
+    return [r["ratio"] for r in rows if r["figure"] in figures and r["peer"] == "caskax"
+            and r.get("ratio") is not None and r["case"] not in exclude and "ess_per_s" not in r]
+
+
+def _sampling_ratio(rows, figure="6-sampling"):
+    by = {r["peer"]: r for r in rows if r["figure"] == figure and "ess_per_s" in r}
+    if "caskax" in by and "hand-blackjax" in by:
+        return by["caskax"]["ess_per_s"] / by["hand-blackjax"]["ess_per_s"]
+    return None
+
+
+def _meta_lines(result, what):
+    meta = result["meta"]
+    m = meta["machine"]
+    machine = ", ".join(str(v) for v in (m.get("gpu"), m.get("cpu") and f"host CPU {m['cpu']}"
+                                         if m.get("gpu") else m.get("cpu"),
+                                         f"{m['cores']} cores", m.get("memory"),
+                                         m.get("platform")) if v)
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    lines = [f"* **Machine:** {machine}; {what}, {meta.get('dtype', 'float32')}.",
+             f"* **Software:** {versions}.",
+             f"* **Command:** `{meta['command']}` (mode `{meta['mode']}`)."]
+    for peer, st in result.get("peers", {}).items():
         if st["status"] != "ok":
-            out.append(f"* peer `{peer}`: {st['status']}: {st.get('reason', '')}".rstrip())
-    notes = sorted({r["skipped"] for r in rows if "skipped" in r})
-    out += [f"* {n}" for n in notes]
-    out.append("")
+            lines.append(f"* Peer `{peer}` {st['status']}: {st.get('reason', '')}".rstrip())
+    lines += [f"* {n}" for n in meta.get("notes", [])]
+    lines += [f"* {n}" for n in sorted({r["skipped"] for r in result["rows"] if "skipped" in r})]
+    return lines
+
+
+def _figure_tables(rows, title_prefix=""):
+    out = []
     for fig, title in FIGURE_TITLES.items():
         frows = [r for r in rows if r["figure"] == fig and "ess_per_s" not in r]
         if not frows:
@@ -269,24 +350,31 @@ def markdown(result: dict) -> str:
         peers = [p for p in PEER_ORDER if any(r["peer"] == p for r in frows)]
         keys = list(dict.fromkeys((r["model"], r["case"], r["param"]) for r in frows))
         idx = {(r["model"], r["case"], r["param"], r["peer"]): r for r in frows}
-        out += [f"### {title}", "",
-                "| model | case | n | " + " | ".join(peers) + " |",
+        head, _, detail = title.partition(" (")
+        out += [f"### {title_prefix}{head}", ""]
+        if detail:
+            out += [detail[:-1][0].upper() + detail[:-1][1:] + ".", ""]
+        out += ["| model | case | n | " + " | ".join(peers) + " |",
                 "|---|---|---|" + "---|" * len(peers)]
         for m, c, p in keys:
             cells = [_cell(idx.get((m, c, p, peer))) for peer in peers]
             out.append(f"| {m} | {c} | {'' if p is None else p} | " + " | ".join(cells) + " |")
         out.append("")
+    return out
+
+
+def _sampling_tables(rows, title_prefix=""):
+    out = []
     for fig in ("6-sampling", "gpu-sampling"):
         srows = [r for r in rows if r["figure"] == fig]
         if not srows:
             continue
-        title = "6. Sampling likelihood3 (11 entries)" if fig == "6-sampling" else \
-            "GPU: sampling with many chains"
-        out += [f"### {title}", "",
-                "ESS: arviz bulk ESS, min over params; time counts warm-up (burn-in) and "
-                "draws, not compilation; ratio: ESS/s over hand-blackjax's (higher is better).",
-                "",
-                "| peer | chains x draws | ESS min | R-hat max | time | ESS/s | ratio "
+        chains = max((r.get("chains") or 0) for r in srows if "skipped" not in r) \
+            if any("skipped" not in r for r in srows) else 0
+        title = ("6. Sampling likelihood3 (11 entries)" if fig == "6-sampling"
+                 else f"Sampling likelihood3 with {chains} chains")
+        out += [f"### {title_prefix}{title}", "",
+                "| peer | chains x draws | ESS min | R-hat max | time | ESS/s | x hand-blackjax "
                 "| first call |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in srows:
@@ -294,26 +382,363 @@ def markdown(result: dict) -> str:
                 out.append(f"| {r['peer']} | skipped: {r['skipped']} | | | | | | |")
                 continue
             first = fmt_time(r["first_call_s"]) if r.get("first_call_s") else ""
-            ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else ""
             out.append(f"| {r['peer']} | {r['chains']} x {r['draws']} | {r['ess_min']:.0f} | "
                        f"{r['rhat_max']:.3f} | {fmt_time(r['wall_s'])} | "
-                       f"{r['ess_per_s']:.1f} | {ratio} | {first} |")
+                       f"{r['ess_per_s']:.1f} | {_fmt_ratio(r.get('ratio'))} | {first} |")
         out.append("")
-    out += ["### All timings (min / median / max, n repeats)", "",
-            "| figure | model | case | n | peer | min | median | max | repeats |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "median" not in r or "ess_per_s" in r:
-            continue
-        out.append(f"| {r['figure']} | {r['model']} | {r['case']} | "
-                   f"{'' if r['param'] is None else r['param']} | {r['peer']} | "
-                   f"{fmt_time(r['min'])} | {fmt_time(r['median'])} | {fmt_time(r['max'])} | "
-                   f"{r['n']} |")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _workflow_tables(wf):
+    out = []
+    s = wf.get("sampling")
+    if s:
+        base = {r["peer"]: r["ess_per_s"] for r in s["rows"]}
+        hb, em = base.get("hand-blackjax"), base.get("caskade-torch+emcee")
+        out += ["### Sampling, first call included", "",
+                f"`{s['command']}`: {s['what']}. Time counts warm-up and draws; the first "
+                "call adds compiling (and for `cx.nuts` its own mode fit and Laplace step).", "",
+                "| peer | chains x (warm-up + draws) | ESS min | R-hat max | time | ESS/s "
+                "| x hand-blackjax | x caskade+emcee | first call | ESS/s incl. first call |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            first = r.get("first_call_s")
+            out.append(
+                f"| {r['peer']} | {r['chains']} x ({r['warmup']} + {r['draws']}) | "
+                f"{r['ess_min']:.0f} | {r['rhat_max']:.3f} | {fmt_time(r['wall_s'])} | "
+                f"{r['ess_per_s']:.1f} | {_fmt_ratio(hb and r['ess_per_s'] / hb)} | "
+                f"{_fmt_ratio(em and r['ess_per_s'] / em)} | "
+                f"{fmt_time(first) if first else ''} | "
+                f"{r['ess_min'] / first if first else float('nan'):.1f} |")
+        out.append("")
+    f = wf.get("fit")
+    if f:
+        ref = f["rows"][0]["median_s"]
+        out += ["### Fitting", "", f"`{f['command']}`: {f['what']}; median of 5 calls after "
+                "the first.", "", "| method | time | x cx.fit | first call |", "|---|---|---|---|"]
+        for r in f["rows"]:
+            first = fmt_time(r["first_call_s"]) if r.get("first_call_s") else ""
+            out.append(f"| {r['method']} | {fmt_time(r['median_s'])} | "
+                       f"{r['median_s'] / ref:.1f}x | {first} |")
+        out.append("")
+    e = wf.get("example")
+    if e:
+        out += ["### The worked example end to end", "", f"`{e['command']}`: {e['what']}. "
+                "Process: the whole command, interpreter and imports included; script: the "
+                "script's own clock after its imports.", "",
+                "| run | process | script | sampler |", "|---|---|---|---|"]
+        for r in e["rows"]:
+            out.append(f"| {r['run']} | {r['process_s']:.2f} s | {r['script_s']:.2f} s | "
+                       f"{r['sampler']} |")
+        out.append("")
+    return out
+
+
+def _headlines(cpu, gpu, wf):
+    rows = ["| | CPU (2 cores) | GPU (H200) |" if gpu else "| | CPU |",
+            "|---|---|---|" if gpu else "|---|---|"]
+
+    def add(label, c, g=None):
+        rows.append(f"| {label} | {c} |" + (f" {g if g is not None else '—'} |" if gpu else ""))
+
+    cr = cpu["rows"] if cpu else []
+    gr = gpu["rows"] if gpu else []
+    add("caskax / hand-written JAX: calls, vmap (figures 1, 3)",
+        _span(_ratios(cr, ("1-call", "3-vmap"))), _span(_ratios(gr, ("1-call", "3-vmap", "gpu-vmap"))))
+    add("caskax / hand-written JAX: grad, hessian (figure 2)",
+        _span(_ratios(cr, ("2-deriv",))), _span(_ratios(gr, ("2-deriv",))))
+    add("caskax / hand-written JAX: compile + first call (figure 4)",
+        _span(_ratios(cr, ("4-compile",), exclude=("build",))),
+        _span(_ratios(gr, ("4-compile",), exclude=("build",))))
+    call = {("1-call", "direct")}
+    add("caskade-torch / caskax: one call", _span(_speedups(cr, "caskade-torch", call)))
+    add("caskade-torch / caskax: vmap 32, 1024",
+        _span(_speedups(cr, "caskade-torch", {("3-vmap", "vmap32"), ("3-vmap", "vmap1024")})))
+    add("caskade-torch / caskax: grad, hessian",
+        _span(_speedups(cr, "caskade-torch", {("2-deriv", "grad"), ("2-deriv", "hessian")})))
+    sr, gs = _sampling_ratio(cr), _sampling_ratio(gr)
+    g64 = _sampling_ratio(gr, "gpu-sampling")
+    add("`cx.nuts` ESS/s / hand-written blackjax (4 chains)", _fmt_ratio(sr) or "n/a",
+        (_fmt_ratio(gs) + (f"; {_fmt_ratio(g64)} with 64 chains" if g64 else "")) if gs else None)
+    if wf and wf.get("sampling"):
+        by = {r["peer"]: r["ess_per_s"] for r in wf["sampling"]["rows"]}
+        if "caskax" in by and "caskade-torch+emcee" in by:
+            add("`cx.nuts` ESS/s / caskade + emcee (tutorial settings)",
+                _fmt_ratio(by["caskax"] / by["caskade-torch+emcee"]))
+    if wf and wf.get("example"):
+        ex = {r["run"]: r for r in wf["example"]["rows"]}
+        cold, c1 = ex.get("caskax, cold cache"), ex.get("caskade-torch, 1 thread")
+        if cold and c1:
+            add("worked example, caskax cold / caskade tutorial (process time)",
+                f"{cold['process_s'] / c1['process_s']:.2f}x "
+                f"({cold['process_s']:.1f} s / {c1['process_s']:.1f} s)")
+    return rows
+
+
+def _peer_bars(result, path, title):
+    """Grouped bars: each peer's median over hand's, per model and case, one panel per
+    figure (1 call, 2 derivatives, 3 vmap; the GPU's large vmaps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _index(result["rows"])
+    figs = [f for f in ("1-call", "2-deriv", "3-vmap", "gpu-vmap")
+            if any(k[0] == f for k in idx)]
+    fig, axes = plt.subplots(1, len(figs), figsize=(4.2 * len(figs), 4.2), squeeze=False,
+                             sharey=True)
+    lo_hi = [1.0]
+    for ax, f in zip(axes[0], figs):
+        keys = list(dict.fromkeys((m, c) for (ff, m, c, p, _) in idx if ff == f
+                                  and c != "jit-program-arg"))
+        peers = [p for p in PEER_ORDER if p != "hand" and any(
+            (f, m, c, None, p) in idx for m, c in keys)]
+        w = 0.8 / max(1, len(peers))
+        for j, peer in enumerate(peers):
+            xs, ys = [], []
+            for i, (m, c) in enumerate(keys):
+                r, h = idx.get((f, m, c, None, peer)), idx.get((f, m, c, None, "hand"))
+                if r and h:
+                    xs.append(i + (j - (len(peers) - 1) / 2) * w)
+                    ys.append(r["median"] / h["median"])
+            # bars from 1 (parity with hand) up or down to the ratio
+            ax.bar(xs, [y - 1.0 for y in ys], bottom=1.0, width=w,
+                   color=PEER_COLORS.get(peer), label=peer)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_yscale("log")
+        lo_hi.extend(y for b in ax.patches for y in (b.get_y(), b.get_y() + b.get_height()))
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([f"{m.replace('likelihood', 'L')}\n{c}" for m, c in keys], fontsize=8)
+        ax.set_title(FIGURE_TITLES.get(f, f).split(" (")[0], fontsize=10)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    lo, hi = min(0.5, min(lo_hi) / 1.3), max(2.0, max(lo_hi) * 1.3)
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200) if lo <= t <= hi]
+    for ax in axes[0]:
+        ax.set_ylim(lo, hi)
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_yticklabels([f"{t:g}x" for t in ticks])
+    axes[0, 0].set_ylabel("time / hand-written JAX (log scale)")
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _scaling_lines(result, path, title):
+    """Log-log lines of call and compile + first call time against epochs and nodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _index(result["rows"])
+    families = [(f, m) for f, m in (("5-epochs", "likelihood2-stage2"), ("5-epochs", "likelihood3"),
+                                    ("5-nodes", "nodes")) if any(k[:2] == (f, m) for k in idx)]
+    if not families:
+        return False
+    fig, axes = plt.subplots(2, len(families), figsize=(4.2 * len(families), 7), squeeze=False)
+    for col, (f, m) in enumerate(families):
+        for row, case in enumerate(("call", "compile+first")):
+            ax = axes[row, col]
+            for peer in PEER_ORDER:
+                pts = sorted((k[3], r["median"]) for k, r in idx.items()
+                             if k[:3] == (f, m, case) and k[4] == peer and k[3] is not None)
+                if pts:
+                    ax.plot(*zip(*pts), "o-", color=PEER_COLORS.get(peer), label=peer,
+                            lw=2.2 if peer == "caskax" else 1.2, ms=4)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.grid(which="both", alpha=0.3)
+            ax.set_xlabel("sources (nodes)" if f == "5-nodes" else "epochs")
+            ax.set_ylabel(f"{case} time (s)")
+            ax.set_title(m, fontsize=10)
+    handles = {}
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _sampling_bars(panels, path, title):
+    """Horizontal bars of ESS per second, one panel per sampling table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, rows) for name, rows in panels if rows]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 2.8), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], panels):
+        rows = [r for r in rows if "ess_per_s" in r][::-1]
+        ys = range(len(rows))
+        ax.barh(ys, [r["ess_per_s"] for r in rows],
+                color=[PEER_COLORS.get(r["peer"].split(" ")[0], "#1f77b4") for r in rows])
+        ax.set_yticks(list(ys))
+        ax.set_yticklabels([r["peer"] for r in rows], fontsize=9)
+        ax.set_xscale("log")
+        top = max(r["ess_per_s"] for r in rows)
+        ax.set_xlim(1.0, top * 12)
+        for y, r in zip(ys, rows):
+            ax.text(r["ess_per_s"] * 1.15, y, f"{r['ess_per_s']:.0f} ESS/s", va="center",
+                    fontsize=8)
+        ax.set_xlabel("effective samples per second (min over params; log)")
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _device_section(result, tag, heading, img_dir, img_prefix, what, title_prefix=""):
+    rows = result["rows"]
+    out = [f"## {heading}", ""] + _meta_lines(result, what) + [""]
+    name = f"{tag}-peers.png"
+    _peer_bars(result, img_dir / name, f"{heading}: time relative to hand-written JAX")
+    out += [f"![{heading}: each peer's time over hand-written JAX]({img_prefix}{name})", ""]
+    name = f"{tag}-scaling.png"
+    if _scaling_lines(result, img_dir / name, f"{heading}: scaling with epochs and nodes"):
+        out += [f"![{heading}: scaling with epochs and with node count]({img_prefix}{name})", ""]
+    return out + _figure_tables(rows, title_prefix) + _sampling_tables(rows, title_prefix)
+
+
+def render(cpu=None, gpu=None, workflows=None, img_dir=IMG_DIR,
+           img_prefix="../docs/img/bench/") -> str:
+    """The benchmark page (Markdown) from result dicts; the figures go to ``img_dir`` and
+    are linked as ``img_prefix + name``."""
+    img_dir = Path(img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for r in (cpu, gpu):
+        if r is not None:
+            _add_ratios(r["rows"])
+    out = ["# caskax benchmarks", "",
+           "<!-- generated by `python benchmarks/run.py --render-only` from "
+           "benchmarks/results-*.json: rerun it rather than editing this page -->", "",
+           "caskax against the same models written by hand in JAX, against caskade 1.1.5 "
+           "(on torch and on its jax backend), and `cx.nuts` against hand-written blackjax "
+           "and emcee. The models are the SN light-curve example's: `likelihood2` (five "
+           "image models sharing one galaxy, the SN fluxes pointing to a light curve) and "
+           "`likelihood3` (the hierarchical model, vmapped over epochs). Each timing is the "
+           "median of at least 20 repeats after warm-up, with `block_until_ready`; caskax "
+           "and the hand-written code run interleaved so that load hits them alike. "
+           "Cells: median time (ratio to `hand`; below 1 is faster). The JSON files beside "
+           "this page hold each timing's min / median / max where the run kept them.", "",
+           "## Headlines", ""] + _headlines(cpu, gpu, workflows) + [""]
+    out += ["## Peers", ""] + [f"* `{p}`: {t}" for p, t in PEER_NOTES.items()] + [""]
+    if cpu is not None:
+        out += _device_section(cpu, "cpu", "CPU", img_dir, img_prefix, "CPU only")
+    if workflows:
+        panels = [("CPU, 4 chains (first call excluded)",
+                   [dict(peer=r["peer"], ess_per_s=r["ess_per_s"])
+                    for r in workflows.get("sampling", {}).get("rows", [])])]
+        if gpu is not None:
+            for fig, label in (("6-sampling", "GPU, 4 chains"), ("gpu-sampling", "GPU, 64 chains")):
+                panels.append((label, [r for r in gpu["rows"] if r["figure"] == fig]))
+        if _sampling_bars(panels, img_dir / "sampling.png", "Sampling likelihood3: ESS per second"):
+            out += ["## Inference and the worked example", "",
+                    "Same machine and software as the CPU section.", "",
+                    f"![ESS per second of each sampler]({img_prefix}sampling.png)", ""]
+        out += _workflow_tables(workflows)
+    if gpu is not None:
+        out += _device_section(gpu, "gpu", "GPU", img_dir, img_prefix, "jax on the GPU",
+                               title_prefix="GPU ")
+    out += ["## Reproducing", "",
+            "* `python benchmarks/run.py --torch-threads 1 --publish` runs every figure "
+            "(about 7 minutes on 2 cores; `--quick`, `--tiny` for less), writes "
+            "`benchmarks/results-cpu.json` (or `-gpu.json` on a GPU) and renders this page.",
+            "* `bash benchmarks/gpu.sh OUT` on a GPU machine, then `python benchmarks/run.py "
+            "--render-only --merge OUT/*/results.json` to publish its parts.",
+            "* `python benchmarks/inference.py` and `python benchmarks/example.py --rounds 3` "
+            "measure the inference and worked-example tables (`results-workflows.json`).",
+            "* `python benchmarks/run.py --render-only` renders this page and its figures "
+            "from the JSON files alone.", ""]
+    return "\n".join(out)
+
+
+DOCS_HEADER = """# Performance
+
+caskax aims at zero overhead: after `jax.jit`, a compiled Program runs as fast as the
+same model written by hand as a JAX function of a flat vector. The graph pass runs in
+Python once, at compile time, and the compiled code holds only the model's arithmetic
+([How caskax works](how-it-works.md) explains why). The page below is
+`benchmarks/RESULTS.md`, generated by `benchmarks/run.py` from the committed results.
+
+"""
+
+
+def _load_published():
+    return {k: json.loads(p.read_text()) if p.exists() else None for k, p in PUBLISHED.items()}
+
+
+def publish(render_to=None):
+    """Render RESULTS.md, docs/performance.md and the figures from the committed JSON
+    files; with ``render_to``, write all three into that folder instead."""
+    data = _load_published()
+    if render_to is None:
+        page_path, docs_path, img_dir = PAGE, DOCS_PAGE, IMG_DIR
+    else:
+        render_to = Path(render_to)
+        page_path, docs_path, img_dir = (render_to / "RESULTS.md", render_to / "performance.md",
+                                         render_to / "img")
+    args = (data["cpu"], data["gpu"], data["workflows"], img_dir)
+    page = render(*args, img_prefix="../docs/img/bench/")
+    docs = DOCS_HEADER + render(*args, img_prefix="img/bench/").split("\n", 2)[2]
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    page_path.write_text(page)
+    docs_path.write_text(docs)
+    return page_path, docs_path, img_dir
+
+
+def _merge(paths):
+    """One result from the results.json files of one run's parts (gpu.sh runs each part
+    in its own process)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(parts[0])
+    merged["rows"] = [r for p in parts for r in p["rows"]]
+    merged["meta"] = dict(parts[0]["meta"], command=" + ".join(
+        dict.fromkeys(p["meta"]["command"] for p in parts)))
+    merged["peers"] = parts[0]["peers"]
+    return merged
+
+
+def _store(result):
+    """Keep ``result`` as the published CPU or GPU results (by its device)."""
+    kind = "gpu" if _is_gpu(result) else "cpu"
+    rows = [{k: v for k, v in r.items() if k != "ratio"} for r in result["rows"]]
+    PUBLISHED[kind].write_text(json.dumps(dict(result, rows=rows), indent=1, default=float) + "\n")
+    return PUBLISHED[kind]
+
+
+def _is_gpu(result) -> bool:
+    return str(result["meta"].get("device", "cpu")).startswith(("gpu", "cuda"))
+
+
+def markdown(result: dict, img_dir) -> str:
+    """One run's page (OUT/results.md), its figures in ``img_dir`` beside it."""
+    kind = "gpu" if _is_gpu(result) else "cpu"
+    return render(**{kind: result}, img_dir=img_dir, img_prefix="")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="caskax benchmarks (issue 7)")
+    ap = argparse.ArgumentParser(description="caskax benchmarks")
     ap.add_argument("--quick", action="store_true", help="CI smoke run (a few minutes)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes: every code path, < 1 min")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -329,6 +754,17 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="append", default=[], metavar="PEER=FILE",
                     help="take PEER's rows from a worker file kept by an earlier run "
                          "(OUT/workers/PEER.json) instead of running it again")
+    ap.add_argument("--publish", action="store_true",
+                    help="keep this run as benchmarks/results-cpu.json (-gpu.json on a GPU) "
+                         "and render benchmarks/RESULTS.md and docs/performance.md")
+    ap.add_argument("--render-only", action="store_true",
+                    help="run nothing: render benchmarks/RESULTS.md, docs/performance.md and "
+                         "their figures from the committed benchmarks/results-*.json")
+    ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                    help="with --render-only: publish these results.json files of one run's "
+                         "parts (benchmarks/gpu.sh) first")
+    ap.add_argument("--render-to", metavar="DIR",
+                    help="with --render-only: write the pages and figures into DIR instead")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -336,6 +772,12 @@ def main(argv=None) -> int:
     parts = tuple(p for p in args.parts.split(",") if p)
     if args.worker:
         return _worker(args.worker, args.mode, args.json, parts)
+    if args.render_only:
+        if args.merge:
+            print(f"published {_store(_merge(args.merge))}")
+        for path in publish(args.render_to):
+            print(f"wrote {path}")
+        return 0
 
     mode = _mode(args)
     peers = [p for p in args.peers.split(",") if p]
@@ -368,11 +810,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
-    md = markdown(result)
+    md = markdown(result, out)
     (out / "results.md").write_text(md)
     print(md)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'} "
           f"in {time.perf_counter() - t_start:.0f} s")
+    if args.publish:
+        print(f"published {_store(result)}")
+        for path in publish():
+            print(f"wrote {path}")
     return 1 if any(s["status"] == "failed" for s in status.values()) else 0
 
 

@@ -8,6 +8,7 @@ the JSON, when torch is not installed (torch is a bench extra, not a test one).
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,50 @@ def test_nuts_first_call_quick(tmp_path):
     assert set(rows) == {"default", "two-per-device", "no-compile-ahead"}
     assert all(r["median"] > 0 and len(r["seconds"]) == 1 for r in rows.values())
     assert math.isclose(rows["default"]["x_default"], 1.0)
+
+
+def test_published_page_is_rendered_from_the_committed_json(tmp_path):
+    """benchmarks/RESULTS.md and docs/performance.md are what `run.py --render-only` makes
+    of benchmarks/results-*.json: edit the JSON (or rerun), never the page."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--render-only", "--render-to",
+         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert page == (ROOT / "benchmarks" / "RESULTS.md").read_text(), \
+        "benchmarks/RESULTS.md is stale: run python benchmarks/run.py --render-only"
+    assert (tmp_path / "performance.md").read_text() == \
+        (ROOT / "docs" / "performance.md").read_text()
+    assert len(page.splitlines()) <= 400
+    for title in ("## Headlines", "## CPU", "## GPU", "### 1. One likelihood call",
+                  "### 5b. Scaling with node count", "### 6. Sampling"):
+        assert title in page, title
+    # a page about the software: machine, versions and command, never the time of day
+    assert not re.search(r"\b\d{1,2}:\d{2}\b|UTC|session", page)
+    for name in ("cpu-peers", "cpu-scaling", "gpu-peers", "gpu-scaling", "sampling"):
+        assert f"../docs/img/bench/{name}.png" in page
+        made = tmp_path / "img" / f"{name}.png"
+        committed = ROOT / "docs" / "img" / "bench" / f"{name}.png"
+        assert made.stat().st_size > 10_000 and committed.exists(), name
+
+
+def test_headline_ratios_come_from_the_rows():
+    """The headline table is computed from the rows: change a row, the headline follows."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import run
+
+    cpu = json.loads((ROOT / "benchmarks" / "results-cpu.json").read_text())
+    run._add_ratios(cpu["rows"])
+    lines = run._headlines(cpu, None, None)
+    calls = next(line for line in lines if "calls, vmap" in line)
+    ratios = run._ratios(cpu["rows"], ("1-call", "3-vmap"))
+    assert f"{min(ratios):.2f}x" in calls and f"{max(ratios):.2f}x" in calls
+    for r in cpu["rows"]:
+        if (r["figure"], r["model"], r["case"], r["peer"]) == ("1-call", "likelihood2", "jit",
+                                                               "caskax"):
+            r["median"] *= 3
+    run._add_ratios(cpu["rows"])
+    calls = next(line for line in run._headlines(cpu, None, None) if "calls, vmap" in line)
+    assert f"{max(run._ratios(cpu['rows'], ('1-call', '3-vmap'))):.2f}x" in calls
+    assert max(run._ratios(cpu["rows"], ("1-call", "3-vmap"))) > 3
