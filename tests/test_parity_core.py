@@ -209,3 +209,151 @@ def test_pointer_errors_keep_their_type_and_shape_is_checked():
     wrong = G("g").set("x0", cx.Pointer(lambda t: jnp.ones(3) * t, t))
     with pytest.raises(cx.ShapeError, match="pointer 'x0'.*shape \\(3,\\)"):
         wrong()
+
+
+# -- caskade's inputs that used to crash ------------------------------------------------
+from caskax.examples import Gaussian, Gaussian1D  # noqa: E402
+
+
+class TwoCurves(cx.Module):
+    a: Gaussian1D
+    b: Gaussian1D
+
+    def __init__(self):
+        super().__init__("two")
+        self.a = Gaussian1D("a", t0=1.0, sigma=2.0, peak_flux=3.0)
+        self.b = Gaussian1D("b", t0=4.0, sigma=5.0, peak_flux=6.0)
+
+
+def test_array_valued_valid_bounds_and_infinite_bounds():
+    class M(cx.Module):
+        x: cx.Param
+        s: cx.Param
+
+        def __init__(self):
+            super().__init__("m")
+            self.x = cx.Param("x", [0.5, 5.0], valid=(jnp.array([0.0, 1.0]), np.array([1.0, 10.0])),
+                              dynamic=True)
+            self.s = cx.Param("s", 2.0, valid=(0, np.inf), dynamic=True)
+
+        @cx.forward
+        def __call__(self, x, s):
+            return jnp.sum(x) * s
+
+    m = M()
+    assert m.s.valid == (0.0, None)  # an infinite bound is open: log(s - 0)
+    f = cx.compile(m, valid=True)
+    u = f.init
+    np.testing.assert_allclose(u, [0.0, np.log(4.0 / 5.0), np.log(2.0)], rtol=1e-6)
+    np.testing.assert_allclose(f.from_valid(u), [0.5, 5.0, 2.0], rtol=1e-6)
+    assert float(f(u)) == pytest.approx(11.0)
+    with pytest.warns(cx.CaskaxWarning, match="outside valid"):
+        m.set("x", [0.5, 0.5])  # 0.5 is below the second lower bound
+    with pytest.raises(cx.ParamError, match="numbers"):
+        cx.Param("p", 1.0, valid=("a", 1))
+
+
+def test_find_param_and_find_index_forms():
+    g = Gaussian("g", x0=[0.0, 0.0], q=0.5, phi=0.0, sigma=1.0, flux=1.0).to_dynamic("x0", "q")
+    assert g.find_param(-1) == (g.q, ())
+    assert g.find_param([0, 2]) == ((g.x0, (0,)), (g.q, ()))
+    assert g.find_index((g.q, "x0")) == (2, slice(0, 2))
+    assert g.find_index(g) == (slice(0, 2), 2)  # a module: its own dynamic params
+    with pytest.raises(cx.ParamIndexError):
+        g.find_param(3)
+    with pytest.raises(IndexError):  # old `except IndexError` code keeps working
+        g.find_param(-4)
+
+
+def test_set_values_forms():
+    m = TwoCurves()
+    assert m.set_values([]).get_values().shape == (0,)  # no dynamic params
+    md = m.to_dynamic(children_only=False)
+    for v in ({"a": jnp.array([0.0, 1.0, 2.0])}, {"a": [0.0, 1.0, 2.0]}):
+        assert md.set_values(v).get_values().tolist() == [0.0, 1.0, 2.0, 4.0, 5.0, 6.0]
+    assert md.set_values({"b": {"sigma": 9.0}}).b.sigma.value == 9.0
+    lc = Gaussian1D("lc", t0=1.0, sigma=2.0, peak_flux=3.0).to_dynamic()
+    with pytest.raises(cx.FillError, match="string"):
+        lc.set_values({"t0": "1.5"})
+    with pytest.raises(cx.FillError, match="shape"):
+        lc.set_values({"t0": [1.0, 2.0]})
+    with pytest.raises(cx.FillError, match="strings"):
+        lc.set_values(["1.5", 2.0, 3.0])
+    with pytest.raises(cx.FillError, match="complex"):
+        lc.set_values(np.array([1 + 1j, 2.0, 3.0]))
+    g = Gaussian("g", x0=[0.0, 0.0], q=0.5, phi=0.0, sigma=1.0, flux=1.0).to_dynamic("x0")
+    host = np.array([1.0, 2.0])
+    for form in ({"x0": host}, [host], host):
+        g2 = g.set_values(form)
+        host[0] = 99.0  # the caller's array changes; the module must not
+        assert g2.x0.value.tolist() == [1.0, 2.0]
+        host[0] = 1.0
+
+
+def test_to_valid_on_modules_and_programs_with_groups():
+    lc = Gaussian1D("lc", t0=-3.0, sigma=1.0, peak_flux=0.25).to_dynamic()
+    assert lc.to_valid(lc.get_values()).tolist() == [-3.0, 0.0, 0.25]
+    d = lc.to_valid(lc.get_values("dict"))
+    assert float(d["sigma"]) == 0.0 and float(lc.from_valid(d)["sigma"]) == 1.0
+    grouped = lc.set_attrs("sigma", group=1)
+    f = cx.compile(grouped, "flux", 0.0)
+    x0, x1 = f.init
+    assert f.to_valid(x1, group=1).tolist() == [0.0]
+    assert f.from_valid(jnp.array([0.0]), group=1).tolist() == [1.0]
+    assert f.to_valid(x0, group=0).tolist() == [-3.0, 0.25]
+    with pytest.raises(cx.ShapeError, match="group 1 takes"):
+        f.to_valid(x0, group=1)
+
+
+def test_set_attrs_and_construction_rules():
+    lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+    lc2 = lc.set_attrs("peak_flux", valid=(0, 1), units="Jy", description="peak")
+    assert lc2.peak_flux.valid == (0.0, 1.0) and lc2.peak_flux.units == "Jy"
+    assert lc.peak_flux.valid is None  # the original is unchanged
+    assert lc.set_attrs("t0", shape=()).t0.shape == ()
+    with pytest.raises(cx.ShapeError):
+        lc.set_attrs("t0", shape=(2,))
+    with pytest.raises(cx.ParamError, match="cannot change name"):
+        lc.set_attrs("t0", name="t1")
+    with pytest.warns(cx.CaskaxWarning):
+        lc.set_attrs("peak_flux", valid=(1, 2))
+    for bad in (dict(group=1.5), dict(name="a b"), dict(name="a|b"), dict(name="class")):
+        with pytest.raises(cx.ParamError):
+            cx.Param(**{"name": "p", **bad})
+    for bad in (dict(shape=7), dict(shape=(-1,))):
+        with pytest.raises(cx.ShapeError):
+            cx.Param("p", **bad)
+    with pytest.raises(cx.ParamError, match="batch_shape"):
+        cx.Param("p", cx.Pointer(lambda t: t, lc.t0), batch_shape=(3,))
+    with pytest.raises(cx.ParamError, match="array value"):
+        lc.t0.to_static(lc.sigma)
+    with pytest.raises(cx.ModuleError, match="not a valid Python identifier"):
+        Gaussian1D("my curve")
+
+
+def test_modules_and_params_refuse_mutation_with_a_caskax_error():
+    class NoAnnotation(cx.Module):
+        def __init__(self):
+            super().__init__("bad")
+            self.a = cx.Param("a", 1.0)
+
+    with pytest.raises(cx.ModuleError, match="annotation `a: cx.Param`"):
+        NoAnnotation()
+    lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+    with pytest.raises(cx.ModuleError, match="m.set\\('t0', value\\)"):
+        lc.t0 = cx.Param("t0", 1.0)
+    with pytest.raises(cx.ModuleError, match="cannot be deleted"):
+        del lc.t0
+    with pytest.raises(AttributeError):  # what dataclasses raised before
+        lc.t0.value = 3.0
+    assert "t0" in str(lc)
+
+
+def test_pointer_value_outside_a_forward():
+    lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+    m = lc.set("sigma", cx.Pointer(lambda t0: -t0, lc.t0))
+    assert float(m.sigma.value) == 3.0  # computed from the inputs' current values
+    assert float(m.set("t0", -5.0).sigma.value) == 5.0
+    linked = m.set("peak_flux", m.sigma)  # a chain: link -> function pointer
+    assert float(linked.peak_flux.value) == 3.0
+    assert m.sigma.kind == "pointer"  # reading the value stores nothing

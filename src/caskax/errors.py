@@ -35,6 +35,35 @@ class ParamError(CaskaxError, ValueError):
     """
 
 
+class ParamIndexError(CaskaxError, IndexError):
+    """An index outside the flat vector (`Module.find_param`).
+
+    Example:
+        >>> import caskax as cx
+        >>> from caskax.examples import Gaussian1D
+        >>> Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to_dynamic().find_param(3)
+        Traceback (most recent call last):
+        caskax.errors.ParamIndexError: index 3 is outside the flat vector of length 3.
+    """
+
+
+class ModuleError(CaskaxError, AttributeError, TypeError):
+    """A Module subclass is declared or used in a way caskax cannot follow: a field
+    without an annotation, ``super().__init__`` not called first, attribute
+    assignment or deletion after construction.
+
+    Example:
+        >>> import caskax as cx
+        >>> class Bad(cx.Module):
+        ...     def __init__(self):
+        ...         super().__init__("bad")
+        ...         self.a = cx.Param("a", 1.0)  # no `a: cx.Param` annotation
+        >>> Bad()
+        Traceback (most recent call last):
+        caskax.errors.ModuleError: Bad.a is not a declared field: add the annotation `a: cx.Param` (or the field's type) to the class body. caskax modules are dataclasses, so every field is declared.
+    """
+
+
 class GraphError(CaskaxError):
     """The module graph is inconsistent: a pointer cycle, conflicting copies of one
     node, or a target that is not in the tree.

@@ -44,6 +44,8 @@ def copy_with(obj, **changes):
 
     This builds a new object, as equinox's own unflatten does; ``obj`` is untouched.
     """
+    if "value" in changes and isinstance(obj, Param):
+        changes["stored"] = changes.pop("value")  # a Param's `value` is read through a property
     new = object.__new__(type(obj))
     for field in dataclasses.fields(obj):  # not __dataclass_fields__: that lists ClassVars
         name = field.name
@@ -373,7 +375,7 @@ def replace(root, new_nodes: dict):
             return new_nodes[node.uid]
         if id(node) not in memo:
             new = rebuild_children(node, rebuild)
-            if new is not node and isinstance(node, Param) and node.pointer and node.value is not None:
+            if new is not node and isinstance(node, Param) and node.pointer and node.stored is not None:
                 # A filled pointer (inside a forward call) whose inputs changed holds
                 # a stale value: compute it again, as an override would.
                 new = copy_with(new, value=compute_pointer(new))
@@ -499,8 +501,10 @@ def _put(d, key, value):
     d[key[-1]] = value
 
 
-def dict_to_values(root, params: list, mapping: dict) -> dict:
-    """Inverse of `values_to_dict`: uid -> value for the params named in ``mapping``."""
+def dict_to_values(root, params: list, mapping: dict, fill_module=None) -> dict:
+    """Inverse of `values_to_dict`: uid -> value for the params named in ``mapping``.
+    A module mapped to an array or list gives its dynamic params through
+    ``fill_module(module, params_below, value)``."""
     wanted = {p.uid for p in params}
     out = {}
 
@@ -527,6 +531,9 @@ def dict_to_values(root, params: list, mapping: dict) -> dict:
                 out[target.uid] = value
             elif isinstance(value, dict):
                 take(target, value, f"{where}.{key}")
+            elif fill_module is not None and not isinstance(target, Param):
+                below = [p for p in dynamic_order(target) if p.uid in wanted]
+                out.update(fill_module(target, below, value))
             else:
                 raise FillError(
                     f"params dict: '{where}.{key}' is not a dynamic param of '{root.name}'."

@@ -5,6 +5,7 @@ construction. See `graph.py` for how targets, copies and filling work.
 """
 
 import contextlib
+import dataclasses
 import contextvars
 import inspect
 import math
@@ -15,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import graph
-from .errors import FillError, GraphError, ParamError
-from .param import Param, Pointer, link, new_uid
+from . import graph, transforms
+from .errors import FillError, GraphError, ModuleError, ParamError, ParamIndexError
+from .param import Param, Pointer, check_name, link, new_uid
 
 __all__ = ["Module", "forward", "batch_axes"]
 
@@ -52,7 +53,7 @@ class Module(eqx.Module):
     _filled: bool = eqx.field(static=True)
 
     def __init__(self, name: str | None = None):
-        self.name = type(self).__name__ if name is None else str(name)
+        self.name = check_name("Module", type(self).__name__ if name is None else name, ModuleError)
         self.uid = new_uid()
         self._filled = False
 
@@ -65,7 +66,7 @@ class Module(eqx.Module):
         def checked_init(self, *args, **kw):
             init(self, *args, **kw)
             if "uid" not in self.__dict__:
-                raise TypeError(
+                raise ModuleError(
                     f"{cls.__name__}.__init__ must call super().__init__(name) before "
                     "setting its fields: caskax modules get their name and id there."
                 )
@@ -74,6 +75,15 @@ class Module(eqx.Module):
         for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
             setattr(checked_init, attr, getattr(init, attr))
         cls.__init__ = checked_init
+
+    def __setattr__(self, name, value):
+        try:
+            super().__setattr__(name, value)
+        except dataclasses.FrozenInstanceError:
+            raise frozen_error(self, name) from None
+
+    def __delattr__(self, name):
+        raise frozen_error(self, name, deleting=True)
 
     # Equinox hashes modules by their fields, which fails on arrays. Nodes are
     # references, so identity is the right notion here (jax.jit(m.method) needs it).
@@ -135,11 +145,28 @@ class Module(eqx.Module):
         root = self
         if target is not _MISSING:
             if value is _MISSING:
-                raise TypeError("Module.set(target, value): value is missing.")
+                raise GraphError("Module.set(target, value): value is missing.")
             root = _set_one(root, target, value)
         for key, val in fields.items():
             root = _set_one(root, key, val)
         return root
+
+    def set_attrs(self, target, **attrs) -> "Module":
+        """A copy in which the param ``target`` has new ``valid``, ``cyclic``, ``units``,
+        ``description``, ``group``, ``shape``, ``prior`` or ``dtype`` (caskade assigns
+        these attributes in place: ``p.valid = (0, 1)``). See `Param.with_attrs`.
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+            >>> lc.set_attrs("peak_flux", valid=(0, 1), units="Jy").peak_flux.units
+            'Jy'
+        """
+        w = graph.walk(self)
+        node = w.nodes[graph.resolve(self, target, w)]
+        if not isinstance(node, Param):
+            raise GraphError(f"set_attrs: '{w.paths[node.uid] or node.name}' is a module, not a param.")
+        return graph.replace(self, {node.uid: node.with_attrs(**attrs)})
 
     def set_values(self, values, group: int | None = None) -> "Module":
         """A copy whose dynamic params store ``values`` (array, list or dict, the
@@ -158,6 +185,24 @@ class Module(eqx.Module):
         for uid, val in params_to_values(self, values, w, group=group, check=True).items():
             new[uid] = graph.copy_with(w.nodes[uid], value=val)
         return graph.replace(self, new)
+
+    def to_valid(self, values, group: int | None = None):
+        """Dynamic values (array, list or dict, as `get_values` gives them) mapped to
+        unconstrained space, in the same form (caskade's ``module.to_valid``).
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=1.0, peak_flux=0.25).to_dynamic()
+            >>> lc.to_valid(lc.get_values()).tolist()  # sigma has valid=(0, None): log
+            [-3.0, 0.0, 0.25]
+            >>> [float(v) for v in lc.from_valid([-3.0, 0.0, 0.25])]  # a list: one per param
+            [-3.0, 1.0, 0.25]
+        """
+        return _valid_map(self, values, group, transforms.to_valid)
+
+    def from_valid(self, values, group: int | None = None):
+        """The inverse of `to_valid`: unconstrained values back into each valid range."""
+        return _valid_map(self, values, group, transforms.from_valid)
 
     # -- reading ----------------------------------------------------------------------
     def get_values(self, scheme: str = "array", group: int | None = None):
@@ -194,7 +239,7 @@ class Module(eqx.Module):
             elif scheme == "dict":
                 out.append(graph.values_to_dict(self, params, lambda p: p.value))
             else:
-                raise ValueError(f"scheme must be 'array', 'list' or 'dict', got {scheme!r}")
+                raise FillError(f"scheme must be 'array', 'list' or 'dict', got {scheme!r}.")
         if not out:
             return jnp.zeros((0,)) if scheme == "array" else ([] if scheme == "list" else {})
         return out[0] if len(out) == 1 else tuple(out)
@@ -256,7 +301,8 @@ class Module(eqx.Module):
     def find_param(self, i: int | tuple, group: int | None = None) -> tuple:
         """The param at index ``i`` of the flat vector, and the index inside it. With
         several param groups, give ``group=`` or ``i`` as ``(group, index)`` (caskade's
-        form, as `find_index` returns it).
+        form, as `find_index` returns it). A list of indices gives a tuple of results, and
+        negative indices count from the end, as in caskade.
 
         Example:
             >>> from caskax.examples import Gaussian
@@ -265,19 +311,29 @@ class Module(eqx.Module):
             >>> p.name, idx
             ('x0', (1,))
         """
-        if isinstance(i, tuple):
-            group, i = i
         layout = dynamic_layout(self)
+        if isinstance(i, tuple) and len(layout) > 1 and len(i) == 2 and i[0] in layout:
+            group, i = i
+        elif not isinstance(i, (int, np.integer)):
+            try:
+                items = list(i)
+            except TypeError:
+                raise ParamIndexError(f"find_param takes an int or a sequence of ints, got {i!r}.") from None
+            return tuple(self.find_param(k, group) for k in items)
         g = _one_group(layout, group)
+        params = layout.get(g, [])
+        total = sum(p.size() for p in params)
+        if not -total <= i < total:
+            raise ParamIndexError(f"index {i} is outside the flat vector of length {total}.")
+        i = i % total if total else i  # negative indices count from the end, as in Python
         offset = 0
-        for p in layout.get(g, []):
+        for p in params:
             n = p.size()
             if offset <= i < offset + n:
                 shape = p.full_shape()
                 idx = tuple(int(k) for k in np.unravel_index(i - offset, shape)) if shape else ()
                 return p, idx
             offset += n
-        raise IndexError(f"index {i} is outside the flat vector of length {offset}.")
 
     def find_index(self, target) -> int | slice | tuple:
         """Index (scalar param) or slice of ``target`` in the flat vector; with several
@@ -290,7 +346,14 @@ class Module(eqx.Module):
             (slice(0, 2, None), 2)
         """
         w = graph.walk(self)
+        if isinstance(target, (list, tuple)):
+            return tuple(self.find_index(t) for t in target)
         uid = graph.resolve(self, target, w)
+        node = w.nodes[uid]
+        if not isinstance(node, Param):
+            # a module: its own dynamic params, as caskade gives them
+            return tuple(self.find_index(c.node) for c in graph.children(node)
+                         if isinstance(c.node, Param) and c.node.dynamic)
         layout = dynamic_layout(self, w)
         for g, params in layout.items():
             offset = 0
@@ -461,7 +524,14 @@ def params_to_values(root, values, w=None, group=None, check=False) -> dict:
 
 def _group_values(root, params, vals, w, check):
     if isinstance(vals, dict):
-        return graph.dict_to_values(root, params, vals)
+        def fill_sub(node, below, value):
+            return _group_values(node, below, value, w, check)
+
+        out = graph.dict_to_values(root, params, vals, fill_sub)
+        if check:
+            by_uid = {p.uid: p for p in params}
+            out = {u: _as_value(by_uid[u], v, w) for u, v in out.items()}
+        return out
     if isinstance(vals, (list, tuple)) and (
         len(vals) == 0 or any(isinstance(v, (list, tuple)) or np.ndim(v) > 0 for v in vals)
     ):
@@ -471,7 +541,7 @@ def _group_values(root, params, vals, w, check):
                 f"{len(params)}: {_describe(params, w)}."
             )
         return {p.uid: _as_value(p, v, w) for p, v in zip(params, vals)}
-    x = jnp.asarray(vals)
+    x = _as_flat_array(root, vals)
     if x.ndim == 0:
         x = x[None]
     sizes = [p.size() for p in params]
@@ -489,11 +559,66 @@ def _group_values(root, params, vals, w, check):
     return out
 
 
+def _valid_map(root, values, group, fn):
+    w = graph.walk(root)
+    layout = dynamic_layout(root, w)
+    g = _one_group(layout, group)
+    params = layout.get(g, [])
+    vals = _group_values(root, params, values, w, check=True)
+
+    def mapped(p):
+        v = vals[p.uid]
+        if p.valid is None:
+            return v
+        return fn(v, transforms.bounds(p.valid, shape=np.shape(v)), p.cyclic)
+
+    if isinstance(values, dict):
+        return graph.values_to_dict(root, [p for p in params if p.uid in vals], mapped)
+    if isinstance(values, (list, tuple)) and len(values) == len(params):
+        return [mapped(p) for p in params]
+    return _join_values([mapped(p) for p in params])
+
+
+def _as_flat_array(root, vals):
+    if isinstance(vals, (jax.Array, jax.core.Tracer)):
+        return vals
+    try:
+        # a copy: the caller's numpy array may change later, the module must not
+        host = np.array(vals, copy=True)
+    except (TypeError, ValueError) as err:
+        raise FillError(f"params for '{root.name}' cannot become an array ({err}).") from None
+    if host.dtype.kind in "USOV":
+        raise FillError(
+            f"params for '{root.name}' hold {host.dtype} data (strings or objects); expected "
+            "numbers: a flat array, a list of arrays (one per dynamic param) or a dict."
+        )
+    if host.dtype.kind == "c":
+        raise FillError(f"params for '{root.name}' are complex; caskax params are real.")
+    return jax.device_put(host)
+
+
 def _as_value(p, v, w):
-    arr = jnp.asarray(v)
+    if isinstance(v, (str, bytes)) or (isinstance(v, np.ndarray) and v.dtype.kind in "USO"):
+        raise FillError(f"value for '{_path(w, p)}' is a string {v!r}; expected numbers.")
+    if isinstance(v, (jax.Array, jax.core.Tracer)):
+        arr = jnp.asarray(v)
+    else:
+        try:
+            # a copy: the caller's numpy array may change later, the module must not
+            host = np.array(v, copy=True)
+        except (TypeError, ValueError) as err:
+            raise FillError(f"value for '{_path(w, p)}' cannot become an array ({err}).") from None
+        if host.dtype.kind in "USO":
+            raise FillError(f"value for '{_path(w, p)}' holds {host.dtype} data; expected numbers.")
+        if host.dtype.kind == "c" and not jnp.iscomplexobj(p.value if p.value is not None else 0.0):
+            raise FillError(f"value for '{_path(w, p)}' is complex; the param is real.")
+        arr = jax.device_put(host)
     if not jnp.issubdtype(arr.dtype, jnp.inexact):
         arr = arr.astype(jnp.zeros(()).dtype)
-    shape = p.full_shape() if p.value is not None else None
+    if p.dtype is not None and arr.dtype != p.dtype:
+        arr = arr.astype(p.dtype)
+    known = p.value is not None or (p.shape is not None and None not in p.shape)
+    shape = p.full_shape() if known else None
     if shape is not None and math.prod(arr.shape) == math.prod(shape):
         arr = arr.reshape(shape)
     elif shape is not None:
@@ -592,6 +717,26 @@ def _try_fill(root, w):
         return graph.fill(root, {}, w)
     except Exception:  # a pointer that cannot be computed yet keeps no value
         return root
+
+
+def frozen_error(node, name, deleting=False) -> ModuleError:
+    """The error for assigning to (or deleting) an attribute of a built node."""
+    cls = type(node).__name__
+    fields = {f.name for f in dataclasses.fields(node)}
+    if name not in fields and not deleting:
+        return ModuleError(
+            f"{cls}.{name} is not a declared field: add the annotation `{name}: cx.Param` "
+            "(or the field's type) to the class body. caskax modules are dataclasses, so "
+            "every field is declared."
+        )
+    verb = "deleted" if deleting else "assigned"
+    if isinstance(node, Param):
+        how = ("params are immutable: edit them through the module that holds them, "
+               "e.g. m = m.set('path.to.param', value) or m.set_attrs('path', valid=...)")
+    else:
+        how = (f"modules are immutable: m = m.set({name!r}, value) returns a new module "
+               "with the field changed")
+    return ModuleError(f"{cls}.{name} cannot be {verb} after construction; caskax {how}.")
 
 
 # -- @forward -----------------------------------------------------------------------------
@@ -759,8 +904,8 @@ def batch_axes(module):
     def spec(x):
         if isinstance(x, Param):
             link_spec = None if x.link is None else spec(x.link)
-            mapped = x.value is not None and x.batched
-            if x.pointer and x.value is not None and x.shape is None:
+            mapped = x.stored is not None and x.batched
+            if x.pointer and x.stored is not None and x.shape is None:
                 # A filled pointer with no declared shape: its value carries the batch
                 # axis exactly when one of its inputs does.
                 mapped = mapped or _maps(link_spec)

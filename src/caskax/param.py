@@ -13,7 +13,9 @@ live        static with no value                 set inside a forward method wit
 ==========  ===================================  =========================================
 """
 
+import dataclasses
 import itertools
+import keyword
 import math
 import warnings
 from typing import Any, Callable
@@ -78,6 +80,44 @@ def link(other) -> Pointer:
     return Pointer(_identity, other)
 
 
+def check_name(kind: str, name, error=ParamError) -> str:
+    """A node name, as caskade allows them: a Python identifier, not a keyword (names
+    are path components, HDF5 groups and labels)."""
+    if not isinstance(name, str):
+        raise error(f"{kind} name must be a string, got {type(name).__name__} {name!r}.")
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise error(
+            f"{kind} name {name!r} is not a valid Python identifier (letters, digits and "
+            "underscores, not starting with a digit, not a keyword): names are used in "
+            "paths like 'models[0].x0' and in state files."
+        )
+    return name
+
+
+def _normalise_shape(name, shape, what="shape"):
+    if shape is None:
+        return None
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ShapeError(
+            f"Param '{name}': {what} must be a tuple of ints or None (e.g. (2,) or (None, 3)), "
+            f"got {shape!r}."
+        ) from None
+    for s in shape:
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0):
+            raise ShapeError(
+                f"Param '{name}': {what}={shape!r} must hold non-negative ints or None."
+            )
+    return tuple(None if s is None else int(s) for s in shape)
+
+
+def _normalise_group(name, group):
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)):
+        raise ParamError(f"Param '{name}': group must be an int, got {group!r}.")
+    return int(group)
+
+
 def _default_float():
     return jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
 
@@ -130,7 +170,7 @@ def _check_valid(name, value, valid, cyclic):
     if valid is None or cyclic or value is None or _is_tracer(value):
         return
     arr = np.asarray(value)
-    lo, hi = valid
+    lo, hi = (None if b is None else np.asarray(b) for b in valid)
     bad = (lo is not None and np.any(arr < lo)) or (hi is not None and np.any(arr > hi))
     if bad:
         warnings.warn(
@@ -139,6 +179,35 @@ def _check_valid(name, value, valid, cyclic):
             CaskaxWarning,
             stacklevel=4,
         )
+
+
+def _bound(name, b, valid):
+    """A valid bound as a float, or as nested tuples of floats for an array bound
+    (hashable: ``valid`` is part of the compiled structure). Infinite bounds are open."""
+    if b is None:
+        return None
+    try:
+        arr = np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ParamError(
+            f"Param '{name}': valid bounds must be numbers, arrays or None, got {valid!r}."
+        ) from None
+    if np.isnan(arr).any():
+        raise ParamError(f"Param '{name}': valid={valid!r} holds NaN.")
+    if np.isinf(arr).all():
+        return None  # (0, inf) is (0, None): a one-sided transform
+    if np.isinf(arr).any():
+        raise ParamError(
+            f"Param '{name}': valid={valid!r} mixes finite and infinite bounds in one array; "
+            "give finite bounds, or None for an open side."
+        )
+    if arr.ndim == 0:
+        return float(arr)
+    return _nested_tuple(arr)
+
+
+def _nested_tuple(arr):
+    return tuple(_nested_tuple(a) for a in arr) if arr.ndim else float(arr)
 
 
 def _normalise_valid(name, valid, cyclic):
@@ -152,12 +221,21 @@ def _normalise_valid(name, valid, cyclic):
         raise ParamError(
             f"Param '{name}': valid must be (lo, hi), (lo, None) or (None, hi), got {valid!r}."
         ) from None
-    lo = None if lo is None else float(lo)
-    hi = None if hi is None else float(hi)
+    lo, hi = _bound(name, lo, valid), _bound(name, hi, valid)
     if lo is None and hi is None:
+        if cyclic:
+            raise ParamError(f"Param '{name}': cyclic=True needs both bounds in valid.")
         return None
-    if lo is not None and hi is not None and not lo < hi:
-        raise ParamError(f"Param '{name}': valid=({lo}, {hi}) needs lo < hi.")
+    if lo is not None and hi is not None:
+        try:
+            ordered = bool(np.all(np.asarray(lo) < np.asarray(hi)))
+        except ValueError:
+            raise ParamError(
+                f"Param '{name}': valid bounds of shapes {np.shape(lo)} and {np.shape(hi)} "
+                "do not broadcast together."
+            ) from None
+        if not ordered:
+            raise ParamError(f"Param '{name}': valid=({lo}, {hi}) needs lo < hi.")
     if cyclic and (lo is None or hi is None):
         raise ParamError(f"Param '{name}': cyclic=True needs both bounds in valid.")
     return (lo, hi)
@@ -191,7 +269,9 @@ class Param(eqx.Module):
         ('static', 'dynamic')
     """
 
-    value: Any
+    # The stored value (for a pointer: its value in a filled tree, else None); read
+    # `value`, which computes an unfilled pointer from its inputs as caskade does.
+    stored: Any
     link: Pointer | None
     prior: Any
     name: str = eqx.field(static=True)
@@ -222,15 +302,15 @@ class Param(eqx.Module):
         dtype: Any = None,
         prior: Any = None,
     ):
-        name = "param" if name is None else str(name)
+        name = check_name("Param", "param" if name is None else name)
         self.name = name
-        self.shape = None if shape is None else tuple(shape)
-        self.declared_batch_shape = None if batch_shape is None else tuple(batch_shape)
+        self.shape = _normalise_shape(name, shape)
+        self.declared_batch_shape = _normalise_shape(name, batch_shape, "batch_shape")
         self.cyclic = bool(cyclic)
         self.valid = _normalise_valid(name, valid, self.cyclic)
         self.units = None if units is None else str(units)
         self.description = str(description)
-        self.group = int(group)
+        self.group = _normalise_group(name, group)
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.prior = prior
         self.uid = new_uid()
@@ -239,7 +319,12 @@ class Param(eqx.Module):
         if isinstance(value, Pointer):
             if dynamic:
                 raise ParamError(f"Param '{name}': a pointer cannot be dynamic=True.")
-            self.link, self.value, self.node_kind = value, None, "pointer"
+            if batch_shape is not None:
+                raise ParamError(
+                    f"Param '{name}': a pointer takes its batch axes from its inputs; "
+                    "batch_shape= is for dynamic params without a value."
+                )
+            self.link, self.stored, self.node_kind = value, None, "pointer"
             return
         if callable(value) and not hasattr(value, "__array__"):
             raise ParamError(
@@ -247,11 +332,29 @@ class Param(eqx.Module):
                 "cx.Pointer(fn, *inputs) so the inputs are part of the tree."
             )
         self.link = None
-        self.value = _coerce(name, value, self.shape, self.dtype)
+        self.stored = _coerce(name, value, self.shape, self.dtype)
         if dynamic is None:
             dynamic = value is None
         self.node_kind = "dynamic" if dynamic else "static"
-        _check_valid(name, self.value, self.valid, self.cyclic)
+        _check_valid(name, self.stored, self.valid, self.cyclic)
+
+    @property
+    def value(self):
+        """The param's value: the stored one, or for a pointer outside a forward call,
+        ``fn(*inputs)`` computed from its inputs' current values (as caskade does).
+
+        Example:
+            >>> import caskax as cx
+            >>> t = cx.Param("t", 2.0)
+            >>> float(cx.Param("twice", cx.Pointer(lambda t: 2 * t, t)).value)
+            4.0
+        """
+        stored = self.stored
+        if stored is None and self.node_kind == "pointer":
+            from . import graph
+
+            return graph.fill(self, {}).stored
+        return stored
 
     # -- kinds ----------------------------------------------------------------------
     @property
@@ -264,7 +367,7 @@ class Param(eqx.Module):
             >>> [p.kind for p in (a, cx.Param("b"), cx.Param("c", a), cx.Param("d", dynamic=False))]
             ['static', 'dynamic', 'pointer', 'live']
         """
-        if self.node_kind == "static" and self.value is None:
+        if self.node_kind == "static" and self.stored is None:
             return "live"
         return self.node_kind
 
@@ -299,8 +402,8 @@ class Param(eqx.Module):
             >>> p.batch_shape, p.full_shape(), p.size()
             ((3,), (3,), 3)
         """
-        if self.value is not None and self.shape is not None:
-            return tuple(self.value.shape[: self.value.ndim - len(self.shape)])
+        if self.stored is not None and self.shape is not None:
+            return tuple(self.stored.shape[: self.stored.ndim - len(self.shape)])
         if self.declared_batch_shape is not None:
             return self.declared_batch_shape
         return ()
@@ -312,8 +415,8 @@ class Param(eqx.Module):
 
     def full_shape(self) -> tuple:
         """Shape of the whole value (batch axes included), as the flat vector sees it."""
-        if self.value is not None:
-            return tuple(self.value.shape)
+        if self.stored is not None:
+            return tuple(self.stored.shape)
         shape = () if self.shape is None else self.shape
         if any(s is None for s in shape):
             raise ShapeError(
@@ -328,6 +431,8 @@ class Param(eqx.Module):
 
     # -- functional edits (each returns a new Param with the same uid) ---------------
     def _replace(self, **changes) -> "Param":
+        if "value" in changes:
+            changes["stored"] = changes.pop("value")
         new = object.__new__(type(self))
         for field in self.__dataclass_fields__:
             object.__setattr__(new, field, changes.get(field, getattr(self, field)))
@@ -345,15 +450,90 @@ class Param(eqx.Module):
         kind = "static" if self.node_kind == "pointer" else self.node_kind
         return self._replace(value=arr, node_kind=kind)
 
+    _EDITABLE = ("valid", "cyclic", "units", "description", "group", "shape", "prior", "dtype")
+
+    def with_attrs(self, **attrs) -> "Param":
+        """A copy with some of ``valid``, ``cyclic``, ``units``, ``description``,
+        ``group``, ``shape``, ``prior`` or ``dtype`` changed (caskade assigns these
+        attributes in place). The value is checked against the new shape and range.
+
+        Example:
+            >>> import caskax as cx
+            >>> p = cx.Param("q", 0.5).with_attrs(valid=(0, 1), units="none")
+            >>> p.valid, p.units
+            ((0.0, 1.0), 'none')
+        """
+        bad = sorted(set(attrs) - set(self._EDITABLE))
+        if bad:
+            raise ParamError(
+                f"Param '{self.name}': cannot change {', '.join(bad)} with with_attrs; "
+                f"editable: {', '.join(self._EDITABLE)} (the value: set / with_value; the "
+                "kind: to_dynamic / to_static)."
+            )
+        changes = {}
+        cyclic = bool(attrs.get("cyclic", self.cyclic))
+        if "valid" in attrs or "cyclic" in attrs:
+            changes["cyclic"] = cyclic
+            changes["valid"] = _normalise_valid(self.name, attrs.get("valid", self.valid), cyclic)
+        if "units" in attrs:
+            changes["units"] = None if attrs["units"] is None else str(attrs["units"])
+        if "description" in attrs:
+            changes["description"] = str(attrs["description"])
+        if "group" in attrs:
+            changes["group"] = _normalise_group(self.name, attrs["group"])
+        if "prior" in attrs:
+            changes["prior"] = attrs["prior"]
+        value = self.stored
+        if "dtype" in attrs:
+            changes["dtype"] = None if attrs["dtype"] is None else jnp.dtype(attrs["dtype"])
+            if value is not None and changes["dtype"] is not None:
+                value = changes["value"] = jnp.asarray(value, dtype=changes["dtype"])
+        if "shape" in attrs:
+            if self.pointer:
+                raise ParamError(
+                    f"Param '{self.name}': a pointer's shape comes from its function; make it "
+                    "static or dynamic first."
+                )
+            shape = _normalise_shape(self.name, attrs["shape"])
+            if value is not None and not _is_tracer(value):
+                _check_shape(self.name, tuple(value.shape), shape)
+            changes["shape"] = shape
+        new = self._replace(**changes)
+        _check_valid(new.name, new.stored, new.valid, new.cyclic)
+        return new
+
+    def _no_pointer(self, value, how):
+        if isinstance(value, (Param, Pointer)) or (callable(value) and not hasattr(value, "__array__")):
+            raise ParamError(
+                f"Param '{self.name}': {how} takes an array value, not a "
+                f"{type(value).__name__}; to make a pointer, use module.set(target, other_param) "
+                "or cx.Pointer(fn, *inputs)."
+            )
+
     def to_dynamic(self, value=None) -> "Param":
         """A dynamic copy (a former pointer keeps its inputs as children)."""
+        self._no_pointer(value, "to_dynamic")
         new = self._replace(node_kind="dynamic")
         return new if value is None else new.with_value(value)
 
     def to_static(self, value=None) -> "Param":
         """A static copy (live if it has no value; a former pointer keeps its inputs)."""
+        self._no_pointer(value, "to_static")
         new = self._replace(node_kind="static")
         return new if value is None else new.with_value(value)
+
+    def __setattr__(self, name, value):
+        try:
+            super().__setattr__(name, value)
+        except dataclasses.FrozenInstanceError:
+            from .module import frozen_error
+
+            raise frozen_error(self, name) from None
+
+    def __delattr__(self, name):
+        from .module import frozen_error
+
+        raise frozen_error(self, name, deleting=True)
 
     # -- identity -------------------------------------------------------------------
     # Equinox hashes modules by their fields, which fails on arrays; caskax nodes are
@@ -365,7 +545,7 @@ class Param(eqx.Module):
         return self is other
 
     def __repr__(self):
-        val = "-" if self.value is None else _short(self.value)
+        val = "-" if self.stored is None else _short(self.stored)
         return f"Param({self.name!r}, kind={self.kind}, value={val})"
 
 

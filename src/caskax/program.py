@@ -365,11 +365,27 @@ class Program:
             parts = []
             for r in self._rows(g):
                 part = x[r.slice]
-                parts.append(fn(part, r.valid, r.cyclic) if r.valid is not None else part)
+                parts.append(fn(part, _flat_valid(r), r.cyclic) if r.valid is not None else part)
             yield jnp.concatenate(parts) if parts else x
 
-    def to_valid(self, *xs):
-        """Constrained flat vector(s) -> unconstrained (see `caskax.transforms`).
+    def _group_map(self, xs, group, fn):
+        # caskade's to_valid(params, group=g): one vector, of group g only
+        if len(xs) != 1:
+            raise ShapeError(f"with group={group}, give one flat vector (of that group), got {len(xs)}.")
+        rows = self._rows(group)
+        if not rows:
+            raise ShapeError(f"this Program has no param group {group}; groups: {list(self.groups)}.")
+        x = jnp.asarray(xs[0])
+        n = sum(math.prod(r.shape) for r in rows)
+        if x.ndim != 1 or x.shape[0] != n:
+            raise ShapeError(f"group {group} takes a flat vector of shape ({n},), got {tuple(x.shape)}.")
+        parts = [fn(x[r.slice], _flat_valid(r), r.cyclic) if r.valid is not None else x[r.slice]
+                 for r in rows]
+        return jnp.concatenate(parts)
+
+    def to_valid(self, *xs, group=None):
+        """Constrained flat vector(s) -> unconstrained (see `caskax.transforms`). With
+        ``group=g``, one vector of that param group (caskade's ``to_valid(x, group=g)``).
 
         Example:
             >>> import caskax as cx, jax.numpy as jnp
@@ -381,13 +397,17 @@ class Program:
             >>> float(f.log_det_jacobian(u))     # log|d exp(u)/du| at u = 0
             0.0
         """
+        if group is not None:
+            return self._group_map(xs, group, transforms.to_valid)
         xs = _check_inputs(self._static, xs)
         if self._eager(xs):
             return _compiled_method(self, "to_valid", xs)
         return self._per_group(list(self._map(xs, transforms.to_valid)))
 
-    def from_valid(self, *us):
-        """Unconstrained flat vector(s) -> constrained."""
+    def from_valid(self, *us, group=None):
+        """Unconstrained flat vector(s) -> constrained (``group=`` as in `to_valid`)."""
+        if group is not None:
+            return self._group_map(us, group, transforms.from_valid)
         us = _check_inputs(self._static, us)
         if self._eager(us):
             return _compiled_method(self, "from_valid", us)
@@ -402,7 +422,7 @@ class Program:
         for g, u in zip(self.groups, us):
             for r in self._rows(g):
                 if r.valid is not None:
-                    total = total + transforms.log_det_jacobian(u[r.slice], r.valid, r.cyclic)
+                    total = total + transforms.log_det_jacobian(u[r.slice], _flat_valid(r), r.cyclic)
         return total
 
     def log_prior(self, *xs):
@@ -489,6 +509,12 @@ def _check_inputs(static, xs):
     return tuple(out)
 
 
+def _flat_valid(r):
+    """A row's valid range for its slice of the flat vector: array bounds broadcast to
+    the param's shape and flattened."""
+    return transforms.bounds(r.valid, shape=r.shape)
+
+
 def _values(static, xs):
     groups = sorted({r.group for r in static.rows}) or [0]
     values = {}
@@ -507,7 +533,7 @@ def _apply(tree, static, xs):
         new = []
         for g, x in zip(groups, xs):
             parts = [
-                transforms.from_valid(x[r.slice], r.valid, r.cyclic) if r.valid is not None else x[r.slice]
+                transforms.from_valid(x[r.slice], _flat_valid(r), r.cyclic) if r.valid is not None else x[r.slice]
                 for r in static.rows
                 if r.group == g
             ]

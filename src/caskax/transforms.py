@@ -21,8 +21,29 @@ Example:
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["to_valid", "from_valid", "log_det_jacobian", "wrap"]
+__all__ = ["to_valid", "from_valid", "log_det_jacobian", "wrap", "bounds"]
+
+
+def bounds(valid, shape=None):
+    """``(lo, hi)`` of a param's ``valid`` as floats or numpy arrays (array bounds are
+    stored as nested tuples); with ``shape``, array bounds are broadcast to ``shape``
+    and flattened, to match a slice of the flat vector.
+
+    Example:
+        >>> from caskax import transforms
+        >>> transforms.bounds(((0.0, 1.0), None), shape=(2, 2))[0].tolist()
+        [0.0, 1.0, 0.0, 1.0]
+    """
+    out = []
+    for b in valid:
+        if isinstance(b, tuple):
+            b = np.asarray(b)
+            if shape is not None:
+                b = np.broadcast_to(b, shape).ravel()
+        out.append(b)
+    return tuple(out)
 
 
 def wrap(x, valid):
@@ -33,7 +54,7 @@ def wrap(x, valid):
         >>> float(transforms.wrap(7.0, (0.0, 5.0)))
         2.0
     """
-    lo, hi = valid
+    lo, hi = bounds(valid)
     return lo + jnp.mod(x - lo, hi - lo)
 
 
@@ -47,7 +68,7 @@ def to_valid(x, valid, cyclic=False):
     """
     if valid is None:
         return x
-    lo, hi = valid
+    lo, hi = bounds(valid)
     if cyclic:
         return wrap(x, valid)
     if lo is not None and hi is not None:
@@ -68,7 +89,7 @@ def from_valid(u, valid, cyclic=False):
     """
     if valid is None:
         return u
-    lo, hi = valid
+    lo, hi = bounds(valid)
     if cyclic:
         return wrap(u, valid)
     if lo is not None and hi is not None:
@@ -89,7 +110,7 @@ def log_det_jacobian(u, valid, cyclic=False):
     """
     if valid is None or cyclic:
         return jnp.zeros((), dtype=jnp.result_type(u))
-    lo, hi = valid
+    lo, hi = bounds(valid)
     if lo is not None and hi is not None:
         terms = jnp.log(hi - lo) + jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u)
     else:

@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from .. import graph
+from .. import graph, transforms
 from ..errors import InferenceError
 from ..program import Program
 from ._target import check_program
@@ -15,7 +15,7 @@ def _support(row):
 
     if row.valid is None:
         return constraints.real
-    lo, hi = row.valid
+    lo, hi = transforms.bounds(row.valid)
     if lo is not None and hi is not None:
         return constraints.interval(lo, hi)
     if lo is not None:
