@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import transforms
 from ..errors import InferenceError, ShapeError
 from ..program import Program
 from ._jit import run_once_jit
@@ -230,7 +231,7 @@ def check_finite_start(target: Target, z, what: str, x=None):
             if not np.all(np.isfinite(x[sl])):
                 reason = "value not finite"
             elif row is not None and row.valid is not None and not row.cyclic:
-                lo, hi = row.valid
+                lo, hi = transforms.bounds(row.valid, shape=shape)
                 if (lo is not None and np.any(x[sl] <= lo)) or (hi is not None and np.any(x[sl] >= hi)):
                     reason = f"outside valid range {row.valid}"
             if reason is None and not np.all(np.isfinite(grad[sl])):
