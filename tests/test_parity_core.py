@@ -357,3 +357,22 @@ def test_pointer_value_outside_a_forward():
     linked = m.set("peak_flux", m.sigma)  # a chain: link -> function pointer
     assert float(linked.peak_flux.value) == 3.0
     assert m.sigma.kind == "pointer"  # reading the value stores nothing
+
+
+def test_forward_maps_over_leading_axes_of_a_params_array():
+    lc = Gaussian1D("lc", t0=-3.0, sigma=1.0, peak_flux=0.25).to_dynamic()
+    x = lc.get_values()
+    batch = jnp.stack([x, x.at[2].set(0.5), x.at[2].set(1.0)])
+    t = jnp.linspace(0.0, 6.0, 4)
+    out = lc.flux(t, batch)
+    assert out.shape == (3, 4)
+    for row, xi in zip(out, batch):
+        np.testing.assert_allclose(row, lc.flux(t, xi), rtol=1e-6)
+    assert lc.flux(3.0, jnp.ones((2, 5, 3))).shape == (2, 5)
+
+
+def test_unknown_target_is_a_value_error_as_in_caskade():
+    g = Gaussian1D("lc", t0=-3.0, sigma=1.0, peak_flux=0.25).to_dynamic()
+    with pytest.raises(ValueError):
+        g.find_index(cx.Param("elsewhere", 1.0))
+    assert cx.Param().name == "Param"  # caskade's default name

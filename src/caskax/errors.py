@@ -64,7 +64,7 @@ class ModuleError(CaskaxError, AttributeError, TypeError):
     """
 
 
-class GraphError(CaskaxError):
+class GraphError(CaskaxError, ValueError):
     """The module graph is inconsistent: a pointer cycle, conflicting copies of one
     node, or a target that is not in the tree.
 

@@ -159,24 +159,39 @@ def topological_order(root, w: Walk | None = None) -> list:
     Raises `GraphError` naming the cycle if pointers form one.
     """
     w = walk(root) if w is None else w
-    visited, on_stack, stack, order = set(), [], set(), []
+    return _post_order(w, root.uid)[::-1]
 
-    def visit(uid):
-        if uid in stack:
-            raise _cycle_error(w, on_stack[on_stack.index(uid) :] + [uid])
-        if uid in visited:
-            return
-        visited.add(uid)
-        stack.add(uid)
-        on_stack.append(uid)
-        for child in reversed(children(w.nodes[uid])):
-            visit(child.node.uid)
-        on_stack.pop()
-        stack.discard(uid)
-        order.append(uid)
 
-    visit(root.uid)
-    return order[::-1]
+def _post_order(w: Walk, start) -> list:
+    """Children before parents: a depth-first search that visits children in reverse
+    (caskade's rule), kept on an explicit stack so deep graphs need no recursion."""
+    visited, on_stack, order = set(), [], []
+    in_stack = set()
+    stack = [(start, None)]
+    while stack:
+        uid, kids = stack[-1]
+        if kids is None:
+            if uid in in_stack:
+                raise _cycle_error(w, on_stack[on_stack.index(uid) :] + [uid])
+            if uid in visited:
+                stack.pop()
+                continue
+            visited.add(uid)
+            in_stack.add(uid)
+            on_stack.append(uid)
+            kids = iter([c.node.uid for c in reversed(children(w.nodes[uid]))])
+            stack[-1] = (uid, kids)
+        nxt = next(kids, None)
+        if nxt is None:
+            stack.pop()
+            on_stack.pop()
+            in_stack.discard(uid)
+            order.append(uid)
+        elif nxt in in_stack:
+            raise _cycle_error(w, on_stack[on_stack.index(nxt) :] + [nxt])
+        elif nxt not in visited:
+            stack.append((nxt, None))
+    return order
 
 
 def dynamic_order(root, w: Walk | None = None) -> list[Param]:
@@ -392,25 +407,19 @@ def fill(root, values: dict, w: Walk | None = None):
     every module is marked filled so its forward methods use these values as they are.
     """
     w = walk(root) if w is None else w
-    done, on_stack = {}, []
+    done = {}
 
-    def fill_node(node):
-        uid = node.uid
-        if uid in done:
-            return done[uid]
-        if uid in on_stack:
-            raise _cycle_error(w, on_stack[on_stack.index(uid) :] + [uid])
-        on_stack.append(uid)
+    def filled(node):
+        return done[node.uid]
+
+    # children before parents, so every node is built from filled children
+    for uid in _post_order(w, root.uid):
         node = w.nodes[uid]
         if isinstance(node, Param):
-            new = _fill_param(node, values, fill_node, w)
+            done[uid] = _fill_param(node, values, filled, w)
         else:
-            new = rebuild_children(node, fill_node, _filled=True)
-        on_stack.pop()
-        done[uid] = new
-        return new
-
-    return fill_node(root)
+            done[uid] = rebuild_children(node, filled, _filled=True)
+    return done[root.uid]
 
 
 def _fill_param(p: Param, values, fill_node, w):

@@ -851,6 +851,15 @@ def forward(method):
             *args, params = args
         if params is None and self._filled:
             return _memoised(method, self, args, kwargs, lambda: _call(self, args, kwargs))
+        if getattr(params, "ndim", 1) > 1 and not isinstance(params, (list, tuple, dict)):
+            # caskade's batched params: leading axes of a params array are a batch of
+            # flat vectors, evaluated one by one under vmap
+            def one(x):
+                return wrapper(self, *args, params=x, **kwargs)
+
+            for _ in range(params.ndim - 1):
+                one = jax.vmap(one)
+            return one(params)
         with _memo_scope():
             return _call(fill_module(self, params), args, kwargs)
 

@@ -302,7 +302,7 @@ class Param(eqx.Module):
         dtype: Any = None,
         prior: Any = None,
     ):
-        name = check_name("Param", "param" if name is None else name)
+        name = check_name("Param", "Param" if name is None else name)
         self.name = name
         self.shape = _normalise_shape(name, shape)
         self.declared_batch_shape = _normalise_shape(name, batch_shape, "batch_shape")
