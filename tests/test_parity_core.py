@@ -376,3 +376,20 @@ def test_unknown_target_is_a_value_error_as_in_caskade():
     with pytest.raises(ValueError):
         g.find_index(cx.Param("elsewhere", 1.0))
     assert cx.Param().name == "Param"  # caskade's default name
+
+
+def test_siblings_with_one_name_are_refused_by_the_dict_scheme():
+    class Many(cx.Module):
+        curves: list
+
+        def __init__(self, curves):
+            super().__init__("many")
+            self.curves = curves
+
+    twins = Many([Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0"),
+                  Gaussian1D("lc", t0=2.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0")])
+    assert twins.get_values().tolist() == [1.0, 2.0]  # the array scheme has no keys
+    with pytest.raises(cx.GraphError, match="curves\\[0\\].*curves\\[1\\].*same name"):
+        twins.get_values("dict")
+    with pytest.raises(cx.GraphError, match="same name"):
+        twins.set_values({"curves": {"lc": {"t0": 0.0}}})

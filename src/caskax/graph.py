@@ -490,6 +490,7 @@ def values_to_dict(root, params: list, getter: Callable) -> dict:
 
     def build(node):
         out = {}
+        _check_keys(node)
         for child in children(node):
             c = child.node
             if isinstance(c, Param) and c.uid in wanted and c.uid not in seen:
@@ -502,6 +503,20 @@ def values_to_dict(root, params: list, getter: Callable) -> dict:
         return out
 
     return build(root)
+
+
+def _check_keys(node) -> None:
+    """Two different children under one key (list members with the same name) would
+    share one dict entry and one HDF5 group: refuse, naming both."""
+    seen = {}
+    for child in children(node):
+        first = seen.setdefault(child.key, child)
+        if first.node.uid != child.node.uid:
+            raise GraphError(
+                f"'{node.name}{first.path}' and '{node.name}{child.path}' are both keyed "
+                f"{'/'.join(child.key)!r} (the same name): give them distinct names, since "
+                "dicts of values and state files key children by name."
+            )
 
 
 def _put(d, key, value):
@@ -518,6 +533,7 @@ def dict_to_values(root, params: list, mapping: dict, fill_module=None) -> dict:
     out = {}
 
     def take(node, sub, where):
+        _check_keys(node)
         kids = {}
         for child in children(node):
             d = kids
