@@ -24,6 +24,13 @@ from .infer import (
 from .module import Module as Module, batch_axes as batch_axes, forward as forward
 from .param import Param as Param, Pointer as Pointer
 from .program import LayoutRow as LayoutRow, Program as Program, compile as compile
+from .stack import (
+    stack as stack,
+    stack_map as stack_map,
+    stack_permutation as stack_permutation,
+    stack_size as stack_size,
+    unstack as unstack,
+)
 
 __version__ = "0.1.0"
 
@@ -61,6 +68,11 @@ __all__ = [
     "laplace",
     "numpyro_model",
     "nuts",
+    "stack",
+    "stack_map",
+    "stack_permutation",
+    "stack_size",
+    "unstack",
     "io",
     "plot",
     "transforms",

@@ -1,0 +1,336 @@
+"""cx.stack / cx.unstack / cx.stack_map / cx.stack_permutation.
+
+The reference is always the unrolled model built from the same member modules: the
+stacked model must give its values and gradients at the permuted vector.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+import caskax as cx
+from caskax import graph
+from caskax.examples.models import Combined, Gaussian, Gaussian1D, Likelihood
+
+N_PIX = 8
+_axis = np.linspace(-1.0, 1.0, N_PIX, dtype=np.float32)
+X, Y = np.meshgrid(_axis, _axis, indexing="ij")
+
+
+class Sky(cx.Module):
+    """The stacked counterpart of `Combined`: one stacked source module, mapped."""
+
+    x: jax.Array
+    y: jax.Array
+    sources: Gaussian
+
+    def __init__(self, name, x, y, sources):
+        super().__init__(name)
+        self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+        self.sources = sources
+
+    @cx.forward
+    def __call__(self):
+        return cx.stack_map(self.sources, lambda s: s.brightness(self.x, self.y)).sum(0)
+
+
+class Timed(cx.Module):
+    """A source whose own epoch time is a param (dynamic, so it is in the flat vector)."""
+
+    t: cx.Param
+    src: Gaussian
+
+    def __init__(self, name, t, src):
+        super().__init__(name)
+        self.t = cx.Param("t", t, dynamic=True)
+        self.src = src
+
+    @cx.forward
+    def brightness(self, x, y):
+        return self.src.brightness(x, y)
+
+
+def _sources(k, time_param=False, seed=0):
+    """k sources sharing one dynamic width and one light curve (the figure-5b model),
+    each with its own dynamic position."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(-0.7, 0.7, size=(k, 2)).astype(np.float32)
+    times = np.linspace(0.0, 6.0, k, dtype=np.float32)
+    lc = Gaussian1D("lightcurve", t0=-3.0, sigma=2.5, peak_flux=0.25).to_dynamic()
+    width = cx.Param("width", 0.3, dynamic=True, valid=(0, None))
+    out = []
+    for i in range(k):
+        g = Gaussian(f"src{i}", x0=pos[i].tolist(), q=1.0, phi=0.0, sigma=width, flux=0.0)
+        g = g.to_dynamic("x0")
+        if time_param:
+            m = Timed(f"timed{i}", float(times[i]), g)
+            m = m.set("src.flux", cx.Pointer(lambda lc, t: lc.flux(t), lc, m.t))
+        else:
+            m = g.set("flux", cx.Pointer(lambda lc, t: lc.flux(t), lc, np.float32(times[i])))
+        out.append(m)
+    return out
+
+
+def _image(k, seed=0):
+    rng = np.random.default_rng(seed + 1)
+    return (0.2 + 0.05 * rng.standard_normal((N_PIX, N_PIX))).astype(np.float32)
+
+
+def _models(k, time_param=False):
+    members = _sources(k, time_param)
+    data = _image(k)
+    unrolled = Likelihood("like", Combined("image", X, Y, members), data, 0.1, 25.0)
+    stacked = Likelihood("like", Sky("image", X, Y, cx.stack(members, name="sources")),
+                         data, 0.1, 25.0)
+    return members, unrolled, stacked
+
+
+@pytest.mark.parametrize("time_param", [False, True], ids=["array-time", "param-time"])
+@pytest.mark.parametrize("k", [1, 2, 10])
+def test_stacked_matches_unrolled_values_and_gradients(k, time_param):
+    _, unrolled, stacked = _models(k, time_param)
+    fu, fs = cx.compile(unrolled), cx.compile(stacked)
+    assert fs.size == fu.size == 4 + 2 * k + (k if time_param else 0)
+    perm = cx.stack_permutation(fu, fs)
+    assert sorted(perm.tolist()) == list(range(fu.size))
+    xu = fu.init + 0.01 * jnp.arange(fu.size, dtype=jnp.float32)  # distinct from the init
+    xs = xu[perm]
+    np.testing.assert_array_equal(np.asarray(fs.init), np.asarray(fu.init)[perm])
+    np.testing.assert_allclose(float(fs(xs)), float(fu(xu)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.grad(fs)(xs)), np.asarray(jax.grad(fu)(xu))[perm],
+                               rtol=2e-4, atol=2e-3)
+
+
+def test_stacked_hessian_matches_unrolled():
+    _, unrolled, stacked = _models(3)
+    fu, fs = cx.compile(unrolled), cx.compile(stacked)
+    perm = cx.stack_permutation(fu, fs)
+    hu = np.asarray(jax.hessian(fu)(fu.init))
+    hs = np.asarray(jax.hessian(fs)(fu.init[perm]))
+    np.testing.assert_allclose(hs, hu[np.ix_(perm, perm)], rtol=1e-3, atol=1e-2)
+
+
+def test_shared_nodes_stay_shared_and_member_params_get_the_axis():
+    members = _sources(4)
+    S = cx.stack(members, name="sources")
+    assert S.x0.value.shape == (4, 2) and S.x0.batch_shape == (4,)
+    # the width every source links to and the light curve every flux reads: kept once
+    assert S.sigma.link.inputs[0].uid == members[0].sigma.link.inputs[0].uid
+    assert S.flux.link.inputs[0].uid == members[0].flux.link.inputs[0].uid
+    assert S.flux.link.inputs[0].t0.batch_shape == ()
+    # a plain per-member pointer input becomes a static param named after the argument
+    t = S.flux.link.inputs[1]
+    assert (t.name, t.kind, t.value.shape) == ("t", "static", (4,))
+    # a static value equal in every member stays one value (folded by XLA)
+    assert S.q.value.shape == () and float(S.q.value) == 1.0
+    assert S.get_values().shape == (4 + 8,)
+
+
+def test_vmap_with_batch_axes_and_stack_map_see_one_member_each():
+    members = _sources(3)
+    S = cx.stack(members)
+    want = np.stack([np.asarray(m.brightness(X, Y)) for m in members])
+    got = jax.vmap(lambda s: s.brightness(X, Y), in_axes=(cx.batch_axes(S),))(S)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(cx.stack_map(S, lambda s: s.brightness(X, Y))),
+                               want, rtol=1e-5)
+    assert cx.stack_size(S) == 3
+
+
+def test_pointer_function_is_applied_member_by_member():
+    # x0[0] of the stacked (k, 2) value would be member 0's position for every member:
+    # the stacked pointer must apply the function to each member's own x0.
+    members = []
+    for i in range(3):
+        g = Gaussian(f"g{i}", x0=[0.1 * i, -0.2 * i], q=1.0, phi=0.0, sigma=0.5, flux=0.0)
+        members.append(g.set("flux", cx.Pointer(lambda x0: 1.0 + x0[0] - x0[1], g.x0)))
+    S = cx.stack(members)
+    filled = cx.compile(S, "brightness", X, Y).unflatten(jnp.zeros((0,)))
+    np.testing.assert_allclose(np.asarray(filled.flux.value), [1.0, 1.3, 1.6], rtol=1e-6)
+    got = cx.stack_map(S, lambda s: s.brightness(X, Y))
+    want = np.stack([np.asarray(m.brightness(X, Y)) for m in members])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+
+def test_compiled_graph_does_not_grow_with_k():
+    sizes = []
+    for k in (2, 10):
+        _, _, stacked = _models(k)
+        f = cx.compile(stacked)
+        sizes.append(len(jax.make_jaxpr(f._pure)(f.init).eqns))
+    assert sizes[0] == sizes[1]
+
+
+# -- structure checks ----------------------------------------------------------------------
+def _g(name, **kw):
+    args = dict(x0=[0.0, 0.0], q=1.0, phi=0.0, sigma=0.5, flux=1.0)
+    args.update(kw)
+    return Gaussian(name, **args)
+
+
+def test_mismatch_in_static_dynamic_status_names_param_and_members():
+    a, b = _g("a"), _g("b").to_dynamic("flux")
+    with pytest.raises(cx.GraphError, match=r"param 'flux' is static in member 0 \('a'\) but "
+                       r"dynamic in member 1 \('b'\).*static/dynamic status"):
+        cx.stack([a, b])
+
+
+def test_linking_to_member_zeros_param_is_a_structure_difference():
+    # the unrolled figure-5b model links every width to source 0's: not one structure
+    s0 = _g("s0").to_dynamic("sigma")
+    s1 = _g("s1").set("sigma", s0.sigma)
+    with pytest.raises(cx.GraphError, match="'sigma' is dynamic in member 0.*pointer in member 1"):
+        cx.stack([s0, s1])
+
+
+def test_other_structure_differences():
+    with pytest.raises(cx.GraphError, match="member 1 .* a Gaussian1D|Gaussian1D"):
+        cx.stack([_g("a"), Gaussian1D("b", t0=0.0, sigma=1.0, peak_flux=1.0)])
+    with pytest.raises(cx.ShapeError, match="'x0' has shape"):
+        cx.stack([_g("a"), _g("b", x0=[[0.0, 0.0]])])
+    with pytest.raises(cx.GraphError, match="same module"):
+        a = _g("a")
+        cx.stack([a, a])
+    with pytest.raises(cx.GraphError, match="at least one"):
+        cx.stack([])
+    c1 = Combined("c1", X, Y, [_g("a")])
+    c2 = Combined("c2", X + 1, Y, [_g("b")])
+    with pytest.raises(cx.GraphError, match="field 'x' differs .*static cx.Param"):
+        cx.stack([c1, c2])
+    c3 = Combined("c3", X, Y, [_g("a"), _g("b")])
+    with pytest.raises(cx.GraphError, match="'models'.*length 1.*length 2"):
+        cx.stack([c1, c3])
+    p1 = _g("p1").set("flux", cx.Pointer(lambda q: 2 * q, "q"))
+    p2 = _g("p2").set("flux", cx.Pointer(lambda q: 3 * q, "q"))
+    with pytest.raises(cx.GraphError, match="pointer 'flux' computes"):
+        cx.stack([p1, p2])
+
+
+def test_node_shared_by_some_members_only():
+    shared = cx.Param("w", 0.5)
+    a, b, c = _g("a", sigma=shared), _g("b", sigma=shared), _g("c", sigma=0.5)
+    a, b = a.set("sigma", shared), b.set("sigma", shared)
+    c = c.set("sigma", cx.Param("w", 0.5))
+    with pytest.raises(cx.GraphError, match="one node 'w' in members 0 and 1 but not in every"):
+        cx.stack([a, b, c])
+
+
+# -- unstack -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("time_param", [False, True], ids=["array-time", "param-time"])
+def test_unstack_round_trip(time_param):
+    members = _sources(5, time_param)
+    S = cx.stack(members, name="sources")
+    back = cx.unstack(S)
+    assert len(back) == 5
+    for m, b in zip(members, back):
+        wm, wb = graph.walk(m), graph.walk(b)
+        assert list(wm.nodes) == list(wb.nodes)  # same ids, same order
+        for uid, node in wm.nodes.items():
+            other = wb.nodes[uid]
+            assert (type(other), other.name) == (type(node), node.name)
+            if isinstance(node, cx.Param):
+                assert other.kind == node.kind and other.shape == node.shape
+                if node.value is not None:
+                    np.testing.assert_array_equal(np.asarray(other.value), np.asarray(node.value))
+        np.testing.assert_allclose(np.asarray(b.brightness(X, Y)), np.asarray(m.brightness(X, Y)))
+
+
+def test_unstack_carries_edits_back_into_the_unrolled_model():
+    members, unrolled, stacked = _models(4)
+    fu, fs = cx.compile(unrolled), cx.compile(stacked)
+    perm = cx.stack_permutation(fu, fs)
+    xs = fs.init + 0.02
+    edited = stacked.set_values(xs).model.sources
+    back = cx.unstack(edited)
+    rebuilt = Likelihood("like", Combined("image", X, Y, back), unrolled.data, 0.1, 25.0)
+    np.testing.assert_allclose(np.asarray(rebuilt.get_values()), np.asarray(xs)[np.argsort(perm)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(rebuilt()), float(stacked.set_values(xs)()), rtol=1e-5)
+
+
+def test_unstack_of_a_module_not_made_by_stack():
+    with pytest.raises(cx.GraphError, match="not made by cx.stack"):
+        cx.unstack(_g("a"))
+
+
+# -- values, files, display, names ------------------------------------------------------------
+def test_get_set_values_and_names_per_member():
+    members = [_g(f"s{i}", flux=float(i)).to_dynamic("flux") for i in range(3)]
+    S = cx.stack(members, name="S")
+    assert S.get_values().tolist() == [0.0, 1.0, 2.0]
+    S2 = S.set_values([5.0, 6.0, 7.0])
+    assert S2.flux.value.tolist() == [5.0, 6.0, 7.0] and S2.flux.kind == "dynamic"
+    assert np.asarray(S2.get_values("dict")["flux"]).tolist() == [5.0, 6.0, 7.0]
+    f = cx.compile(S2, "brightness", X, Y)
+    assert f.names == ["S.flux[0]", "S.flux[1]", "S.flux[2]"]  # entry j is member j's
+
+
+def test_save_and_load_state_of_a_stacked_model(tmp_path):
+    _, _, stacked = _models(3)
+    path = tmp_path / "stacked.h5"
+    stacked.save_state(path)
+    moved = stacked.set_values(stacked.get_values() + 1.0)
+    loaded = moved.load_state(path)
+    np.testing.assert_array_equal(np.asarray(loaded.get_values()), np.asarray(stacked.get_values()))
+    assert loaded.model.sources.x0.value.shape == (3, 2)
+    np.testing.assert_allclose(float(loaded()), float(stacked()), rtol=1e-6)
+
+
+def test_state_file_of_the_unrolled_model_loads_through_the_permutation(tmp_path):
+    members, unrolled, stacked = _models(4)
+    path = tmp_path / "unrolled.h5"
+    x_saved = unrolled.get_values() * 1.01
+    unrolled.set_values(x_saved).save_state(path)
+    fu, fs = cx.compile(unrolled), cx.compile(stacked)
+    x_file = unrolled.load_state(path).get_values()  # the unrolled model reads the file
+    restored = stacked.set_values(x_file[cx.stack_permutation(fu, fs)])
+    np.testing.assert_allclose(float(restored()), float(unrolled.set_values(x_saved)()), rtol=1e-5)
+
+
+def test_display_shows_the_member_axis():
+    S = cx.stack(_sources(3), name="sources")
+    text = str(S)
+    assert "sources (Gaussian)" in text and "batch (3,)" in text
+    assert "lightcurve" in S._repr_html_()
+
+
+def test_permutation_labels_and_errors():
+    members, unrolled, stacked = _models(3, time_param=True)
+    fu, fs = cx.compile(unrolled), cx.compile(stacked)
+    # unrolled: member by member (a node read by a pointer after every parent of it)
+    assert fu.names[:6] == ["src0.x0[0]", "src0.x0[1]", "timed0.t",
+                            "src1.x0[0]", "src1.x0[1]", "timed1.t"]
+    # stacked: one block per param, member 0's entries first, then member 1's, ...
+    assert fs.names[:3] == ["src.x0[0]", "src.x0[1]", "src.x0[2]"]
+    assert fs.names[-3:] == ["sources.t[0]", "sources.t[1]", "sources.t[2]"]
+    perm = cx.stack_permutation(fu, fs)
+    labels = np.asarray(fu.names)[perm].tolist()
+    assert labels[:3] == ["src0.x0[0]", "src0.x0[1]", "src1.x0[0]"]
+    assert labels[-3:] == ["timed0.t", "timed1.t", "timed2.t"]
+    assert labels[6:10] == ["sigma.width", "lightcurve.t0", "lightcurve.sigma",
+                            "lightcurve.peak_flux"]  # the shared width and light curve
+    x = np.arange(fu.size, dtype=np.float32)
+    np.testing.assert_array_equal(x[perm][np.argsort(perm)], x)
+    # from modules as well as Programs
+    assert cx.stack_permutation(unrolled, stacked).tolist() == perm.tolist()
+    other = Likelihood("like", Sky("image", X, Y, cx.stack(_sources(3))), unrolled.data)
+    with pytest.raises(cx.GraphError, match="no counterpart"):
+        cx.stack_permutation(unrolled, other)
+
+
+def test_priors_are_stacked_per_member():
+    members = [_g(f"s{i}", flux=1.0 + i).to_dynamic("x0", "flux") for i in range(3)]
+
+    def with_prior(m, i):
+        p = graph.copy_with(m.flux, prior=dist.Normal(float(i), 1.0 + i))
+        q = graph.copy_with(m.x0, prior=dist.Normal(0.0, 2.0))
+        return graph.replace(m, {p.uid: p, q.uid: q})
+
+    members = [with_prior(m, i) for i, m in enumerate(members)]
+    fu = cx.compile(Combined("c", X, Y, members))
+    fs = cx.compile(Sky("c", X, Y, cx.stack(members)))
+    perm = cx.stack_permutation(fu, fs)
+    x = fu.init + 0.3
+    np.testing.assert_allclose(float(fs.log_prior(x[perm])), float(fu.log_prior(x)), rtol=1e-6)
