@@ -31,8 +31,7 @@ def test_pointer_kinds():
     assert cx.Param("b", a).kind == "pointer"
     assert cx.Param("c", cx.Pointer(lambda a: 2 * a, a)).pointer
     assert cx.Param("b", a).link.is_link
-    with pytest.raises(cx.ParamError, match="cannot be dynamic"):
-        cx.Param("d", a, dynamic=True)
+    assert cx.Param("d", a, dynamic=True).kind == "pointer"  # as caskade: still a pointer
     with pytest.raises(cx.ParamError, match="cx.Pointer"):
         cx.Param("e", lambda p: 1.0)
 

@@ -151,6 +151,33 @@ class Module(eqx.Module):
             root = _set_one(root, key, val)
         return root
 
+    def replace_node(self, target, node) -> "Module":
+        """A copy in which the Param or Module at ``target`` is replaced by ``node``
+        itself (caskade's ``del m.p; m.p = new``), where `set` would make ``target``
+        point to ``node``. Every place that holds ``target`` now holds ``node``.
+
+        Example:
+            >>> import caskax as cx
+            >>> from caskax.examples import Gaussian1D
+            >>> lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+            >>> new = cx.Param("t0", 1.0, dynamic=True)
+            >>> lc.replace_node("t0", new).t0.uid == new.uid, lc.set("t0", new).t0.kind
+            (True, 'pointer')
+        """
+        if not graph.is_node(node):
+            raise GraphError(f"replace_node needs a Param or Module, got {type(node).__name__}.")
+        w = graph.walk(self)
+        uid = graph.resolve(self, target, w)
+        old = w.nodes[uid]
+        if isinstance(old, Param) != isinstance(node, Param):
+            raise GraphError(
+                f"replace_node: '{w.paths[uid] or old.name}' is a {type(old).__name__}; "
+                f"give one, not a {type(node).__name__}."
+            )
+        if uid == self.uid:
+            return node
+        return graph.replace(self, {uid: node})
+
     def set_attrs(self, target, **attrs) -> "Module":
         """A copy in which the param ``target`` has new ``valid``, ``cyclic``, ``units``,
         ``description``, ``group``, ``shape``, ``prior`` or ``dtype`` (caskade assigns
@@ -180,6 +207,8 @@ class Module(eqx.Module):
             >>> float(lc.set_values({"sigma": 4.0, "t0": 0.0}).sigma.value)
             4.0
         """
+        if isinstance(values, (list, tuple, np.ndarray, jax.Array)) and len(values) == 0:
+            return self  # caskade: an empty list or array gives nothing to set
         w = graph.walk(self)
         new = {}
         for uid, val in params_to_values(self, values, w, group=group, check=True).items():

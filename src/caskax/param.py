@@ -33,6 +33,9 @@ __all__ = ["Param", "Pointer", "new_uid"]
 _uids = itertools.count(1)
 
 
+_KEEP = object()  # "no value given": keep the current one (None means no value)
+
+
 def new_uid() -> int:
     """A fresh node id (never reused within the process)."""
     return next(_uids)
@@ -317,8 +320,8 @@ class Param(eqx.Module):
         if isinstance(value, Param):
             value = link(value)
         if isinstance(value, Pointer):
-            if dynamic:
-                raise ParamError(f"Param '{name}': a pointer cannot be dynamic=True.")
+            # dynamic=True on a pointer is ignored, as caskade ignores it: the value
+            # still comes from the pointer (make it dynamic later with to_dynamic)
             if batch_shape is not None:
                 raise ParamError(
                     f"Param '{name}': a pointer takes its batch axes from its inputs; "
@@ -510,17 +513,31 @@ class Param(eqx.Module):
                 "or cx.Pointer(fn, *inputs)."
             )
 
-    def to_dynamic(self, value=None) -> "Param":
-        """A dynamic copy (a former pointer keeps its inputs as children)."""
+    def to_dynamic(self, value=_KEEP) -> "Param":
+        """A dynamic copy holding ``value`` (the current value if not given; ``None``:
+        no value). A former pointer keeps its inputs as children."""
         self._no_pointer(value, "to_dynamic")
         new = self._replace(node_kind="dynamic")
-        return new if value is None else new.with_value(value)
+        if value is None:
+            return new._replace(value=None)
+        return new if value is _KEEP else new.with_value(value)
 
-    def to_static(self, value=None) -> "Param":
-        """A static copy (live if it has no value; a former pointer keeps its inputs)."""
+    def to_static(self, value=_KEEP) -> "Param":
+        """A static copy holding ``value`` (the current value if not given). With no
+        value (``to_static(None)``, as in caskade) the param is *live*: set inside a
+        forward method. A former pointer keeps its inputs as children.
+
+        Example:
+            >>> import caskax as cx
+            >>> p = cx.Param("p", 1.0)
+            >>> p.to_static().kind, p.to_static(None).kind
+            ('static', 'live')
+        """
         self._no_pointer(value, "to_static")
         new = self._replace(node_kind="static")
-        return new if value is None else new.with_value(value)
+        if value is None:
+            return new._replace(value=None)
+        return new if value is _KEEP else new.with_value(value)
 
     def __setattr__(self, name, value):
         try:
