@@ -393,3 +393,17 @@ def test_siblings_with_one_name_are_refused_by_the_dict_scheme():
         twins.get_values("dict")
     with pytest.raises(cx.GraphError, match="same name"):
         twins.set_values({"curves": {"lc": {"t0": 0.0}}})
+
+
+def test_replace_node_live_params_and_range_warnings():
+    lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25)
+    new = cx.Param("t0", 1.0, dynamic=True)
+    swapped = lc.replace_node("t0", new)
+    assert swapped.t0.uid == new.uid and swapped.param_order() == "lc: t0"
+    assert lc.set("t0", new).t0.kind == "pointer"  # set links instead
+    with pytest.raises(cx.GraphError, match="is a Param"):
+        lc.replace_node("t0", Gaussian1D("other"))
+    assert lc.t0.to_static(None).kind == "live" and lc.t0.to_static().kind == "static"
+    assert lc.t0.to_dynamic(None).stored is None
+    with pytest.warns(cx.CaskaxWarning, match="outside valid"):
+        lc.to_dynamic().set_values([0.0, -1.0, 0.25])  # sigma has valid=(0, None)

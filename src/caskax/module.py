@@ -18,7 +18,7 @@ import numpy as np
 
 from . import graph, transforms
 from .errors import FillError, GraphError, ModuleError, ParamError, ParamIndexError
-from .param import Param, Pointer, check_name, link, new_uid
+from .param import Param, Pointer, _check_valid, check_name, link, new_uid
 
 __all__ = ["Module", "forward", "batch_axes"]
 
@@ -212,7 +212,9 @@ class Module(eqx.Module):
         w = graph.walk(self)
         new = {}
         for uid, val in params_to_values(self, values, w, group=group, check=True).items():
-            new[uid] = graph.copy_with(w.nodes[uid], value=val)
+            p = w.nodes[uid]
+            _check_valid(w.paths[uid] or p.name, val, p.valid, p.cyclic)
+            new[uid] = graph.copy_with(p, value=val)
         return graph.replace(self, new)
 
     def to_valid(self, values, group: int | None = None):
