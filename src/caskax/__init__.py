@@ -2,6 +2,7 @@
 them as pure JAX functions of one flat vector."""
 
 from . import plot as plot, transforms as transforms
+from .batch import BatchedProgram as BatchedProgram, batch as batch
 from .errors import (
     CaskaxError as CaskaxError,
     CaskaxWarning as CaskaxWarning,
@@ -45,6 +46,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "BatchedProgram",
     "CaskaxError",
     "CaskaxWarning",
     "Chains",
@@ -61,6 +63,7 @@ __all__ = [
     "Program",
     "ShapeError",
     "StateFileError",
+    "batch",
     "batch_axes",
     "compile",
     "fit",

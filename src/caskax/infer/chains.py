@@ -97,11 +97,36 @@ class Chains:
     # -- shape and names ---------------------------------------------------------------
     @property
     def num_chains(self) -> int:
-        return self.samples.shape[0]
+        return self.samples.shape[-3]
 
     @property
     def num_draws(self) -> int:
-        return self.samples.shape[1]
+        return self.samples.shape[-2]
+
+    @property
+    def num_datasets(self) -> int | None:
+        """``N`` for chains of a batched Program (every field then leads with a dataset
+        axis: ``samples`` ``[N, C, D, n]``), None for one Program's."""
+        return self.samples.shape[0] if self.samples.ndim == 4 else None
+
+    def __getitem__(self, k) -> "Chains":
+        """Dataset ``k``'s chains (of chains from a batched Program).
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> c = cx.Chains.from_arrays(np.zeros((2, 3, 1)))
+            >>> batched = cx.Chains(**{**{f: np.stack([getattr(c, f)] * 5) for f in
+            ...     ("samples", "log_density", "divergences", "num_steps", "acceptance_rate",
+            ...      "step_size", "inverse_mass_matrix", "last_position")}, "layout": c.layout})
+            >>> batched.num_datasets, batched[4].samples.shape
+            (5, (2, 3, 1))
+        """
+        if self.num_datasets is None:
+            raise InferenceError("Chains[k] selects dataset k of a batched run; these chains have no dataset axis.")
+        k = int(k)
+        if not -self.num_datasets <= k < self.num_datasets:
+            raise InferenceError(f"Chains: dataset {k} out of range for {self.num_datasets} datasets.")
+        return dataclasses.replace(self, **{f: np.asarray(getattr(self, f))[k] for f in _ARRAYS})
 
     @property
     def names(self) -> list:
@@ -109,9 +134,10 @@ class Chains:
         return names_of(self.layout)
 
     def __repr__(self):
+        datasets = f"{self.num_datasets} datasets x " if self.num_datasets is not None else ""
         return (
-            f"Chains({self.num_chains} chains x {self.num_draws} draws, "
-            f"{self.samples.shape[2]} entries, {int(np.sum(self.divergences))} divergences)"
+            f"Chains({datasets}{self.num_chains} chains x {self.num_draws} draws, "
+            f"{self.samples.shape[-1]} entries, {int(np.sum(self.divergences))} divergences)"
         )
 
     def by_name(self) -> dict:
@@ -123,7 +149,7 @@ class Chains:
             >>> {k: v.shape for k, v in c.by_name().items()}
             {'x0': (2, 3, 2), 'q': (2, 3)}
         """
-        return split_by_name(self.layout, self.samples, self.samples.shape[:2])
+        return split_by_name(self.layout, self.samples, self.samples.shape[:-1])
 
     def concatenate(self, later: "Chains") -> "Chains":
         """These draws followed by ``later``'s (same chains); the kernel and last
@@ -135,10 +161,11 @@ class Chains:
             >>> a.concatenate(cx.Chains.from_arrays(np.ones((2, 4, 1)))).samples.shape
             (2, 7, 1)
         """
-        if later.layout != self.layout or later.num_chains != self.num_chains:
-            raise InferenceError("Chains.concatenate: the chains differ in layout or count.")
+        if (later.layout != self.layout or later.num_chains != self.num_chains
+                or later.num_datasets != self.num_datasets):
+            raise InferenceError("Chains.concatenate: the chains differ in layout, count or datasets.")
         joined = {
-            k: np.concatenate([getattr(self, k), getattr(later, k)], axis=1)
+            k: np.concatenate([getattr(self, k), getattr(later, k)], axis=-2 if k == "samples" else -1)
             for k in ("samples", "log_density", "divergences", "num_steps", "acceptance_rate")
         }
         return dataclasses.replace(later, num_warmup=self.num_warmup, **joined)
@@ -150,6 +177,8 @@ class Chains:
         numpyro's ESS and split-R-hat estimators.
 
         Returns a `Summary`: ``str()`` is a table, ``summary[name]`` a dict of floats.
+        Chains of a batched Program give one table with a dataset column, rows keyed
+        ``(dataset, name)``; ``summary[k]`` is dataset ``k``'s own `Summary`.
 
         Example:
             >>> import caskax as cx, numpy as np
@@ -158,6 +187,10 @@ class Chains:
             >>> abs(row["mean"]) < 0.1, row["r_hat"] < 1.01, row["ess_bulk"] > 1000
             (True, True, True)
         """
+        if self.num_datasets is not None:
+            per = [self[k].summary(prob) for k in range(self.num_datasets)]
+            rows = {(k, name): row for k, s in enumerate(per) for name, row in s.rows.items()}
+            return Summary(rows, int(np.sum(self.divergences)), datasets=per)
         x = np.asarray(self.samples, np.float64)
         lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
         cols = {
@@ -307,13 +340,20 @@ def _diagnostics(x) -> dict:
 
 class Summary:
     """A summary table of chains: ``str(summary)`` prints it, ``summary[name]`` is a
-    dict of the columns for one entry, ``summary.rows`` all of them."""
+    dict of the columns for one entry, ``summary.rows`` all of them.
 
-    def __init__(self, rows: dict, divergences: int = 0):
+    For chains of a batched Program, one table with a dataset column: ``rows`` is keyed
+    ``(dataset, name)`` and ``summary[k]`` is dataset ``k``'s own `Summary`.
+    """
+
+    def __init__(self, rows: dict, divergences: int = 0, datasets: list | None = None):
         self.rows = rows
         self.divergences = divergences
+        self.datasets = datasets  # per-dataset Summaries of a batched run
 
-    def __getitem__(self, name) -> dict:
+    def __getitem__(self, name):
+        if self.datasets is not None and isinstance(name, (int, np.integer)):
+            return self.datasets[name]
         return self.rows[name]
 
     def __iter__(self):
@@ -324,14 +364,16 @@ class Summary:
         return list(next(iter(self.rows.values())).keys()) if self.rows else []
 
     def __str__(self):
-        width = max([len("name")] + [len(n) for n in self.rows])
-        head = f"{'name':<{width}}" + "".join(f"{c:>11}" for c in self.columns)
+        batched = self.datasets is not None
+        labels = {key: key[1] if batched else key for key in self.rows}
+        width = max([len("name")] + [len(n) for n in labels.values()])
+        head = (f"{'dataset':>7}  " if batched else "") + f"{'name':<{width}}" + "".join(f"{c:>11}" for c in self.columns)
         lines = [head]
-        for name, row in self.rows.items():
+        for key, row in self.rows.items():
             cells = "".join(
                 f"{v:>11.1f}" if c.startswith("ess") else f"{v:>11.4g}" for c, v in row.items()
             )
-            lines.append(f"{name:<{width}}{cells}")
+            lines.append((f"{key[0]:>7}  " if batched else "") + f"{labels[key]:<{width}}{cells}")
         lines.append(f"divergences: {self.divergences}")
         return "\n".join(lines)
 

@@ -6,16 +6,19 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from ..errors import InferenceError
+from ..batch import BatchedProgram
+from ..errors import InferenceError, ShapeError
 from ..program import Program
-from ._jit import inference_jit
+from ._jit import inference_jit, run_once_jit
 from ._target import (
     Target,
     check_finite_start,
     check_program,
     constrained_init,
+    group_sizes,
     init_vector,
     layout_of,
     names_of,
@@ -270,10 +273,70 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
         >>> [round(float(v), 4) for v in res.x], bool(res.converged)
         ([2.0, 2.0, 2.0], True)
     """
+    if isinstance(f, BatchedProgram):
+        return _fit_batched(f, x0, method, maxiter, tol, valid, learning_rate)
     res, start_ok, target, z0 = _fit_unchecked(f, x0, method, maxiter, tol, valid, learning_rate)
     if not isinstance(start_ok, jax.core.Tracer) and not bool(start_ok):
         check_finite_start(target, z0, "fit")  # compiled only now, to name the params
     return res
+
+
+def _fit_batched_impl(F, z0, method, maxiter, tol, learning_rate, layout, valid):
+    def one(arrays, z0):
+        target = Target(F.member_of(arrays), unconstrained=valid, density=False)
+        return _fit_impl(target, z0, method, maxiter, tol, learning_rate, layout)
+
+    return jax.vmap(one, in_axes=(F.in_axes, 0))(F.arrays, z0)
+
+
+_fit_batched_jit = inference_jit(_fit_batched_impl)
+
+
+@run_once_jit
+def _to_z_batched(F, x0):
+    return jax.vmap(lambda a, x: Target(F.member_of(a), unconstrained=True).to_z(x),
+                    in_axes=(F.in_axes, 0))(F.arrays, x0)
+
+
+def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate):
+    """`fit` of every dataset of a `BatchedProgram` at once: ``jax.vmap`` of the same
+    loop, each dataset with its own optimizer state and stopping test (a finished
+    dataset's state stops changing while the others run on)."""
+    if method not in _METHODS:
+        raise InferenceError(f"fit: method must be one of {_METHODS}, got {method!r}.")
+    _check_options(maxiter, tol)
+    if learning_rate is not None and method == "lbfgs":
+        raise InferenceError(
+            f"fit: learning_rate={learning_rate!r} is Adam's step size; L-BFGS sets its own "
+            "step by its line search. Leave learning_rate out, or use method='adam'."
+        )
+    if learning_rate is None and method == "adam":
+        learning_rate = 1e-2
+    member = F[0]
+    check_program(member, "fit")
+    n = int(sum(group_sizes(member)))
+    x0 = _join_groups(F.init) if x0 is None else x0
+    x0 = jnp.asarray(x0)
+    x0 = jnp.asarray(x0, x0.dtype if jnp.issubdtype(x0.dtype, jnp.inexact) else jnp.zeros(()).dtype)
+    if x0.shape != (len(F), n):
+        raise ShapeError(
+            f"fit: x0 has shape {tuple(x0.shape)}, expected ({len(F)}, {n}): one start per "
+            f"dataset, laid out as {names_of(layout_of(member, n))}."
+        )
+    z0 = _to_z_batched(F, x0) if (valid and not F.valid) else x0
+    layout = layout_of(member, n)
+    res, start_ok = _fit_batched_jit(F, z0, method, int(maxiter), float(tol), learning_rate, layout,
+                                     bool(valid))
+    bad = np.flatnonzero(~np.asarray(start_ok))
+    if bad.size:
+        k = int(bad[0])
+        check_finite_start(Target(F[k], unconstrained=valid, density=False), z0[k],
+                           f"fit (dataset {k} of {len(F)}; {bad.size} with a non-finite start)")
+    return res
+
+
+def _join_groups(parts):
+    return parts if not isinstance(parts, tuple) else jnp.concatenate(parts, axis=-1)
 
 
 def _check_options(maxiter, tol):

@@ -5,9 +5,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InferenceError
+from ..batch import BatchedProgram
+from ..errors import InferenceError, ShapeError
 from ..program import Program
-from ._target import Target, check_program, joined_rows, layout_of, names_of, start_vector
+from ._target import (
+    Target,
+    check_program,
+    group_sizes,
+    joined_rows,
+    layout_of,
+    names_of,
+    start_vector,
+)
 from ._jit import run_once_jit
 
 __all__ = ["laplace", "Laplace"]
@@ -35,7 +44,8 @@ class Laplace(eqx.Module):
         return iter((self.mean, self.cov, self.sigma))
 
     def sample(self, key, shape=()):
-        """Draws from ``N(mean, cov)``, shaped ``shape + mean.shape``.
+        """Draws from ``N(mean, cov)``, shaped ``shape + mean.shape`` (for a batched
+        Laplace, ``shape + (N, n)``: each dataset's own Gaussian).
 
         Example:
             >>> import caskax as cx, jax, jax.numpy as jnp
@@ -43,16 +53,19 @@ class Laplace(eqx.Module):
             >>> lap.sample(jax.random.key(0), (5,)).shape
             (5, 2)
         """
+        shape = tuple(shape) + tuple(self.mean.shape[:-1])  # a batched Laplace: one per dataset
         return jax.random.multivariate_normal(key, self.mean, self.cov, shape, method="eigh")
 
 
-@run_once_jit
-def _hessian(target, x):
+def _hessian_of(target, x):
     # Forward-over-reverse, one Hessian-vector product per basis vector, batched: the
     # arithmetic of jax.hessian, but XLA compiled it in 0.7x the time (1.7 s vs 2.4 s
     # for the worked example's stage-3 model on 2 CPU cores).
     grad = jax.grad(target.logdensity)
     return jax.vmap(lambda v: jax.jvp(grad, (x,), (v,))[1])(jnp.eye(x.shape[0], dtype=x.dtype))
+
+
+_hessian = run_once_jit(_hessian_of)
 
 
 def _resolve_subset(f, subset, names) -> list:
@@ -128,11 +141,24 @@ def laplace(f, x, subset=None) -> Laplace:
         >>> [round(s, 4) for s in cx.laplace(f, jnp.zeros(2)).sigma.tolist()]
         [1.0, 3.0]
     """
+    if isinstance(f, BatchedProgram):
+        return _laplace_batched(f, x, subset)
     check_program(f, "laplace")
     x = start_vector(f, x, "laplace")
     names = names_of(layout_of(f, int(x.shape[0])))
     # f itself, no prior; a Program's param groups as one vector
     hess = np.asarray(_hessian(Target(f, unconstrained=False, density=False), x), dtype=np.float64)
+    cov = _cov(hess, names)
+    mean = np.asarray(x)
+    if subset is not None:
+        idx = _resolve_subset(f, list(subset), names)
+        mean, cov, names = mean[idx], cov[np.ix_(idx, idx)], [names[i] for i in idx]
+    return _result(mean, cov, names, x.dtype)
+
+
+def _cov(hess: np.ndarray, names: list) -> np.ndarray:
+    """``inv(-hess)`` (float64) through the Cholesky factor of ``-hess`` scaled to unit
+    diagonal; an `InferenceError` naming entries if ``-hess`` is not positive definite."""
     a = -0.5 * (hess + hess.T)
     diag = np.diag(a)
     if not (np.all(np.isfinite(a)) and np.all(diag > 0)):
@@ -143,13 +169,44 @@ def laplace(f, x, subset=None) -> Laplace:
     except np.linalg.LinAlgError:
         raise _not_definite(a, names) from None
     inv_chol = np.linalg.solve(chol, np.eye(len(a)))
-    cov = (inv_chol.T @ inv_chol) * d[:, None] * d[None, :]
-    mean = np.asarray(x)
+    return (inv_chol.T @ inv_chol) * d[:, None] * d[None, :]
+
+
+@run_once_jit
+def _hessians(F, x):
+    return jax.vmap(lambda a, x: _hessian_of(Target(F.member_of(a), unconstrained=False, density=False), x),
+                    in_axes=(F.in_axes, 0))(F.arrays, x)
+
+
+def _laplace_batched(F, x, subset):
+    """`laplace` of every dataset of a `BatchedProgram` at its row of ``x``: the
+    Hessians in one vmapped program, each inverted on its own."""
+    member = F[0]
+    check_program(member, "laplace")
+    n = int(sum(group_sizes(member)))
+    x = jnp.asarray(x)
+    if x.shape != (len(F), n) or not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise ShapeError(
+            f"laplace: x has shape {tuple(x.shape)} ({x.dtype}), expected floats of shape "
+            f"({len(F)}, {n}): one point per dataset, e.g. cx.fit(F).x."
+        )
+    names = names_of(layout_of(member, n))
+    hess = np.asarray(_hessians(F, x), dtype=np.float64)
+    covs = []
+    for k in range(len(F)):
+        try:
+            covs.append(_cov(hess[k], names))
+        except InferenceError as err:
+            raise InferenceError(f"laplace, dataset {k} of {len(F)}: {err}") from None
+    cov, mean = np.stack(covs), np.asarray(x)
     if subset is not None:
-        idx = _resolve_subset(f, list(subset), names)
-        mean, cov, names = mean[idx], cov[np.ix_(idx, idx)], [names[i] for i in idx]
-    dtype = x.dtype
-    sigma = np.sqrt(np.diag(cov))  # numpy: no compile for a few small ops
+        idx = _resolve_subset(member, list(subset), names)
+        mean, cov, names = mean[:, idx], cov[:, idx][:, :, idx], [names[i] for i in idx]
+    return _result(mean, cov, names, x.dtype)
+
+
+def _result(mean, cov, names, dtype) -> "Laplace":
+    sigma = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))  # numpy: no compile for a few small ops
     # cast in numpy and device_put: jnp.asarray compiles a cast or copy per shape
     put = jax.device_put
     return Laplace(put(mean.astype(dtype)), put(cov.astype(dtype)), put(sigma.astype(dtype)),

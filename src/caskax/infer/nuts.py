@@ -15,6 +15,7 @@ argument, so a second run on the same Program (or one with new data of the same
 shapes) reuses compiled code.
 """
 
+import dataclasses
 import functools
 import math
 import threading
@@ -27,16 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..errors import CaskaxWarning, InferenceError
+from ..batch import BatchedProgram
+from ..errors import CaskaxWarning, InferenceError, ShapeError
 from .chains import Chains, _check_layout
-from .fit import _fit_unchecked
-from .laplace import laplace
+from .fit import _fit_impl, _fit_unchecked
+from .laplace import _cov, _hessian_of, laplace
 from ._target import (
     Target,
     check_finite_start,
     check_program,
     constrained_init,
+    group_sizes,
     layout_of,
+    names_of,
     start_vector,
 )
 from ._jit import inference_jit, run_once_jit
@@ -119,11 +123,13 @@ def _dual_averaging():
     return _blackjax().adaptation.step_size.dual_averaging_adaptation(0.8)
 
 
-def _fresh_da(num_chains, dtype):
-    """Host placeholders of the runner's dual-averaging state, ``[num_chains, ...]``;
-    a block with ``fresh`` set replaces them with blackjax's initial state."""
+def _fresh_da(lead, dtype):
+    """Host placeholders of the runner's dual-averaging state, ``[*lead, ...]`` (``lead``
+    the chain count, or ``(datasets, chains)``); a block with ``fresh`` set replaces
+    them with blackjax's initial state."""
+    lead = (lead,) if isinstance(lead, (int, np.integer)) else tuple(lead)
     shapes = jax.eval_shape(_dual_averaging()[0], jax.ShapeDtypeStruct((), dtype))
-    return jax.tree.map(lambda a: np.zeros((num_chains,) + a.shape, a.dtype), shapes)
+    return jax.tree.map(lambda a: np.zeros(lead + a.shape, a.dtype), shapes)
 
 
 def _start_state(target, z, fallback):
@@ -210,15 +216,22 @@ def _sharded(fn, target, args, cfg, mesh):
     return mapped(dynamic, *args)
 
 
+def _over_datasets(fn, target, args, cfg):
+    # a _BatchedTarget: each dataset's chains vectorized, the datasets vmapped around them
+    F = target.F
+    return jax.vmap(lambda arrays, *a: _vectorized(fn, target.member(arrays), a, cfg),
+                    in_axes=(F.in_axes,) + (0,) * len(args))(F.arrays, *args)
+
+
 # The chain mappers of the programs of many steps (warmup, draws).
 _MAPS = {"vectorized": inference_jit(_vectorized), "sequential": inference_jit(_single),
-         "sharded": inference_jit(_sharded)}
+         "sharded": inference_jit(_sharded), "datasets": inference_jit(_over_datasets)}
 
 
 def _mapped_call(fn, target, args, cfg, chain_method, mesh):
     """``(jitted, call arguments)`` of ``fn`` mapped over all chains at once."""
-    if chain_method == "vectorized":
-        return _MAPS["vectorized"], (fn, target, tuple(args), cfg)
+    if chain_method in ("vectorized", "datasets"):
+        return _MAPS[chain_method], (fn, target, tuple(args), cfg)
     # every call's per-chain inputs placed alike (host arrays and earlier outputs), so
     # that the runner compiles once; from the host this is a plain transfer
     args = jax.device_put(tuple(args), NamedSharding(mesh, PartitionSpec("chains")))
@@ -365,10 +378,10 @@ class _Runner:
         otherwise (the Laplace step failed), the first call compiles as usual."""
         if self.chains_map["chain_method"] == "sequential":
             return
-        num_chains, dtype = z.shape[0], z.dtype
-        args = (z, z, _fresh_da(num_chains, dtype), np.ones(num_chains, bool), keys,
-                np.zeros(num_chains, np.int32), np.zeros((num_chains, self.block, self.cfg.thin), np.int32),
-                np.ones(num_chains, dtype), imm)
+        lead, dtype = z.shape[:-1], z.dtype
+        args = (z, z, _fresh_da(lead, dtype), np.ones(lead, bool), keys,
+                np.zeros(lead, np.int32), np.zeros(lead + (self.block, self.cfg.thin), np.int32),
+                np.ones(lead, dtype), imm)
 
         def work():
             try:
@@ -387,15 +400,17 @@ class _Runner:
             self.compiling = None
 
     def run(self, z, fallback, da, fresh, keys, modes, step_size, imm, bar, keep):
-        """``modes`` ``[chains, rows, thin]`` (numpy) from positions ``z`` and raw
-        per-chain ``keys``; ``fresh`` (per chain) restarts the dual averaging."""
+        """``modes`` ``[*lead, rows, thin]`` (numpy; ``lead`` is ``(chains,)`` or
+        ``(datasets, chains)``) from positions ``z`` and raw per-chain ``keys``;
+        ``fresh`` (per chain) restarts the dual averaging."""
         self.wait()
         done = (z, da, [])  # replaced whole after each block: consistent if interrupted
         try:
-            for start in range(0, modes.shape[1], self.block):
+            axis = modes.ndim - 2  # the rows of draws
+            for start in range(0, modes.shape[axis], self.block):
                 z, da, parts = done
-                rows = modes[:, start:start + self.block]
-                first = np.full(modes.shape[0], start * modes.shape[2], np.int32)
+                rows = modes[..., start:start + self.block, :]
+                first = np.full(modes.shape[:axis], start * modes.shape[-1], np.int32)
                 (z, da), out = _map_chains(
                     _run_one, self.target, (z, fallback, da, fresh, keys, first, rows, step_size, imm),
                     self.cfg, **self.chains_map,
@@ -405,7 +420,7 @@ class _Runner:
                 # later blocks start where the last one ended, at a finite log-density
                 fallback, fresh = z, np.zeros_like(fresh)
                 if bar is not None:  # warmup counts steps, sampling counts draws
-                    bar.update(min(out.x.shape[1] * (1 if keep else self.cfg.thin), bar.total - bar.n))
+                    bar.update(min(out.x.shape[axis] * (1 if keep else self.cfg.thin), bar.total - bar.n))
         except KeyboardInterrupt as err:
             err.caskax_done = done  # the blocks finished before Ctrl-C, for nuts to keep
             raise
@@ -418,14 +433,14 @@ class _Runner:
         """Dual averaging of the step size with the mass matrix ``imm`` fixed (Stan's
         fast window), padded to whole blocks with idle steps: one compile with draws.
         Returns ``(position, da, step size)``."""
-        num_chains, thin = z0.shape[0], self.cfg.thin
-        da = _fresh_da(num_chains, z0.dtype)
+        lead, thin = z0.shape[:-1], self.cfg.thin
+        da = _fresh_da(lead, z0.dtype)
         rows = -(-num_warmup // (self.block * thin)) * self.block
         steps = np.arange(rows * thin).reshape(rows, thin)
         modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
-                                (num_chains, rows, thin))
-        unused = np.ones((num_chains,), z0.dtype)  # the step size comes from `da` here
-        fresh = np.ones((num_chains,), bool)
+                                lead + (rows, thin))
+        unused = np.ones(lead, z0.dtype)  # the step size comes from `da` here
+        fresh = np.ones(lead, bool)
         bar = _progress_bar(progress, num_warmup, "warmup")
         z, da, _ = self.run(z0, fallback, da, fresh, keys, modes, unused, imm, bar, keep=False)
         return z, da, np.exp(np.asarray(da.log_step_size_avg)).astype(z0.dtype)
@@ -434,11 +449,10 @@ class _Runner:
 def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map, impl):
     """blackjax's window adaptation (``seeds`` seed its mass matrix when given):
     ``(position, step size, inverse mass matrix)``."""
-    num_chains, n = z0.shape
     seeded = seeds is not None
     if not seeded:
-        seeds = np.ones((num_chains, n), z0.dtype)
-    cfg = _Warmup(int(num_warmup), seeds.ndim == 3, seeded, impl)
+        seeds = np.ones(z0.shape, z0.dtype)
+    cfg = _Warmup(int(num_warmup), seeds.ndim == z0.ndim + 1, seeded, impl)
     bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
     z, step_size, imm = _map_chains(
         _warmup_one, target, (keys, z0, seeds), cfg, **chains_map
@@ -452,12 +466,12 @@ def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map, im
 
 def _imm_like(z0, inverse_mass_matrix):
     """Zeros shaped like the per-chain inverse mass matrices the draws will use."""
-    num_chains, n = z0.shape
+    n = z0.shape[-1]
     if isinstance(inverse_mass_matrix, str):
         dense = n <= _DENSE_MAX
     else:
         dense = inverse_mass_matrix is not None and np.ndim(inverse_mass_matrix) == 2
-    return np.zeros((num_chains, n, n) if dense else (num_chains, n), z0.dtype)
+    return np.zeros(z0.shape + (n,) if dense else z0.shape, z0.dtype)
 
 
 def _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix):
@@ -580,6 +594,9 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         >>> chains.samples.shape
         (2, 100, 2)
     """
+    if isinstance(f, BatchedProgram):
+        return _nuts_batched(f, key, x0, num_warmup, num_samples, num_chains, progress, valid,
+                             inverse_mass_matrix, chain_method, thin, resume)
     check_program(f, "nuts")
     if resume is not None:
         if num_chains is not None and num_chains != resume.num_chains:
@@ -634,16 +651,27 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
         finally:
             runner.wait()  # no compile left running after an error either
 
-    # Draws, in blocks; the per-step keys do not depend on the blocking.
-    modes = np.full((num_chains, num_samples, thin), _DRAW, np.int32)
+    layout = layout_of(f, int(z.shape[-1]))
+    return _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progress,
+                 layout, target.unconstrained, num_warmup, resume)
+
+
+def _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progress, layout,
+          unconstrained, num_warmup, resume):
+    """The draws, in blocks (the per-step keys do not depend on the blocking), as
+    `Chains` after ``resume``'s draws. A Ctrl-C keeps the finished blocks as
+    ``err.chains``."""
+    lead = tuple(np.shape(z)[:-1])  # (chains,) or (datasets, chains)
+    axis = len(lead)
+    modes = np.full(lead + (num_samples, runner.cfg.thin), _DRAW, np.int32)
     bar = _progress_bar(progress, num_samples, "sampling")
-    fresh = np.zeros((num_chains,), bool)
+    fresh = np.zeros(lead, bool)
 
     def chains_of(z, parts):
-        n = int(np.shape(z)[-1])
-        empty = _Draw(np.zeros((num_chains, 0, n), np.asarray(z).dtype), *(
-            np.zeros((num_chains, 0), t) for t in (np.asarray(z).dtype, bool, np.int32, np.asarray(z).dtype)))
-        out = _Draw(*(np.concatenate(p, axis=1) for p in zip(*parts))) if parts else empty
+        z = np.asarray(z)
+        empty = _Draw(np.zeros(lead + (0, z.shape[-1]), z.dtype),
+                      *(np.zeros(lead + (0,), t) for t in (z.dtype, bool, np.int32, z.dtype)))
+        out = _Draw(*(np.concatenate(p, axis=axis) for p in zip(*parts))) if parts else empty
         chains = Chains(
             samples=out.x,
             log_density=out.log_density,
@@ -652,9 +680,9 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
             acceptance_rate=out.acceptance_rate,
             step_size=np.asarray(step_size),
             inverse_mass_matrix=np.asarray(imm),
-            last_position=np.asarray(z),
-            layout=layout_of(f, n),
-            unconstrained=target.unconstrained,
+            last_position=z,
+            layout=layout,
+            unconstrained=unconstrained,
             num_warmup=int(num_warmup),
         )
         return resume.concatenate(chains) if resume is not None else chains
@@ -688,3 +716,233 @@ def _check_resumed_kernel(resume: Chains):
             "space to continue from). Chains.from_arrays(..., unconstrained=True) needs f= to "
             "map its last draws there, or last_position= given."
         )
+
+
+# -- batched Programs: N datasets, each its own chains and kernel --------------------------------------
+class _BatchedTarget(eqx.Module):
+    """A `BatchedProgram` seen from the sampler: `member` gives one dataset's `Target`
+    from that dataset's slice of ``F``'s arrays (inside ``jax.vmap``)."""
+
+    F: BatchedProgram
+    unconstrained: bool = eqx.field(static=True)
+
+    def member(self, arrays) -> Target:
+        return Target(self.F.member_of(arrays), unconstrained=self.unconstrained)
+
+    def over_datasets(self, fn, *args):
+        """``fn(target_k, *args_k)`` for every dataset ``k`` (args with a leading
+        dataset axis), vmapped."""
+        return jax.vmap(lambda a, *xs: fn(self.member(a), *xs),
+                        in_axes=(self.F.in_axes,) + (0,) * len(args))(self.F.arrays, *args)
+
+
+@run_once_jit
+def _keys_batched(keys, num_chains):
+    return jax.vmap(lambda k: _keys.__wrapped__(k, num_chains))(keys)
+
+
+@run_once_jit
+def _to_z_datasets(bt, x0):
+    return bt.over_datasets(lambda t, x: jax.vmap(t.to_z)(x), x0)
+
+
+@run_once_jit
+def _finite_datasets(bt, z):
+    def one(t, zs):
+        def ok(z):
+            value, grad = jax.value_and_grad(t.logdensity)(z)
+            return jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+        return jax.vmap(ok)(zs)
+
+    return bt.over_datasets(one, z)
+
+
+def _check_finite_datasets(bt, z, what):
+    """Name the first dataset whose start (``z`` ``[N, C, n]``) has a non-finite
+    log-density or gradient, with its params."""
+    ok = np.asarray(_finite_datasets(bt, z))
+    bad = np.argwhere(~ok)
+    if bad.size:
+        k = int(bad[0][0])
+        check_finite_start(Target(bt.F[k], unconstrained=bt.unconstrained), np.asarray(z)[k],
+                           f"{what} (dataset {k} of {len(bt.F)})")
+
+
+def _seed_fit_impl(bt, z0, layout):
+    # nuts's Laplace path on each dataset: the fit of its log-density from its first
+    # start, as `_laplace_seed` runs it (`_fit_unchecked` on `target.logdensity`)
+    def one(t, z):
+        inner = Target(t.logdensity, unconstrained=False, density=False)
+        res, ok = _fit_impl(inner, z, "lbfgs", 1000, 1e-6, None, layout)
+        return res.x, res.value, ok
+
+    return bt.over_datasets(one, z0)
+
+
+_seed_fit = inference_jit(_seed_fit_impl)
+
+
+@run_once_jit
+def _seed_hessians(bt, x):
+    return bt.over_datasets(
+        lambda t, x: _hessian_of(Target(t.logdensity, unconstrained=False, density=False), x), x)
+
+
+def _laplace_seed_batched(bt, z0, per_chain, normals, dense):
+    """`_laplace_seed` for every dataset: ``(starts, seeds, fallback, failed)`` with
+    ``failed`` the datasets whose fit or Laplace step failed (sampled on their own)."""
+    n = z0.shape[-1]
+    layout = tuple((f"x[{i}]", ()) for i in range(n))
+    mode, value, start_ok = (np.asarray(a) for a in _seed_fit(bt, z0[:, 0], layout))
+    if not np.all(start_ok) or per_chain:
+        _check_finite_datasets(bt, z0 if per_chain else z0[:, :1], "nuts")
+    hess = np.asarray(_seed_hessians(bt, mode), np.float64)
+    names = names_of(layout)
+    starts, seeds, fallback, failed = z0.copy(), [], np.broadcast_to(mode[:, None], z0.shape).copy(), []
+    for k in range(z0.shape[0]):
+        try:
+            if not np.isfinite(value[k]):
+                raise InferenceError("the fit to the mode returned a non-finite log-density")
+            cov = _cov(hess[k], names)
+        except InferenceError:
+            failed.append(k)
+            seeds.append(np.eye(n) if dense else np.ones(n))
+            continue
+        if not per_chain:
+            try:
+                chol = np.linalg.cholesky(cov)
+                starts[k] = (mode[k] + np.asarray(normals[k], np.float64) @ chol.T).astype(z0.dtype)
+            except np.linalg.LinAlgError:
+                starts[k] = fallback[k]
+        seeds.append(cov if dense else np.diag(cov))
+    seeds = np.stack(seeds).astype(z0.dtype)
+    seeds = np.broadcast_to(seeds[:, None], z0.shape[:2] + seeds.shape[1:]).copy()
+    return starts, seeds, fallback, failed
+
+
+def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, valid,
+                  inverse_mass_matrix, chain_method, thin, resume) -> Chains:
+    """`nuts` on every dataset of a `BatchedProgram`: dataset ``k`` is sampled as
+    ``nuts(F[k], jax.random.split(key, N)[k], ...)`` would sample it, all datasets and
+    chains in one vmapped program. Returns `Chains` with a leading dataset axis."""
+    N = len(F)
+    member = F[0]
+    check_program(member, "nuts")
+    if chain_method != "vectorized":
+        raise InferenceError(
+            f"nuts: a batched Program maps its datasets and chains with jax.vmap; "
+            f"chain_method={chain_method!r} is not available for it (use 'vectorized')."
+        )
+    if resume is not None:
+        if resume.samples.ndim != 4 or resume.samples.shape[0] != N:
+            raise InferenceError(
+                f"nuts: resuming a batched Program of {N} datasets needs Chains with samples "
+                f"[{N}, chains, draws, n], got shape {resume.samples.shape}."
+            )
+        if num_chains is not None and num_chains != resume.num_chains:
+            raise InferenceError(
+                f"nuts: num_chains={num_chains!r} but the resumed Chains hold {resume.num_chains} "
+                "chains; a resumed run continues each of its chains. Leave num_chains out."
+            )
+        num_chains = resume.num_chains
+    elif num_chains is None:
+        num_chains = 4
+    for name, value, low in (("num_samples", num_samples, 1), ("num_chains", num_chains, 1),
+                             ("thin", thin, 1), ("num_warmup", num_warmup, 0)):
+        if int(value) != value or value < low:
+            raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
+    n = int(sum(group_sizes(member)))
+    layout = layout_of(member, n)
+    bt = _BatchedTarget(F, Target(member, unconstrained=valid).unconstrained)
+    impl = str(jax.random.key_impl(key))
+    dataset_keys = jax.random.split(key, N)
+    chains_map = dict(chain_method="datasets", mesh=None)
+    runner = _Runner(bt, _block_size(num_samples), _Sampling(int(thin), impl), chains_map)
+    failed = []
+
+    if resume is not None:
+        _check_layout(resume, layout, bt.unconstrained)
+        z0 = np.asarray(resume.last_position)
+        _, _, draw_keys = (np.asarray(a) for a in _keys_batched(dataset_keys, num_chains))
+        step_size = np.asarray(resume.step_size, dtype=z0.dtype)
+        imm = np.asarray(resume.inverse_mass_matrix, dtype=z0.dtype)
+        _check_resumed_kernel(resume)
+        _check_finite_datasets(bt, z0, "nuts (resume)")
+        z, fallback, da, num_warmup = z0, z0, _fresh_da(z0.shape[:-1], z0.dtype), 0
+    else:
+        laplace_path = isinstance(inverse_mass_matrix, str)
+        if laplace_path and inverse_mass_matrix != "laplace":
+            raise InferenceError(
+                f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
+            )
+        if x0 is None:
+            init = F.init
+            init = jnp.concatenate(init, axis=-1) if isinstance(init, tuple) else init
+            x0 = F.from_valid(init) if F.valid else init
+        x0 = np.asarray(x0)
+        if x0.shape not in ((N, n), (N, num_chains, n)) or not np.issubdtype(x0.dtype, np.inexact):
+            raise ShapeError(
+                f"nuts: x0 has shape {x0.shape} ({x0.dtype}), expected floats of shape ({N}, {n}) "
+                f"(one start per dataset) or ({N}, {num_chains}, {n}) (one per chain), laid out "
+                f"as {names_of(layout)}."
+            )
+        per_chain = x0.ndim == 3
+        given = x0
+        z0 = np.asarray(_to_z_datasets(bt, x0 if per_chain else np.broadcast_to(x0[:, None], (N, num_chains, n))))
+        if not laplace_path:
+            _check_finite_datasets(bt, z0 if per_chain else z0[:, :1], "nuts")
+        start_keys, warm_keys, draw_keys = (np.asarray(a) for a in _keys_batched(dataset_keys, num_chains))
+        normals = np.stack([_normals(k, num_chains, n) for k in start_keys])
+        runner.compile_ahead(z0, _imm_like(z0, inverse_mass_matrix), warm_keys)
+        try:
+            if laplace_path:
+                z0, seeds, fallback, failed = _laplace_seed_batched(bt, z0, per_chain, normals,
+                                                                    dense=n <= _DENSE_MAX)
+            else:
+                _, seed, _ = _metric_seed(Target(member, unconstrained=valid), z0[0], per_chain,
+                                          normals[0], inverse_mass_matrix)
+                seeds = None if seed is None else np.broadcast_to(seed, z0.shape[:2] + seed.shape).copy()
+                fallback = z0
+            if laplace_path and num_warmup > 0:
+                z, da, step_size = runner.adapt_step_size(z0, fallback, seeds, warm_keys, num_warmup, progress)
+                imm = seeds
+            else:
+                z, step_size, imm = _window_warmup(bt, z0, seeds, warm_keys, num_warmup, progress,
+                                                   chains_map, impl)
+                fallback, da = z, _fresh_da(z0.shape[:-1], z0.dtype)
+        except KeyboardInterrupt as err:
+            err.chains = None  # no draws and no adapted kernel yet
+            raise
+        finally:
+            runner.wait()
+    chains = _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progress,
+                   layout, bt.unconstrained, num_warmup, resume)
+    if failed:
+        chains = _sample_alone(chains, F, dataset_keys, failed, given, num_warmup, num_samples,
+                               num_chains, valid, thin)
+    return chains
+
+
+def _sample_alone(chains, F, dataset_keys, failed, x0, num_warmup, num_samples, num_chains,
+                  valid, thin):
+    """Datasets whose Laplace step failed fall back, as `nuts` on one Program does, to
+    window adaptation; they run on their own and replace their rows of ``chains``."""
+    warnings.warn(
+        f"nuts: inverse_mass_matrix='laplace' failed on datasets {failed[:10]}"
+        f"{' ...' if len(failed) > 10 else ''} of {len(F)}; those adapt from the identity, "
+        "sampled one by one.", CaskaxWarning, stacklevel=3,
+    )
+    fields = {k: np.array(getattr(chains, k)) for k in (
+        "samples", "log_density", "divergences", "num_steps", "acceptance_rate", "step_size",
+        "inverse_mass_matrix", "last_position")}
+    for k in failed:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CaskaxWarning)  # said once above for all
+            alone = nuts(F[k], dataset_keys[k], x0[k], num_warmup=num_warmup, num_samples=num_samples,
+                         num_chains=num_chains, progress=False, valid=valid, thin=thin)
+        for name, dest in fields.items():
+            value = np.asarray(getattr(alone, name))
+            if dest.ndim == value.ndim + 2:  # a diagonal mass matrix in a dense batch
+                value = np.stack([np.diag(v) for v in value])
+            dest[k] = value
+    return dataclasses.replace(chains, **fields)

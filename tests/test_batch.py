@@ -1,0 +1,287 @@
+"""cx.batch: N datasets of one model as one batched Program, and cx.fit / cx.laplace /
+cx.nuts solving the N problems independently, each as a separate run would."""
+
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import run_python
+
+import caskax as cx
+
+
+class Line(cx.Module):
+    """Data ``y`` with unknown mean ``a`` and scale ``s`` (valid (0, inf))."""
+
+    a: cx.Param
+    s: cx.Param
+    y: jax.Array
+    weight: float
+
+    def __init__(self, y, a0=0.0, weight=1.0, name="line"):
+        super().__init__(name)
+        self.a = cx.Param("a", a0, dynamic=True)
+        self.s = cx.Param("s", 1.0, valid=(0, None), dynamic=True)
+        self.y = jnp.asarray(y, jnp.float32)
+        self.weight = float(weight)
+
+    @cx.forward
+    def loglike(self, a, s):
+        return self.weight * jnp.sum(-0.5 * ((self.y - a) / s) ** 2 - jnp.log(s))
+
+
+YS = (np.random.default_rng(0).normal(size=(3, 20)) * np.array([[1.0], [2.0], [0.5]])
+      + np.array([[0.0], [3.0], [-1.0]])).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def programs():
+    return [cx.compile(Line(y, a0=0.1 * k, weight=1.0 + k), "loglike") for k, y in enumerate(YS)]
+
+
+@pytest.fixture(scope="module")
+def F(programs):
+    return cx.batch(programs)
+
+
+# -- building ---------------------------------------------------------------------------------------
+def test_batched_program_evaluates_each_member(programs, F):
+    X = np.array([[0.5, 0.2], [1.0, -0.3], [-2.0, 0.4]], np.float32)
+    assert len(F) == 3 and F.names == programs[0].names and F.layout == programs[0].layout
+    np.testing.assert_allclose(F(X), [float(f(x)) for f, x in zip(programs, X)], rtol=1e-6)
+    np.testing.assert_allclose(F.init, np.stack([f.init for f in programs]))
+    assert F.init.shape == (3, 2)
+    for k, f in enumerate(programs):
+        np.testing.assert_allclose(F[k](X[k]), f(X[k]), rtol=1e-6)
+    # data, start values and the differing Python number are stacked; nothing else is
+    assert sorted(a.shape for a, ax in zip(F.arrays, F.in_axes) if ax == 0) == [(3,), (3,), (3, 20)]
+
+
+def test_equal_arrays_are_held_once(programs):
+    same = [cx.compile(Line(YS[0]), "loglike") for _ in range(4)]
+    G = cx.batch(same)
+    assert all(ax is None for ax in G.in_axes)  # every array equal: nothing stacked
+    np.testing.assert_allclose(G(np.ones((4, 2), np.float32)), float(same[0](np.ones(2, np.float32))))
+
+
+def test_new_data_reuses_the_compiled_call(programs, F):
+    traces = []
+
+    @jax.jit
+    def run(F, X):
+        traces.append(1)
+        return F(X)
+
+    X = np.ones((3, 2), np.float32)
+    run(F, X)
+    G = cx.batch([cx.compile(Line(y + 1.0, a0=0.2 * k, weight=2.0 + k), "loglike") for k, y in enumerate(YS)])
+    np.testing.assert_allclose(run(G, X), G(X))
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (lambda: cx.compile(Line(YS[0]).to_static("s"), "loglike"), r"programs\[0\] has 2 dynamic params, programs\[1\] has 1 \(first unmatched: 's'\)"),
+        (lambda: cx.compile(Line(YS[0, :10]), "loglike"), r"'y' has shape \(20,\) float32 in programs\[0\] and \(10,\)"),
+        (lambda: cx.compile(Line(YS[0], name="other"), "loglike"), r"'line\.a' at 'a'.*'other\.a' at 'a'"),
+    ],
+    ids=["dynamic params", "data shape", "module name"],
+)
+def test_a_different_structure_names_the_first_difference(programs, other, match):
+    with pytest.raises(cx.GraphError, match=match):
+        cx.batch([programs[0], other()])
+
+
+def test_bad_batch_arguments(programs):
+    with pytest.raises(cx.GraphError, match="at least one Program"):
+        cx.batch([])
+    with pytest.raises(cx.GraphError, match=r"programs\[1\] is a Line"):
+        cx.batch([programs[0], Line(YS[0])])
+    with pytest.raises(cx.GraphError, match="needs the arrays to swap"):
+        cx.batch(programs[0])
+
+
+# -- the fast path ------------------------------------------------------------------------------------
+def test_swapping_arrays_equals_building_each_program(programs, F):
+    G = cx.batch(programs[0], {"y": YS, "a": [0.0, 0.1, 0.2], "weight": [1.0, 2.0, 3.0]})
+    X = np.array([[0.5, 0.2], [1.0, -0.3], [-2.0, 0.4]], np.float32)
+    np.testing.assert_allclose(G(X), F(X), rtol=1e-6)
+    np.testing.assert_allclose(G.init, F.init)
+    H = cx.batch(programs[0], y=YS)  # keywords for plain field names
+    np.testing.assert_allclose(H(X), [float(cx.compile(Line(y, weight=1.0), "loglike")(x)) for y, x in zip(YS, X)],
+                               rtol=1e-6)
+
+
+def test_swapping_a_shared_param_changes_every_copy():
+    # the stage-2 model: one galaxy node inside five image models; its q is dynamic,
+    # so the swap gives each dataset its own start value
+    from caskax.examples.stages import mock_data, stage2_model
+
+    data = mock_data(n_pix=12)
+    module = stage2_model(data)
+    f = cx.compile(module)
+    qs = np.array([0.5, 0.7], np.float32)
+    G = cx.batch(f, {"model.models[0].models[1].q": qs})
+    q_entry = f.names.index("Galaxy.q")
+    np.testing.assert_allclose(G.init[:, q_entry], qs)
+    for k, q in enumerate(qs):
+        edited = cx.compile(module.set("model.models[0].models[1].q", q))
+        np.testing.assert_allclose(G[k].init, edited.init)
+        np.testing.assert_allclose(G[k](G.init[k]), edited(edited.init), rtol=1e-6)
+        # every image model holds the same q
+        assert {float(m.models[1].q.value) for m in G[k].module.model.models} == {float(q)}
+
+
+def test_swap_errors_name_the_paths(programs):
+    with pytest.raises(cx.GraphError, match=r"no array at 'nope'.*'a', 's', 'weight', 'y'"):
+        cx.batch(programs[0], nope=np.zeros((2, 20)))
+    with pytest.raises(cx.ShapeError, match=r"'y' holds shape \(20,\).*got \(2, 19\)"):
+        cx.batch(programs[0], y=np.zeros((2, 19)))
+    with pytest.raises(cx.ShapeError, match="stacks 3 datasets, the paths before it 2"):
+        cx.batch(programs[0], {"y": np.zeros((2, 20)), "a": np.zeros(3)})
+
+
+def test_ten_thousand_datasets_build_well_under_a_second(programs):
+    ys = np.random.default_rng(1).normal(size=(10_000, 20)).astype(np.float32)
+    cx.batch(programs[0], y=ys[:2])  # imports and first-call work
+    start = time.perf_counter()
+    G = cx.batch(programs[0], y=ys)
+    took = time.perf_counter() - start
+    assert len(G) == 10_000 and took < 0.25, took
+    np.testing.assert_allclose(G[9_999](G.init[9_999]),
+                               cx.compile(Line(ys[9_999]), "loglike")(np.array([0.0, 1.0], np.float32)),
+                               rtol=1e-6)
+
+
+# -- inference -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, valid", [("lbfgs", False), ("lbfgs", True), ("adam", False)])
+def test_fit_equals_separate_fits(programs, F, method, valid):
+    kw = dict(method=method, valid=valid, maxiter=300 if method == "adam" else 1000)
+    res = cx.fit(F, **kw)
+    assert res.x.shape == (3, 2) and res.value.shape == (3,) and res.converged.shape == (3,)
+    for k, f in enumerate(programs):
+        alone = cx.fit(f, **kw)
+        # vmap may round differently in the last bit; each problem stops on its own test
+        np.testing.assert_allclose(res.x[k], alone.x, rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(res.value[k], alone.value, rtol=1e-5)
+        if method == "lbfgs":  # Adam stops at maxiter near its threshold: a rounding away
+            assert bool(res.converged[k]) == bool(alone.converged)
+    assert res.by_name()["line.a"].shape == (3,)
+
+
+def test_fit_each_dataset_stops_on_its_own(programs, F):
+    # dataset 0 starts at its optimum: it takes no step while the others run
+    best = cx.fit(programs[0]).x
+    X0 = np.stack([np.asarray(best), [0.0, 1.0], [0.0, 1.0]]).astype(np.float32)
+    res = cx.fit(F, X0)
+    assert int(res.steps[0]) == 0 and int(res.steps[1]) > 3 and bool(np.all(res.converged))
+
+
+def test_fit_errors_name_the_dataset(F):
+    with pytest.raises(cx.ShapeError, match=r"expected \(3, 2\)"):
+        cx.fit(F, np.zeros((2, 2), np.float32))
+    X0 = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0]], np.float32)  # s < 0: log(s) is nan
+    with pytest.raises(cx.InferenceError, match=r"dataset 1 of 3.*line\.s"):
+        cx.fit(F, X0)
+    with pytest.raises(cx.InferenceError, match="maxiter"):
+        cx.fit(F, maxiter=0)
+
+
+def test_laplace_equals_separate_laplace(programs, F):
+    X = cx.fit(F).x
+    lap = cx.laplace(F, X)
+    assert lap.cov.shape == (3, 2, 2) and lap.sigma.shape == (3, 2)
+    for k, f in enumerate(programs):
+        alone = cx.laplace(f, X[k])
+        np.testing.assert_allclose(lap.cov[k], alone.cov, rtol=1e-4, atol=1e-4 * float(alone.cov.max()))
+    sub = cx.laplace(F, X, subset=["line.s"])
+    np.testing.assert_allclose(sub.sigma[:, 0], lap.sigma[:, 1], rtol=1e-6)
+    assert lap.sample(jax.random.key(0), (7,)).shape == (7, 3, 2)
+    bad = np.array(X)
+    bad[2, 1] = 50.0  # far from the mode in s: -hessian is not positive definite there
+    with pytest.raises(cx.InferenceError, match=r"dataset 2 of 3"):
+        cx.laplace(F, bad)
+
+
+RUN = dict(num_warmup=100, num_samples=100, num_chains=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def batched_chains(F):
+    return cx.nuts(F, jax.random.key(0), **RUN)
+
+
+def test_nuts_samples_each_dataset(programs, batched_chains):
+    c = batched_chains
+    assert c.samples.shape == (3, 2, 100, 2) and c.num_datasets == 3 and c.num_chains == 2
+    assert c.step_size.shape == (3, 2) and c.inverse_mass_matrix.shape == (3, 2, 2, 2)
+    assert c.last_position.shape == (3, 2, 2)
+    # each dataset's own posterior: the mean of a near its data's mean
+    for k in range(3):
+        a = c[k].by_name()["line.a"]
+        sd = YS[k].std() / np.sqrt(20)
+        assert abs(a.mean() - YS[k].mean()) < 0.5 * sd + 4 * sd / np.sqrt(50), k
+    # the step sizes adapt per dataset (their scales differ by 4x)
+    assert c.step_size.std(axis=1).max() < c.step_size.mean(axis=1).std() + 0.5
+
+
+def test_summary_has_a_dataset_column(batched_chains):
+    s = batched_chains.summary()
+    assert s[(2, "line.a")] == s[2]["line.a"]
+    lines = str(s).splitlines()
+    assert lines[0].split()[:3] == ["dataset", "name", "mean"] and len(lines) == 1 + 6 + 1
+    assert lines[5].split()[:2] == ["2", "line.a"]
+
+
+def test_nuts_resumes_a_batched_run(F, batched_chains):
+    more = cx.nuts(F, jax.random.key(1), num_samples=50, progress=False, resume=batched_chains)
+    assert more.samples.shape == (3, 2, 150, 2)
+    np.testing.assert_array_equal(more.samples[:, :, :100], batched_chains.samples)
+    np.testing.assert_array_equal(more.step_size, batched_chains.step_size)
+    with pytest.raises(cx.InferenceError, match="num_chains=3"):
+        cx.nuts(F, jax.random.key(1), num_samples=5, num_chains=3, progress=False, resume=batched_chains)
+    with pytest.raises(cx.InferenceError, match=r"needs Chains with samples \[3, chains"):
+        cx.nuts(F, jax.random.key(1), num_samples=5, progress=False, resume=batched_chains[0])
+
+
+def test_nuts_window_adaptation_and_bad_options(F):
+    c = cx.nuts(F, jax.random.key(2), inverse_mass_matrix=None, **RUN)
+    assert c.samples.shape == (3, 2, 100, 2) and c.inverse_mass_matrix.shape == (3, 2, 2)
+    assert np.all(np.isfinite(c.samples))
+    with pytest.raises(cx.InferenceError, match="chain_method='sharded' is not available"):
+        cx.nuts(F, jax.random.key(2), chain_method="sharded", **RUN)
+    with pytest.raises(cx.ShapeError, match=r"expected floats of shape \(3, 2\)"):
+        cx.nuts(F, jax.random.key(2), x0=np.zeros(2, np.float32), **RUN)
+
+
+EQUAL_RUNS = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, caskax as cx
+    from test_batch import Line, YS
+    # float64: vmap's rounding then stays far below anything NUTS's decisions amplify
+    fs = [cx.compile(Line(y, weight=1.0 + k), "loglike") for k, y in enumerate(YS)]
+    F = cx.batch(fs)
+    run = dict(num_warmup=60, num_samples=60, num_chains=2, progress=False)
+    c = cx.nuts(F, jax.random.key(3), **run)
+    keys = jax.random.split(jax.random.key(3), 3)
+    for k, f in enumerate(fs):
+        alone = cx.nuts(f, keys[k], **run)
+        assert c.samples.dtype == np.float64
+        np.testing.assert_allclose(c.samples[k], alone.samples, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(c.step_size[k], alone.step_size, rtol=1e-6)
+        np.testing.assert_allclose(c.inverse_mass_matrix[k], alone.inverse_mass_matrix, rtol=1e-6)
+    print("ok")
+    """
+)
+
+
+def test_nuts_equals_separate_runs_with_split_keys():
+    import os
+
+    tests = os.path.dirname(__file__)
+    assert "ok" in run_python(EQUAL_RUNS, JAX_ENABLE_X64="1",
+                              PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
