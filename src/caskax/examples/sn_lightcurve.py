@@ -271,40 +271,36 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import animation
 
     # animation of the simulator over 64 times: sim([t]) as in the tutorial
     grid = jnp.linspace(0.0, 6.0, 64)
     frames = np.asarray(jax.vmap(lambda t: sim(t[None]))(grid))
-    fig, ax = plt.subplots(figsize=(3, 3))
-    # pixels as pixels; no ticks, and a text artist rather than a title: per frame,
-    # the title's layout cost more than drawing the image
-    img = ax.imshow(frames[0].T, origin="lower", vmin=0, vmax=1.5, interpolation="nearest")
-    ax.axis("off")
-    label = ax.text(0.5, 1.02, "", transform=ax.transAxes, ha="center", va="bottom")
-
-    def update(i):
-        img.set_data(frames[i].T)
-        label.set_text(f"brightness at t = {float(grid[i]):.2f}")
-        return (img, label)
-
-    anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=60)
-    anim.save(os.path.join(out, "simulator.gif"), writer=animation.PillowWriter(fps=15), dpi=60)
-    plt.close(fig)
+    anim = cx.plot.animate(frames, np.asarray(grid), vmin=0.0, vmax=1.5, label="brightness",
+                           time_label="t", saveto=os.path.join(out, "simulator.gif"), fps=15,
+                           dpi=70)
+    plt.close(anim._fig)
 
     images = np.asarray(data.images)
-    for label, models, resid in (("stage1", s1[2], s1[3]), ("stage2", s2[2], s2[3]), ("stage3", s3[3], s3[4])):
-        fig = cx.plot.images(images, np.asarray(models), np.asarray(resid),
-                             titles=[f"t={t:.2f}" for t in times])
-        fig.savefig(os.path.join(out, f"fit_{label}.png"), dpi=80)
+    stages_ = (("stage1", "Stage 1: each image fitted alone", s1[2], s1[3]),
+               ("stage2", "Stage 2: joint model, one galaxy, linked SN positions", s2[2], s2[3]),
+               ("stage3", "Stage 3: SN fluxes from one light curve", s3[3], s3[4]))
+    for label, title, models, resid in stages_:
+        fig = cx.plot.images(images, np.asarray(models), np.asarray(resid), suptitle=title,
+                             titles=[f"t = {t:.2f}" for t in times], label="brightness",
+                             residual_label="(data − model)/σ")
+        fig.savefig(os.path.join(out, f"fit_{label}.png"), dpi=90)
         plt.close(fig)
 
     like3 = s3[5]
     if shutil.which("dot"):
         like3.graphviz(saveto=os.path.join(out, "graph_stage3.png"))
     else:
-        with open(os.path.join(out, "graph_stage3.txt"), "w") as fh:
-            fh.write(str(like3) + "\n")
+        print("graphviz's `dot` program was not found, so graph_stage3.png is drawn with "
+              "matplotlib; for graphviz's drawing install it (apt-get install graphviz, "
+              "brew install graphviz or conda install -c conda-forge graphviz)", file=sys.stderr)
+        fig = cx.plot.graph(like3)
+        fig.savefig(os.path.join(out, "graph_stage3.png"), dpi=90)
+        plt.close(fig)
 
     fit3, lap3, lc_idx = s3[0], s3[1], s3[2]
     t0, sig, peak = (float(np.asarray(fit3.x)[k]) for k in lc_idx)
@@ -325,25 +321,28 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     ax.fill_between(tt, lo, hi, color="tab:orange", alpha=0.3, label="stage 3 Laplace 1σ")
     ax.errorbar(times - 0.05, s1[0], yerr=np.nan_to_num(s1[1]), fmt="o", label="stage 1 fits")
     ax.errorbar(times + 0.05, s2[0], yerr=s2[1], fmt="s", label="stage 2 joint")
-    ax.plot(times, true_flux, "k*", label="true flux")
+    ax.plot(times, true_flux, "k*", ms=9, label="true flux")
     ax.set_ylim(-0.05, 0.4)
-    ax.legend(fontsize=7)
+    ax.set_title("SN light curve: each stage's estimate against the truth")
+    ax.legend(fontsize=8, ncols=2, loc="upper left", frameon=False)
     fig.savefig(os.path.join(out, "lightcurve.png"), dpi=100)
     plt.close(fig)
 
     fig = cx.plot.ellipse(np.array([sig, peak]), np.asarray(lap3.cov)[1:, 1:],
-                          truth=(truth.lc_sigma, truth.peak_flux), names=["sigma", "peak_flux"])
-    fig.savefig(os.path.join(out, "laplace_sigma_peak.png"), dpi=80)
+                          truth=(truth.lc_sigma, truth.peak_flux),
+                          names=["lightcurve.sigma", "lightcurve.peak_flux"])
+    fig.axes[0].set_title("Stage 3 Laplace approximation")
+    fig.savefig(os.path.join(out, "laplace_sigma_peak.png"), dpi=100)
     plt.close(fig)
 
     g = truth.galaxy
     truths = list(truth.sn_x0) + list(g["x0"]) + [g["q"], g["phi"], g["sigma"], g["flux"],
                                                    truth.t0, truth.lc_sigma, truth.peak_flux]
     fig = cx.plot.corner(chains, truth=truths)
-    fig.savefig(os.path.join(out, "corner_stage4.png"), dpi=60)
+    fig.savefig(os.path.join(out, "corner_stage4.png"), dpi=100)
     plt.close(fig)
-    fig = cx.plot.trace(chains)
-    fig.savefig(os.path.join(out, "trace_stage4.png"), dpi=60)
+    fig = cx.plot.trace(chains, truth=truths)
+    fig.savefig(os.path.join(out, "trace_stage4.png"), dpi=80)
     plt.close(fig)
 
 
