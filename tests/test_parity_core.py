@@ -407,3 +407,30 @@ def test_replace_node_live_params_and_range_warnings():
     assert lc.t0.to_dynamic(None).stored is None
     with pytest.warns(cx.CaskaxWarning, match="outside valid"):
         lc.to_dynamic().set_values([0.0, -1.0, 0.25])  # sigma has valid=(0, None)
+
+
+class Chain(cx.Module):
+    ps: list
+
+    def __init__(self, n):
+        super().__init__("chain")
+        ps = [cx.Param("p0", 1.0, dynamic=True)]
+        for i in range(1, n):
+            ps.append(cx.Param(f"p{i}", cx.Pointer(lambda a: a + 1.0, ps[-1])))
+        self.ps = ps
+
+    @cx.forward
+    def __call__(self):
+        return self.ps[-1].value
+
+
+def test_deep_graphs_walk_iteratively_and_name_the_stack_limit():
+    m = Chain(1000)  # pointers chained 1000 deep
+    assert m.get_values().tolist() == [1.0]
+    assert m.param_order() == "chain: p0"
+    assert float(m.set("ps[0]", 2.0).ps[0].value) == 2.0
+    with pytest.raises(cx.DepthError, match="sys.setrecursionlimit"):
+        cx.compile(m)  # JAX flattens pytrees recursively: past its stack, a caskax error
+    shallow = Chain(60)
+    f = cx.compile(shallow)
+    assert float(f(f.init)) == 60.0

@@ -113,6 +113,28 @@ class InferenceError(CaskaxError, ValueError):
     """
 
 
+class DepthError(CaskaxError, RecursionError):
+    """A model nested (or pointers chained) more deeply than Python's stack allows.
+
+    JAX flattens pytrees and traces forward methods recursively, so each level of a
+    nested model or pointer chain takes Python stack frames. The message gives the
+    limit and the ways out: `sys.setrecursionlimit`, or a flatter model (many similar
+    components in a list, or `cx.stack`).
+    """
+
+
+def depth_error(what: str) -> DepthError:
+    import sys
+
+    return DepthError(
+        f"{what} is nested more deeply than Python's stack allows (sys.getrecursionlimit() "
+        f"= {sys.getrecursionlimit()}): each level of nested modules, pointer chains or "
+        "forward calls takes several frames in JAX's tree flattening and tracing. Raise the "
+        "limit (sys.setrecursionlimit(10_000) before building), or keep the model flatter: "
+        "repeated components side by side in a list, or stacked with cx.stack."
+    )
+
+
 class CaskaxWarning(UserWarning):
     """A suspicious but legal input, such as a value outside a param's valid range.
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import FillError, GraphError, ShapeError
 from .param import Param
+from .param import Pointer as _Pointer
 
 __all__ = [
     "is_node",
@@ -264,6 +265,31 @@ def _same_state(a, b) -> bool:
     return True
 
 
+def nesting_depth(root) -> int:
+    """How deeply ``root``'s pytree nests (modules, params, pointers and containers each
+    count one level), found on an explicit stack. JAX flattens pytrees recursively, one
+    stack frame or more per level."""
+    deepest, seen = 0, set()
+    stack = [(root, 1)]
+    while stack:
+        obj, d = stack.pop()
+        if isinstance(obj, (list, tuple)):
+            items = obj
+        elif isinstance(obj, dict):
+            items = obj.values()
+        elif is_node(obj) or isinstance(obj, _Pointer):
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            items = [getattr(obj, f.name) for f in dataclasses.fields(obj)
+                     if not f.metadata.get("static", False)]
+        else:
+            continue
+        deepest = max(deepest, d)
+        stack.extend((x, d + 1) for x in items)
+    return deepest
+
+
 # -- targets ---------------------------------------------------------------------------
 _TOKEN = re.compile(r"\.?([A-Za-z_]\w*)|\[(-?\d+)\]|\[\s*(['\"])(.*?)\3\s*\]")
 
@@ -385,19 +411,37 @@ def replace(root, new_nodes: dict):
     """Rebuild ``root`` with every copy of each uid in ``new_nodes`` replaced."""
     memo = {}
 
-    def rebuild(node):
-        if node.uid in new_nodes:
-            return new_nodes[node.uid]
-        if id(node) not in memo:
-            new = rebuild_children(node, rebuild)
-            if new is not node and isinstance(node, Param) and node.pointer and node.stored is not None:
-                # A filled pointer (inside a forward call) whose inputs changed holds
-                # a stale value: compute it again, as an override would.
-                new = copy_with(new, value=compute_pointer(new))
-            memo[id(node)] = new
-        return memo[id(node)]
+    def result(node):
+        return new_nodes[node.uid] if node.uid in new_nodes else memo[id(node)]
 
-    return rebuild(root)
+    def rebuild(node):
+        new = rebuild_children(node, result)
+        if new is not node and isinstance(node, Param) and node.pointer and node.stored is not None:
+            # A filled pointer (inside a forward call) whose inputs changed holds
+            # a stale value: compute it again, as an override would.
+            new = copy_with(new, value=compute_pointer(new))
+        return new
+
+    _bottom_up(root, lambda n: n.uid in new_nodes, rebuild, memo)
+    return result(root)
+
+
+def _bottom_up(root, stop, build, memo) -> None:
+    """``memo[id(node)] = build(node)`` for every object below ``root``, children
+    first, on an explicit stack (deep trees need no recursion); nodes where ``stop``
+    is true are neither built nor descended into."""
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in memo or stop(node):
+            continue
+        if expanded:
+            memo[id(node)] = build(node)
+            continue
+        stack.append((node, True))
+        for child in children(node):
+            if id(child.node) not in memo and not stop(child.node):
+                stack.append((child.node, False))
 
 
 # -- filling -----------------------------------------------------------------------------

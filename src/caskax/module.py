@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import graph, transforms
-from .errors import FillError, GraphError, ModuleError, ParamError, ParamIndexError
+from .errors import (
+    DepthError, FillError, GraphError, ModuleError, ParamError, ParamIndexError, depth_error,
+)
 from .param import Param, Pointer, _check_valid, check_name, link, new_uid
 
 __all__ = ["Module", "forward", "batch_axes"]
@@ -25,7 +27,19 @@ __all__ = ["Module", "forward", "batch_axes"]
 _MISSING = object()
 
 
-class Module(eqx.Module):
+class _ModuleMeta(type(eqx.Module)):
+    # Equinox checks a new module by flattening it, recursively: a model nested past
+    # Python's stack gets a caskax error that names the way out.
+    def __call__(cls, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except RecursionError as err:
+            if isinstance(err, DepthError):
+                raise
+            raise depth_error(f"a new {cls.__name__}") from None
+
+
+class Module(eqx.Module, metaclass=_ModuleMeta):
     """Base class of caskax models: an Equinox module whose fields hold Params,
     Modules, lists/tuples/dicts of them, arrays and plain values.
 
@@ -75,6 +89,12 @@ class Module(eqx.Module):
         for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
             setattr(checked_init, attr, getattr(init, attr))
         cls.__init__ = checked_init
+
+    # Equinox wraps every bound method in a pytree (BoundMethod), which flattens the
+    # whole model on each method call: linear in its size, and recursive, so a deep
+    # model overflows Python's stack. caskax methods are plain methods; jax.jit and
+    # eqx.filter_jit of a method still work (the module is closed over).
+    __getattribute__ = object.__getattribute__
 
     def __setattr__(self, name, value):
         try:
@@ -891,8 +911,15 @@ def forward(method):
             for _ in range(params.ndim - 1):
                 one = jax.vmap(one)
             return one(params)
-        with _memo_scope():
+        if _MEMO.get() is not None:
             return _call(fill_module(self, params), args, kwargs)
+        with _memo_scope():
+            try:
+                return _call(fill_module(self, params), args, kwargs)
+            except RecursionError as err:
+                if isinstance(err, DepthError):
+                    raise
+                raise depth_error(f"'{self.name}'") from None
 
     def _call(module, args, kwargs):
         own = own_params(module)

@@ -61,6 +61,8 @@ class Pointer(eqx.Module):
         'pointer'
     """
 
+    __getattribute__ = object.__getattribute__  # see Module: plain bound methods
+
     inputs: tuple
     # Functions stay out of the leaves; compared by identity, so editing a tree keeps
     # the same function object and the compiled code is reused.
@@ -538,6 +540,8 @@ class Param(eqx.Module):
         if value is None:
             return new._replace(value=None)
         return new if value is _KEEP else new.with_value(value)
+
+    __getattribute__ = object.__getattribute__  # see Module: plain bound methods
 
     def __setattr__(self, name, value):
         try:

@@ -7,6 +7,7 @@ code is the user's arithmetic only.
 """
 
 import hashlib
+import sys
 import math
 from typing import NamedTuple
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import graph, transforms
-from .errors import GraphError, ShapeError
+from .errors import DepthError, GraphError, ShapeError, depth_error
 from .module import _memo_scope, dynamic_layout
 from .param import Param
 
@@ -329,7 +330,12 @@ class Program:
             self._direct = jax.jit(lambda *xs: _apply(tree, static, xs))
         # Also under vmap or grad outside jit: the compiled function batches or
         # differentiates as a whole, where tracing op by op would compile each op.
-        return self._direct(*xs)
+        try:
+            return self._direct(*xs)
+        except RecursionError as err:
+            if isinstance(err, DepthError):
+                raise
+            raise depth_error(f"the model of {self!r}") from None
 
     @property
     def _traced(self) -> bool:
@@ -577,6 +583,21 @@ def compile(module, method: str = "__call__", *args, valid: bool = False, **kwar
     """
     if not graph.is_node(module) or isinstance(module, type):
         raise GraphError(f"cx.compile needs a caskax Module, got {type(module).__name__}.")
+    _check_depth(module)
+    return _compile(module, method, args, kwargs, valid)
+
+
+def _check_depth(module):
+    # Checked before JAX flattens the tree: a RecursionError raised inside JAX's C++
+    # tree code leaves the interpreter's recursion count unusable, so it must not happen.
+    frames, frame = 0, sys._getframe()
+    while frame is not None:
+        frames, frame = frames + 1, frame.f_back
+    if frames + graph.nesting_depth(module) + 150 > sys.getrecursionlimit():
+        raise depth_error(f"'{module.name}'")
+
+
+def _compile(module, method, args, kwargs, valid):
     if not callable(getattr(module, method, None)):
         raise GraphError(f"'{module.name}' has no method {method!r}.")
     w = graph.walk(module)
