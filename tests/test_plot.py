@@ -249,7 +249,7 @@ def test_lightcurve_picture(tmp_path):
     _render(fig, tmp_path / "lc.png", dpi=60)
     _check_layout(fig)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert {"2σ", "1σ", "model (median)", "truth", "measured"} <= set(labels)
+    assert {"model, 2σ", "model, 1σ", "model, median", "truth", "measured"} <= set(labels)
 
 
 def test_graph_picture_without_graphviz(tmp_path):

@@ -262,7 +262,7 @@ def lightcurve(t, samples_or_fit, truth=None, points=None, ax=None, xlabel="time
     if isinstance(samples_or_fit, (tuple, list)) and len(samples_or_fit) == 2:
         mean, sigma = (np.asarray(v, dtype=float).reshape(t.shape) for v in samples_or_fit)
         ax.errorbar(t, mean, yerr=2 * sigma, fmt="none", ecolor="C0", alpha=0.4, capsize=0, lw=1)
-        ax.errorbar(t, mean, yerr=sigma, fmt="o", color="C0", capsize=3, lw=2, label=f"{label} (1σ, 2σ)")
+        ax.errorbar(t, mean, yerr=sigma, fmt="o", color="C0", capsize=3, lw=2, label=f"{label}, 1σ and 2σ")
     else:
         curves = np.asarray(samples_or_fit, dtype=float)
         if curves.ndim == 3:  # [chains, draws, len(t)]
@@ -273,9 +273,9 @@ def lightcurve(t, samples_or_fit, truth=None, points=None, ax=None, xlabel="time
                 "or give (mean, sigma)."
             )
         q = np.percentile(curves, [2.5, 16, 50, 84, 97.5], axis=0)
-        ax.fill_between(t, q[0], q[4], color="C0", alpha=0.2, lw=0, label="2σ")
-        ax.fill_between(t, q[1], q[3], color="C0", alpha=0.4, lw=0, label="1σ")
-        ax.plot(t, q[2], color="C0", label=f"{label} (median)")
+        ax.fill_between(t, q[0], q[4], color="C0", alpha=0.2, lw=0, label=f"{label}, 2σ")
+        ax.fill_between(t, q[1], q[3], color="C0", alpha=0.4, lw=0, label=f"{label}, 1σ")
+        ax.plot(t, q[2], color="C0", label=f"{label}, median")
     if points is not None:
         pt, py, perr = (np.asarray(v, dtype=float) for v in points)
         ax.errorbar(pt, py, yerr=perr, fmt="s", color="k", capsize=3, label="measured")
@@ -328,17 +328,18 @@ def _short(name, width=14):
     return f"{head}.\n{tail}"
 
 
-def _few_ticks(ax, x=True, y=True, size=7):
-    """At most three ticks per axis, away from the axis ends (so that the labels of
-    neighbouring panels never meet), without an offset."""
+def _few_ticks(ax, x=True, y=True, size=7, n=(3, 4)):
+    """A few ticks per axis (at most ``n = (x, y)`` intervals), away from the axis ends
+    (so that the labels of neighbouring panels never meet), without an offset."""
     from matplotlib.ticker import FixedLocator, MaxNLocator, ScalarFormatter
 
-    for on, axis, limits in ((x, ax.xaxis, ax.get_xlim()), (y, ax.yaxis, ax.get_ylim())):
+    for on, axis, limits, bins in ((x, ax.xaxis, ax.get_xlim(), n[0]),
+                                   (y, ax.yaxis, ax.get_ylim(), n[1])):
         if not on:
             continue
         lo, hi = sorted(limits)
-        margin = 0.12 * (hi - lo)
-        ticks = [t for t in MaxNLocator(3).tick_values(lo, hi) if lo + margin <= t <= hi - margin]
+        margin = 0.1 * (hi - lo)
+        ticks = [t for t in MaxNLocator(bins).tick_values(lo, hi) if lo + margin <= t <= hi - margin]
         axis.set_major_locator(FixedLocator(ticks))
         fmt = ScalarFormatter(useOffset=False)
         fmt.set_powerlimits((-3, 4))
@@ -534,7 +535,7 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
         pair(ax, 1, 0)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
-        _few_ticks(ax, size=9)
+        _few_ticks(ax, size=9, n=(5, 5))
         legend(ax, fontsize=9, loc="best")
         return fig
     panel = max(1.6, min(2.5, 12.0 / d))
@@ -566,8 +567,9 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
     return fig
 
 
-_KIND_STYLE = {  # caskade's visual language: face colour of each kind of param
-    "dynamic": "white", "static": "#d3d3d3", "live": "#e5e5e5", "pointer": "#d3d3d3",
+_KIND_STYLE = {  # face colour of each kind of node
+    "module": "#dbe8f6", "dynamic": "white", "static": "#d3d3d3", "pointer": "#f6dfb0",
+    "live": "#eeeeee",
 }
 
 
@@ -603,8 +605,7 @@ def _graph_layers(root):
 
 def graph(root, max_width=6):
     """The graph of a module tree drawn with matplotlib (no graphviz needed): modules as
-    rounded boxes, params as square boxes (dynamic white, static and pointer shaded,
-    live grey). A module's own params hang below it as a list; arrows go from a node to
+    rounded boxes, params as square boxes coloured by kind (named in a legend). A module's own params hang below it as a list; arrows go from a node to
     the nodes it shares with others or points to (a link, a function pointer's inputs).
     One layer per depth; a layer wider than ``max_width`` modules wraps onto several
     rows. ``m.graphviz()`` draws the same graph with graphviz's ``dot``.
@@ -671,8 +672,13 @@ def graph(root, max_width=6):
         ax.text(x, yy, label.replace("(", "\n(", 1) if len(label) > 18 else label,
                 ha="center", va="center", fontsize=8,
                 bbox=dict(boxstyle="round,pad=0.35" if kind == "module" else "square,pad=0.3",
-                          fc="#dbe8f6" if kind == "module" else _KIND_STYLE.get(kind, "white"),
-                          ec="k", lw=0.8))
+                          fc=_KIND_STYLE.get(kind, "white"), ec="k", lw=0.8))
+    from matplotlib.patches import Patch
+
+    kinds = [k for k in _KIND_STYLE if any(kind == k for _, kind in nodes.values())]
+    ax.legend([Patch(fc=_KIND_STYLE[k], ec="k", lw=0.6) for k in kinds],
+              [k if k == "module" else f"{k} param" for k in kinds], loc="lower right",
+              fontsize=8, frameon=False)
     ax.set_xlim(min(xs) - 1.0, max(xs) + 1.4)
     ax.set_ylim(-y + 0.3, 0.5)
     ax.axis("off")

@@ -319,8 +319,10 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     ax = fig.axes[0]
     lo, hi = np.percentile(curves3, [16, 84], axis=0)
     ax.fill_between(tt, lo, hi, color="tab:orange", alpha=0.3, label="stage 3 Laplace 1σ")
-    ax.errorbar(times - 0.05, s1[0], yerr=np.nan_to_num(s1[1]), fmt="o", label="stage 1 fits")
-    ax.errorbar(times + 0.05, s2[0], yerr=s2[1], fmt="s", label="stage 2 joint")
+    ax.errorbar(times - 0.06, s1[0], yerr=np.nan_to_num(s1[1]), fmt="o", color="C2", capsize=2,
+                label="stage 1 fits")
+    ax.errorbar(times + 0.06, s2[0], yerr=s2[1], fmt="s", color="C4", capsize=2,
+                label="stage 2 joint")
     ax.plot(times, true_flux, "k*", ms=9, label="true flux")
     ax.set_ylim(-0.05, 0.4)
     ax.set_title("SN light curve: each stage's estimate against the truth")
@@ -339,7 +341,7 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     truths = list(truth.sn_x0) + list(g["x0"]) + [g["q"], g["phi"], g["sigma"], g["flux"],
                                                    truth.t0, truth.lc_sigma, truth.peak_flux]
     fig = cx.plot.corner(chains, truth=truths)
-    fig.savefig(os.path.join(out, "corner_stage4.png"), dpi=100)
+    fig.savefig(os.path.join(out, "corner_stage4.png"), dpi=80)
     plt.close(fig)
     fig = cx.plot.trace(chains, truth=truths)
     fig.savefig(os.path.join(out, "trace_stage4.png"), dpi=80)
