@@ -88,8 +88,11 @@ def children(node) -> list[Child]:
                 if is_node(inp):
                     out.append(Child((inp.name,), f".link.inputs[{i}]", inp))
         return out
+    # a collection module (cx.NodeList...) keys its members by their own names, as
+    # caskade does, with no level for the container field
+    flat = getattr(type(node), "_caskax_flat_fields", ())
     for name in node_fields(node):
-        _collect(getattr(node, name), (name,), "." + name, out)
+        _collect(getattr(node, name), () if name in flat else (name,), "." + name, out)
     return out
 
 
