@@ -1927,6 +1927,25 @@ def test_integration__full_integration_v2():
 # Docs notebooks. Each test builds the notebook's model in caskade 1.1.5 itself (jax
 # backend, so the same jnp code runs in both) and in caskax, and asserts the same numbers.
 # ======================================================================================
+def assert_order(ours, theirs):
+    """caskax's param_order against caskade's. caskade labels a param with
+    ``next(iter(p.parents)).name``: for a param with several parents (a shared or linked
+    one) that is the first of a *set*, which varies between runs; compare the labels of
+    single-parent params, and the names of all, in order."""
+    ours_lines, theirs_lines = ours.param_order().split("\n"), theirs.param_order().split("\n")
+    assert len(ours_lines) == len(theirs_lines)
+    ck_params = list(theirs.dynamic_params)
+    k = 0
+    for a_line, b_line in zip(ours_lines, theirs_lines):
+        a_items = [t for t in a_line.split(", ") if t]
+        b_items = [t for t in b_line.split(", ") if t]
+        assert [t.split(": ")[-1] for t in a_items] == [t.split(": ")[-1] for t in b_items]
+        for a, b in zip(a_items, b_items):
+            p = next(q for q in ck_params if f"{next(iter(q.parents)).name}: {q.name}" == b)
+            if len(p.parents) == 1:
+                assert a == b
+
+
 @pytest.fixture
 def ck():
     ck = pytest.importorskip("caskade")
@@ -2059,7 +2078,7 @@ def test_notebook_beginners_guide(ck):
     ck2.sigma.to_static()
     ck2.I0.to_static()
     cx2 = NbGaussian("my_second_module", **kw).to_dynamic().to_static("sigma", "I0")
-    assert cx2.param_order() == ck2.param_order()
+    assert_order(cx2, ck2)
     ckp, cxp = ck2.get_values(), cx2.get_values()
     assert allclose(cxp, ckp)
     ref = ck2.brightness(x, y, ckp)
@@ -2084,7 +2103,7 @@ def test_notebook_beginners_guide(ck):
     ckc = _ck_combined(ck)("my_combined_module", ck2, ck3)
     cx3 = NbGaussian("my_third_module", **kw3).set("x0", cx2.x0)
     cxc = NbCombined("my_combined_module", cx2, cx3)
-    assert cxc.param_order() == ckc.param_order()
+    assert_order(cxc, ckc)
     assert allclose(cxc.brightness(x, y, cxc.get_values()), ckc.brightness(x, y, ckc.get_values()),
                     atol=1e-6)
     # a time param drives both positions (function pointers)
@@ -2100,7 +2119,7 @@ def test_notebook_beginners_guide(ck):
     cx3 = cx3.set("x0", cx.Pointer(lambda t: t * jnp.array((1.0, 1.0)) - 0.5, t))
     cx2 = cx2.to_static("q", "phi")
     cxc = NbCombined("my_combined_module", cx2, cx3)
-    assert cxc.param_order() == ckc.param_order()
+    assert_order(cxc, ckc)
     times = jnp.linspace(0, 1, 64).reshape(64, 1)
     ref = jnp.stack([ckc.brightness(x, y, times[i]) for i in range(0, 64, 9)])
     f = cx.compile(cxc, "brightness", x, y)
@@ -2222,31 +2241,33 @@ def test_notebook_advanced_dynamic_static(ck):
     G1, G2 = CkG("G1", **_GKW), CkG("G2", **_GKW)
     C = _ck_combined_ratio(ck)("C", G1, G2)
     c = NbCombinedR("C", NbGaussianXY("G1", **_GKW), NbGaussianXY("G2", **_GKW))
-    assert c.param_order() == C.param_order() == ""
+    assert_order(c, C)
+    assert C.param_order() == ""
     G1.x0.to_dynamic()
     G1.q = None
     G1.q.to_dynamic(0.5)
     C.to_dynamic()
     c = c.to_dynamic("first.x0").set("first.q", 0.5).to_dynamic("first.q").to_dynamic()
-    assert c.param_order() == C.param_order()
+    assert_order(c, C)
     assert allclose(c.get_values(), C.get_values())
     C.to_dynamic(children_only=False)
     c = c.to_dynamic(children_only=False)
-    assert c.param_order() == C.param_order()
+    assert_order(c, C)
     assert allclose(c.get_values(), C.get_values())
     G1.x0 = G1.x0.value  # (the notebook says "sets to static"; caskade 1.1.5 keeps it dynamic)
     G1.q.to_static()
     G1.I0.to_static(10.0)
     c = c.set("first.x0", c.first.x0.value).to_static("first.q")
     c = c.set("first.I0", 10.0).to_static("first.I0")
-    assert c.param_order() == C.param_order()
+    assert_order(c, C)
     C.to_static(children_only=False)
     c = c.to_static(children_only=False)
-    assert c.param_order() == C.param_order() == ""
+    assert_order(c, C)
+    assert C.param_order() == ""
     # curate which params are dynamic (caskade: a NodeList of them)
     ck.NodeList([G1.x0, G1.q, G2.phi, G2.sigma]).to_dynamic()
     c = c.to_dynamic("first.x0", "first.q", "second.phi", "second.sigma")
-    assert c.param_order() == C.param_order()
+    assert_order(c, C)
     x, y = _grid(0, 10, 50)
     assert allclose(c.brightness(x, y, c.get_values()), C.brightness(x, y, C.get_values()), atol=1e-6)
 
@@ -2357,7 +2378,7 @@ def test_notebook_advanced_vmap_batching(ck):
     params = jnp.stack((jnp.linspace(0.0, 3.14 / 2, 5), jnp.linspace(0.5, 4.0, 5)), axis=-1)
     ref = jnp.stack([G.brightness(x, y, params[i]) for i in range(5)])
     g = NbGaussianXY("G", **_GKW).to_dynamic("sigma", "phi")
-    assert g.param_order() == G.param_order()
+    assert_order(g, G)
     f = cx.compile(g, "brightness", x, y)
     assert allclose(jax.vmap(f)(params), ref, atol=1e-6)
     # batched values: caskax's form is batch_axes + vmap over the module
@@ -2451,7 +2472,7 @@ def test_notebook_advanced_collections_and_links(ck):
     G2.x0 = G1.x0
     c = NbCombinedR("C", NbGaussianXY("G1", **{**_GKW, "x0": None}), NbGaussianXY("G2", **_GKW))
     c = c.set("second.x0", c.first.x0)
-    assert c.param_order() == C.param_order()
+    assert_order(c, C)
     assert allclose(c.brightness(4.0, 5.0, [4.5]), C.brightness(4.0, 5.0, [4.5]))
 
 
@@ -2524,3 +2545,507 @@ def test_notebook_advanced_live_param():
     assert float(v2) == 84.0
     assert v3.tolist() == [2.0, 4.0, 6.0]
     assert E.static_param.value is None
+
+
+# -- HierarchicalModels ------------------------------------------------------------------
+def test_notebook_hierarchical_live_params(ck):
+    CkG = _ck_gaussian_class(ck)
+    X, Y = jnp.meshgrid(jnp.linspace(-5, 5, 40), jnp.linspace(-5, 5, 40), indexing="xy")
+
+    class CkSetLive(ck.Module):
+        def __init__(self, gaussian, a=1.0, b=2.0):
+            super().__init__("SetLiveParam")
+            self.gaussian = gaussian
+            self.gaussian.sigma.to_static(None)  # live
+            self.a = ck.Param("a", a, dynamic=True)
+            self.b = ck.Param("b", b, dynamic=False)
+            self.c = ck.Param("c", None, dynamic=False)  # live
+
+        @ck.forward
+        def determine_c(self, a, b):
+            self.c = a + b
+
+        @ck.forward
+        def determine_sigma(self, a, b, c):
+            self.gaussian.sigma = (a + b + c) / 2
+
+        @ck.forward
+        def main_sim(self, x, y, a, b):
+            self.determine_c()
+            self.determine_sigma()
+            return self.gaussian.brightness(x, y) * (a + b)
+
+    class CxSetLive(cx.Module):
+        gaussian: cx.Module
+        a: cx.Param
+        b: cx.Param
+        c: cx.Param
+
+        def __init__(self, gaussian, a=1.0, b=2.0):
+            super().__init__("SetLiveParam")
+            self.gaussian = gaussian.to_static("sigma")
+            self.a = cx.Param("a", a, dynamic=True)
+            self.b = cx.Param("b", b, dynamic=False)
+            self.c = cx.Param("c", None, dynamic=False)  # live
+
+        @cx.forward
+        def determine_c(self, a, b):
+            return self.set(c=a + b)  # caskax: a new (filled) tree with c set
+
+        @cx.forward
+        def determine_sigma(self, a, b, c):
+            return self.set("gaussian.sigma", (a + b + c) / 2)
+
+        @cx.forward
+        def main_sim(self, x, y, a, b):
+            sim = self.determine_c().determine_sigma()
+            return sim.gaussian.brightness(x, y) * (a + b)
+
+    ck_sim = CkSetLive(CkG("G", x0=[0.0, 0.0], q=1.0, phi=0.0, I0=1.0))
+    cx_sim = CxSetLive(NbGaussian("G", x0=[0.0, 0.0], q=1.0, phi=0.0, I0=1.0))
+    assert cx_sim.gaussian.sigma.live and cx_sim.c.live
+    assert_order(cx_sim, ck_sim)
+    for a in (1.0, 2.5):
+        ref = ck_sim.main_sim(X, Y, [a])
+        assert allclose(cx_sim.main_sim(X, Y, [a]), ref, atol=1e-6)
+    assert ck_sim.c.value is None and cx_sim.c.value is None
+    assert cx_sim.gaussian.sigma.value is None
+
+
+_BLOB_X0 = np.array([[0, 0], [3, 1], [-2, 4], [-3, -3], [1, -4]], dtype=float)
+
+
+class MultiBlob(cx.Module):
+    """caskade: hierarchical_link('gauss', G) + vmap(gauss.brightness, in_dims=gauss_dims)."""
+
+    gauss: NbGaussian
+    sigma: object
+
+    def __init__(self, gaussian, sigma=None):
+        super().__init__("MultiBlob")
+        self.gauss = gaussian
+        self.sigma = sigma
+
+    @cx.forward
+    def brightness(self, x, y):
+        axes = cx.batch_axes(self.gauss)
+        return jax.vmap(lambda g: g.brightness(x, y), in_axes=(axes,))(self.gauss).sum(axis=0)
+
+
+def _ck_blob_sum(CkG, X, Y, x0s, sigma):
+    out = 0.0
+    for x0 in x0s:
+        out = out + CkG("G", x0=x0, q=1.0, phi=0.0, sigma=sigma, I0=1.0).brightness(X, Y)
+    return out
+
+
+def test_notebook_hierarchical_multiblob(ck):
+    CkG = _ck_gaussian_class(ck)
+    X, Y = jnp.meshgrid(jnp.linspace(-5, 5, 40), jnp.linspace(-5, 5, 40), indexing="xy")
+    G = NbGaussian("G", x0=_BLOB_X0, q=1.0, phi=0.0, sigma=1.0, I0=1.0)
+    assert G.x0.batched and G.x0.batch_shape == (5,)
+    blobs = MultiBlob(G)
+    ref = _ck_blob_sum(CkG, X, Y, _BLOB_X0, 1.0)
+    assert allclose(blobs.brightness(X, Y), ref, atol=1e-5)
+    # x0 dynamic: the flat vector holds the 5 positions (caskade: a 1-d params vector too)
+    dyn = blobs.to_dynamic("gauss.x0")
+    p = dyn.get_values()
+    assert p.shape == (10,)
+    assert allclose(dyn.brightness(X, Y, p), ref, atol=1e-5)
+
+
+def _outer_sigma_blobs():
+    sig = np.linspace(0.5, 2, 6)
+    G = NbGaussian("G", x0=_BLOB_X0, q=1.0, phi=0.0, sigma=1.0, I0=1.0)
+    blobs = MultiBlob(G, cx.Param("sigma", sig, shape=(), dynamic=True))
+    return blobs.set("gauss.sigma", blobs.sigma), sig
+
+
+def test_notebook_hierarchical_multiblob_outer_sigma(ck):
+    # Blobs.sigma = Param(linspace(0.5, 2, 6)); G.sigma -> Blobs.sigma; one image per sigma
+    CkG = _ck_gaussian_class(ck)
+    X, Y = jnp.meshgrid(jnp.linspace(-5, 5, 40), jnp.linspace(-5, 5, 40), indexing="xy")
+    blobs, sig = _outer_sigma_blobs()
+    for i in (0, 5):  # a loop over the outer batch (the vmap form is the xfail below)
+        one = blobs.set("sigma", sig[i])
+        assert allclose(one.brightness(X, Y), _ck_blob_sum(CkG, X, Y, _BLOB_X0, sig[i]), atol=1e-5)
+
+
+@XF(strict=True, reason="HierarchicalModels: caskade's hierarchical_link makes G's batch axis (x0: 5 "
+    "blobs) internal to Blobs, so vmap over Blobs' params maps only Blobs.sigma (6) -> (6, 100, "
+    "100). caskax's cx.batch_axes(blobs) also maps gauss.x0, and jax.vmap fails: 'inconsistent "
+    "sizes ... size 6 ... size 5'. No caskax way to mark a submodule's batch axes as internal")
+def test_notebook_hierarchical_multiblob_outer_sigma_vmap(ck):
+    X, Y = jnp.meshgrid(jnp.linspace(-5, 5, 40), jnp.linspace(-5, 5, 40), indexing="xy")
+    blobs, sig = _outer_sigma_blobs()
+    res = jax.vmap(lambda b: b.brightness(X, Y), in_axes=(cx.batch_axes(blobs),))(blobs)
+    assert res.shape == (6, 40, 40)
+
+
+def test_notebook_hierarchical_blob_population_v2(ck):
+    # BlobPopulation_v2: a forward sets the (static) gaussian's x0 and sigma per draw and
+    # vmaps; the random draws are replaced by fixed ones so both libraries see the same
+    CkG = _ck_gaussian_class(ck)
+    X, Y = jnp.meshgrid(jnp.linspace(-5, 5, 40), jnp.linspace(-5, 5, 40), indexing="xy")
+    x0s = jnp.asarray(_BLOB_X0)
+    sigmas = jnp.linspace(0.2, 0.9, 5)
+
+    class Pop(cx.Module):
+        gauss: NbGaussian
+        pop_sigma_high: cx.Param
+
+        def __init__(self, gaussian):
+            super().__init__("BlobPopulation_v2")
+            self.gauss = gaussian
+            self.pop_sigma_high = cx.Param("pop_sigma_high", 1.0, shape=())
+
+        @cx.forward
+        def sub_brightness(self, x, y, x0, sigma):
+            return self.gauss.set(x0=x0, sigma=sigma).brightness(x, y)
+
+        @cx.forward
+        def brightness(self, x, y, x0s, sigmas, pop_sigma_high):
+            return jax.vmap(lambda a, s: self.sub_brightness(x, y, a, s * pop_sigma_high))(
+                x0s, sigmas).sum(axis=0)
+
+    G = NbGaussian("G", q=1.0, phi=0.0, I0=1.0).to_static("x0", "sigma")
+    pop = Pop(G).to_dynamic()
+    got = pop.brightness(X, Y, x0s, sigmas, [0.5])
+    ref = 0.0
+    for a, s in zip(np.asarray(x0s), np.asarray(sigmas)):
+        ref = ref + CkG("G", x0=a, q=1.0, phi=0.0, sigma=s * 0.5, I0=1.0).brightness(X, Y)
+    assert allclose(got, ref, atol=1e-5)
+
+
+# -- WorkedExample (SN light curve) ----------------------------------------------------------
+class SNGaussian(cx.Module):
+    x0: cx.Param
+    q: cx.Param
+    phi: cx.Param
+    sigma: cx.Param
+    flux: cx.Param
+
+    def __init__(self, name, x0=None, q=None, phi=None, sigma=None, flux=None):
+        super().__init__(name)
+        self.x0 = cx.Param("x0", x0, shape=(2,))
+        self.q = cx.Param("q", q, shape=())
+        self.phi = cx.Param("phi", phi, shape=())
+        self.sigma = cx.Param("sigma", sigma, shape=())
+        self.flux = cx.Param("flux", flux, shape=())
+
+    @cx.forward
+    def _r(self, x, y, x0, q, phi):
+        x, y = x - x0[0], y - x0[1]
+        s, c = jnp.sin(phi), jnp.cos(phi)
+        x, y = c * x - s * y, s * x + c * y
+        return jnp.sqrt(x**2 + (y * q) ** 2)
+
+    @cx.forward
+    def brightness(self, x, y, sigma, flux):
+        return flux * jnp.exp(-self._r(x, y) ** 2 / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+
+
+class SNGaussian1D(cx.Module):
+    t0: cx.Param
+    sigma: cx.Param
+    peak_flux: cx.Param
+
+    def __init__(self, name, t0=None, sigma=None, peak_flux=None):
+        super().__init__(name)
+        self.t0 = cx.Param("t0", t0, shape=())
+        self.sigma = cx.Param("sigma", sigma, shape=())
+        self.peak_flux = cx.Param("peak_flux", peak_flux, shape=())
+
+    @cx.forward
+    def flux(self, t, peak_flux, t0, sigma):
+        return peak_flux * jnp.exp(-(((t + t0) / sigma) ** 2))
+
+
+class SNCombined(cx.Module):
+    x: jax.Array
+    y: jax.Array
+    models: list
+
+    def __init__(self, name, x, y, models):
+        super().__init__(name)
+        self.x, self.y, self.models = x, y, list(models)
+
+    @cx.forward
+    def __call__(self):
+        return sum(m.brightness(self.x, self.y) for m in self.models)
+
+
+class SNStack(cx.Module):
+    models: list
+
+    def __init__(self, name, models):
+        super().__init__(name)
+        self.models = list(models)
+
+    @cx.forward
+    def __call__(self):
+        return jnp.stack([m() for m in self.models], axis=0)
+
+
+class SNLikelihood(cx.Module):
+    model: cx.Module
+    data: jax.Array
+    sigma_read: float = cx.field(static=True) if hasattr(cx, "field") else 0.1
+    exp_time: float = 25.0
+
+    def __init__(self, name, model, data, sigma_read=0.1, exp_time=25.0):
+        super().__init__(name)
+        self.model, self.data = model, jnp.asarray(data)
+        self.sigma_read, self.exp_time = sigma_read, exp_time
+
+    @cx.forward
+    def residuals(self):
+        out = self.model()
+        sigma = jnp.sqrt(self.sigma_read**2 + out / self.exp_time)
+        return (self.data - out) / sigma, sigma
+
+    @cx.forward
+    def __call__(self):
+        r, sigma = self.residuals()
+        return -0.5 * jnp.sum(r**2) - jnp.sum(jnp.log(sigma))
+
+
+def _ck_sn_classes(ck):
+    class Gaussian(ck.Module):
+        def __init__(self, name, x0=None, q=None, phi=None, sigma=None, flux=None):
+            super().__init__(name)
+            self.x0 = ck.Param("x0", x0, shape=(2,))
+            self.q = ck.Param("q", q, shape=())
+            self.phi = ck.Param("phi", phi, shape=())
+            self.sigma = ck.Param("sigma", sigma, shape=())
+            self.flux = ck.Param("flux", flux, shape=())
+
+        @ck.forward
+        def _r(self, x, y, x0=None, q=None, phi=None):
+            x, y = x - x0[0], y - x0[1]
+            s, c = jnp.sin(phi), jnp.cos(phi)
+            x, y = c * x - s * y, s * x + c * y
+            return jnp.sqrt(x**2 + (y * q) ** 2)
+
+        @ck.forward
+        def brightness(self, x, y, sigma=None, flux=None):
+            return flux * jnp.exp(-self._r(x, y) ** 2 / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+
+    class Gaussian1D(ck.Module):
+        def __init__(self, name, t0=None, sigma=None, peak_flux=None):
+            super().__init__(name)
+            self.t0 = ck.Param("t0", t0, shape=())
+            self.sigma = ck.Param("sigma", sigma, shape=())
+            self.peak_flux = ck.Param("peak_flux", peak_flux, shape=())
+
+        @ck.forward
+        def flux(self, t, peak_flux, t0, sigma):
+            return peak_flux * jnp.exp(-(((t + t0) / sigma) ** 2))
+
+    class Combined(ck.Module):
+        def __init__(self, name, x, y, models):
+            super().__init__(name)
+            self.x, self.y, self.models = x, y, models
+
+        @ck.forward
+        def __call__(self):
+            return sum(m.brightness(self.x, self.y) for m in self.models)
+
+    class Stack(ck.Module):
+        def __init__(self, name, models):
+            super().__init__(name)
+            self.models = models
+
+        @ck.forward
+        def __call__(self):
+            return jnp.stack([m() for m in self.models], axis=0)
+
+    class Likelihood(ck.Module):
+        def __init__(self, name, model, data, sigma_read=0.1, exp_time=25.0):
+            super().__init__(name)
+            self.model, self.data = model, data
+            self.sigma_read, self.exp_time = sigma_read, exp_time
+
+        @ck.forward
+        def __call__(self):
+            out = self.model()
+            sigma = jnp.sqrt(self.sigma_read**2 + out / self.exp_time)
+            r = (self.data - out) / sigma
+            return -0.5 * jnp.sum(r**2) - jnp.sum(jnp.log(sigma))
+
+    return Gaussian, Gaussian1D, Combined, Stack, Likelihood
+
+
+_NOBS, _NPIX = 5, 30
+_GAL = dict(x0=[0.2, 0.2], q=0.6, phi=0.5, sigma=0.3, flux=1.0)
+
+
+def _sn_data(ck):
+    """Mock data made by caskade's own true simulator (numpy noise, fixed seed)."""
+    G, G1D, C, _, _ = _ck_sn_classes(ck)
+    ax = jnp.linspace(-1, 1, _NPIX)
+    x, y = jnp.meshgrid(ax, ax, indexing="ij")
+    SN = G("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05)
+    lc = G1D("lightcurve", t0=-3.0, sigma=2.0, peak_flux=0.25)
+    time = ck.Param("time")
+    SN.flux = lambda p: p.lightcurve.flux(p.time.value)
+    SN.flux.link((lc, time))
+    sim = C("sim", x, y, [SN, G("Galaxy", **_GAL)])
+    times = jnp.linspace(0, 6, _NOBS)
+    rng = np.random.default_rng(1123)
+    imgs = []
+    for t in times:
+        img = np.asarray(sim([t]))
+        noise = rng.normal(size=(2,) + img.shape)
+        imgs.append(img + 0.1 * noise[0] + np.sqrt(np.clip(img, 0, None) * 25) / 25 * noise[1])
+    return x, y, times, jnp.asarray(np.stack(imgs), dtype=jnp.float32), np.asarray(lc.flux(times)), sim
+
+
+def test_notebook_worked_example_truth(ck):
+    x, y, times, data, true_lc, ck_sim = _sn_data(ck)
+    lc = SNGaussian1D("lightcurve", t0=-3.0, sigma=2.0, peak_flux=0.25)
+    time = cx.Param("time")
+    sn = SNGaussian("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05)
+    sn = sn.set("flux", cx.Pointer(lambda lc, t: lc.flux(t), lc, time))
+    sim = SNCombined("sim", x, y, [sn, SNGaussian("Galaxy", **_GAL)])
+    assert_order(sim, ck_sim)
+    assert [p.name for p in sim.dynamic_params] == ["time"]
+    f = cx.compile(sim)
+    for t in times:
+        assert allclose(f(jnp.atleast_1d(t)), ck_sim([t]), atol=1e-6)
+    assert allclose(lc.flux(times), true_lc)
+
+
+def test_notebook_worked_example_stage1(ck):
+    G, G1D, C, S, L = _ck_sn_classes(ck)
+    x, y, times, data, _, _ = _sn_data(ck)
+    for i in (0, 3):
+        SNm = G("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2)
+        SNm.x0.to_dynamic()
+        SNm.flux.to_dynamic()
+        Gm = G("Galaxy", **_GAL)
+        Gm.to_dynamic()
+        ck_like = L("likelihood", C("firstmodel", x, y, [SNm, Gm]), data[i])
+        sn = SNGaussian("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2).to_dynamic("x0", "flux")
+        gal = SNGaussian("Galaxy", **_GAL).to_dynamic()
+        like = SNLikelihood("likelihood", SNCombined("firstmodel", x, y, [sn, gal]), data[i])
+        assert_order(like, ck_like)
+        p = like.get_values()
+        assert allclose(p, ck_like.get_values())
+        f = cx.compile(like)
+        assert allclose(f(p), ck_like(p), rtol=1e-5)
+        # the notebook's flux uncertainty: sqrt(inv(-hessian))[2, 2]
+        h = -jax.hessian(f)(p)
+        hck = -jax.hessian(lambda q: ck_like(q))(p)
+        assert allclose(h, hck, rtol=1e-3, atol=1e-2)
+        s = float(jnp.sqrt(jnp.abs(jnp.linalg.inv(h)[2, 2])))
+        sck = float(jnp.sqrt(jnp.abs(jnp.linalg.inv(hck)[2, 2])))
+        assert s == pytest.approx(sck, rel=1e-3)
+
+
+def _ck_stage2(ck, x, y, data, lightcurve=False):
+    G, G1D, C, S, L = _ck_sn_classes(ck)
+    Gm = G("Galaxy", **_GAL)
+    Gm.to_dynamic()
+    imgmodels = []
+    for i in range(_NOBS):
+        SNm = G(f"SN{i}", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2)
+        SNm.x0.to_dynamic()
+        SNm.flux.to_dynamic()
+        imgmodels.append(C(f"image{i}", x, y, [SNm, Gm]))
+        if i > 0:
+            SNm.x0 = imgmodels[0].models[0].x0
+    stack = S("secondmodel", imgmodels)
+    like = L("likelihood2", stack, data)
+    if lightcurve:
+        lcm = G1D("lightcurvemodel", t0=-3.0, sigma=2.5, peak_flux=0.25)
+        lcm.to_dynamic()
+        times = jnp.linspace(0, 6, _NOBS)
+        for i in range(_NOBS):
+            fl = stack.models[i].models[0].flux
+            stack.models[i].models[0].flux = lambda p: p.lightcurvemodel.flux(t=p.eval_t)
+            stack.models[i].models[0].flux.link(lcm)
+            stack.models[i].models[0].flux.eval_t = times[i]
+    return like
+
+
+def _cx_stage2(x, y, data, lightcurve=False):
+    gal = SNGaussian("Galaxy", **_GAL).to_dynamic()
+    sns = []
+    for i in range(_NOBS):
+        sn = SNGaussian(f"SN{i}", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2)
+        sn = sn.to_dynamic("x0", "flux")
+        if i > 0:
+            sn = sn.set("x0", sns[0].x0)
+        sns.append(sn)
+    if lightcurve:
+        lcm = SNGaussian1D("lightcurvemodel", t0=-3.0, sigma=2.5, peak_flux=0.25).to_dynamic()
+        times = jnp.linspace(0, 6, _NOBS)
+        sns = [sn.set("flux", cx.Pointer(lambda lc, t=t: lc.flux(t), lcm)) for sn, t in zip(sns, times)]
+    imgs = [SNCombined(f"image{i}", x, y, [sn, gal]) for i, sn in enumerate(sns)]
+    return SNLikelihood("likelihood2", SNStack("secondmodel", imgs), data)
+
+
+@pytest.mark.parametrize("lightcurve", [False, True], ids=["stage2", "stage3"])
+def test_notebook_worked_example_joint(ck, lightcurve):
+    x, y, times, data, true_lc, _ = _sn_data(ck)
+    ck_like = _ck_stage2(ck, x, y, data, lightcurve)
+    like = _cx_stage2(x, y, data, lightcurve)
+    assert_order(like, ck_like)
+    p = like.get_values()
+    assert allclose(p, ck_like.get_values())
+    f = cx.compile(like)
+    assert allclose(f(p), ck_like(p), rtol=1e-5)
+    assert allclose(jax.grad(f)(p), jax.grad(lambda q: ck_like(q))(p), rtol=1e-3, atol=1e-2)
+    if lightcurve:
+        # fit (caskade: scipy Nelder-Mead; caskax: cx.fit) and check caskade agrees it is the
+        # optimum, and that the light curve is recovered
+        best = cx.fit(f, p, maxiter=2000)
+        g_ck = jax.grad(lambda q: ck_like(q))(best.x)
+        g0 = jax.grad(lambda q: ck_like(q))(p)
+        assert float(jnp.linalg.norm(g_ck)) < 1e-2 * float(jnp.linalg.norm(g0))
+        lc_idx = like.find_index(like.model.models[0].models[0].flux.link.inputs[0].t0)
+        t0_fit = float(best.x[lc_idx])
+        assert t0_fit == pytest.approx(-3.0, abs=0.5)
+
+
+class SNHier(cx.Module):
+    """The tutorial's hierarchical model: vmap over epochs; the SN's flux is a live param
+    set from the light curve at each time."""
+
+    sn: SNGaussian
+    galaxy: SNGaussian
+    lc: SNGaussian1D
+    x: jax.Array
+    y: jax.Array
+    times: jax.Array
+
+    def __init__(self, name, sn, galaxy, lc, x, y, times):
+        super().__init__(name)
+        self.sn, self.galaxy, self.lc = sn, galaxy, lc
+        self.x, self.y, self.times = x, y, times
+
+    @cx.forward
+    def get_sn_brightness(self, t):
+        return self.sn.set(flux=self.lc.flux(t)).brightness(self.x, self.y)
+
+    @cx.forward
+    def __call__(self):
+        gal = self.galaxy.brightness(self.x, self.y)
+        return gal + jax.vmap(self.get_sn_brightness)(self.times)
+
+
+def test_notebook_worked_example_hierarchical(ck):
+    x, y, times, data, _, _ = _sn_data(ck)
+    ck_like = _ck_stage2(ck, x, y, data, lightcurve=True)
+    sn = SNGaussian("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05).to_static("flux")
+    assert sn.flux.live
+    sn = sn.to_dynamic("x0")
+    gal = SNGaussian("Galaxy", **_GAL).to_dynamic()
+    lcm = SNGaussian1D("lightcurvemodel", t0=-3.0, sigma=2.5, peak_flux=0.25).to_dynamic()
+    like = SNLikelihood("likelihood3", SNHier("hier", sn, gal, lcm, x, y, times), data)
+    f = cx.compile(like)
+    p_ck = ck_like.get_values()
+    assert f.size == p_ck.shape[0] == 11
+    # the same model as caskade's stage 3, each at its own initial values
+    assert allclose(f(f.init), ck_like(p_ck), rtol=1e-5)
