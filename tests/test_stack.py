@@ -339,3 +339,30 @@ def test_priors_are_stacked_per_member():
     perm = cx.stack_permutation(fu, fs)
     x = fu.init + 0.3
     np.testing.assert_allclose(float(fs.log_prior(x[perm])), float(fu.log_prior(x)), rtol=1e-6)
+
+
+def test_pointer_closing_over_member_values_is_refused_with_a_hint():
+    lc = Gaussian1D("lc", t0=-3.0, sigma=2.5, peak_flux=0.25)
+
+    def at(t):
+        return lambda lc: lc.flux(t)
+
+    members = [_g(f"s{i}").set("flux", cx.Pointer(at(float(i)), lc)) for i in range(2)]
+    with pytest.raises(cx.GraphError, match="closes over differ: pass per-member values as "
+                       "pointer inputs"):
+        cx.stack(members)
+
+
+def test_member_module_as_pointer_input():
+    # each member's flux reads its own light-curve module (a member-specific module input)
+    members = []
+    for i in range(3):
+        lc = Gaussian1D(f"lc{i}", t0=-float(i), sigma=1.0 + i, peak_flux=1.0)
+        members.append(_g(f"s{i}").set("flux", cx.Pointer(lambda lc: lc.flux(0.5), lc)))
+    S = cx.stack(members)
+    assert S.flux.link.inputs[0].t0.value.shape == (3,)
+    want = np.stack([np.asarray(jax.jit(lambda m: m.brightness(X, Y))(m)) for m in members])
+    got = jax.jit(lambda S: cx.stack_map(S, lambda s: s.brightness(X, Y)))(S)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)
+    f = cx.compile(Sky("sky", X, Y, S))
+    np.testing.assert_allclose(np.asarray(f(f.init)), want.sum(0), rtol=1e-5, atol=1e-9)

@@ -366,10 +366,15 @@ class _Stacker:
         fn = links[0].fn
         for j, lk in enumerate(links):
             if not _same_fn(fn, lk.fn):
+                hint = ""
+                if getattr(fn, "__code__", None) is getattr(lk.fn, "__code__", 0):
+                    hint = (" The code is the same but the values it closes over differ: pass "
+                            "per-member values as pointer inputs, cx.Pointer(fn, lc, t).")
                 raise GraphError(
                     f"cx.stack: pointer {self.where(path)} computes "
                     f"{_fn_name(fn)} in {self.member(0)} but {_fn_name(lk.fn)} in "
                     f"{self.member(j)}; a stacked pointer needs one function for all members."
+                    + hint
                 )
             if len(lk.inputs) != len(links[0].inputs):
                 raise GraphError(
