@@ -434,3 +434,26 @@ def test_deep_graphs_walk_iteratively_and_name_the_stack_limit():
     shallow = Chain(60)
     f = cx.compile(shallow)
     assert float(f(f.init)) == 60.0
+
+
+def test_float32_param_keeps_its_dtype_in_an_x64_model():
+    from helpers import run_python
+
+    out = run_python(
+        "import jax, jax.numpy as jnp, numpy as np, caskax as cx\n"
+        "class M(cx.Module):\n"
+        "    a: cx.Param\n"
+        "    b: cx.Param\n"
+        "    def __init__(self):\n"
+        "        super().__init__('m')\n"
+        "        self.a = cx.Param('a', np.float32(1.5), dynamic=True)\n"
+        "        self.b = cx.Param('b', 2.0, dynamic=True)\n"
+        "    @cx.forward\n"
+        "    def __call__(self, a, b):\n"
+        "        return a * b\n"
+        "f = cx.compile(M())\n"
+        "u = f.unflatten(f.init)\n"
+        "print(f.init.dtype, u.a.value.dtype, u.b.value.dtype, float(jax.grad(f)(f.init)[0]))\n",
+        JAX_ENABLE_X64="1",
+    )
+    assert out.split() == ["float64", "float32", "float64", "2.0"]

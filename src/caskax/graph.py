@@ -476,7 +476,12 @@ def _fill_param(p: Param, values, fill_node, w):
     if p.pointer:
         return copy_with(filled, value=compute_pointer(filled, _label(w, p.uid)))
     if p.uid in values:
-        return copy_with(filled, value=values[p.uid])
+        value = values[p.uid]
+        # a float32 param keeps its dtype in a float64 vector (x64), as caskade's does
+        want = p.dtype if p.dtype is not None else getattr(p.stored, "dtype", None)
+        if want is not None and getattr(value, "dtype", want) != want:
+            value = value.astype(want)
+        return copy_with(filled, value=value)
     return filled
 
 
