@@ -414,6 +414,25 @@ class Param(eqx.Module):
         return ()
 
     @property
+    def value_shape(self) -> tuple:
+        """The shape of one value: `shape` with its ``None`` wildcards filled from the
+        stored value (caskade's ``Param.shape``); `shape` itself keeps the declaration.
+
+        Example:
+            >>> import caskax as cx, numpy as np
+            >>> p = cx.Param("p", np.ones((3, 4, 5)), shape=(None, 5))
+            >>> p.shape, p.value_shape, p.batch_shape
+            ((None, 5), (4, 5), (3,))
+        """
+        if self.shape is None:
+            return () if self.stored is None else tuple(self.stored.shape)
+        if self.stored is None:
+            return self.shape
+        n = len(self.shape)
+        tail = tuple(self.stored.shape[self.stored.ndim - n :]) if n else ()
+        return tuple(v if s is None else s for s, v in zip(self.shape, tail))
+
+    @property
     def batched(self) -> bool:
         """True if the value has batch axes (see `caskax.batch_axes`)."""
         return len(self.batch_shape) > 0
