@@ -285,3 +285,121 @@ def test_nuts_equals_separate_runs_with_split_keys():
     tests = os.path.dirname(__file__)
     assert "ok" in run_python(EQUAL_RUNS, JAX_ENABLE_X64="1",
                               PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+
+
+# -- chunks, devices, files ------------------------------------------------------------------------------
+def test_chunks_give_the_same_results(F, tmp_path, capsys):
+    whole = cx.fit(F)
+    chunked = cx.fit(F, batch_size=2, progress=True)  # 2 chunks, the last padded
+    np.testing.assert_array_equal(chunked.x, whole.x)
+    np.testing.assert_array_equal(chunked.steps, whole.steps)
+    assert "3/3" in capsys.readouterr().err  # one bar over datasets
+    lap = cx.laplace(F, whole.x)
+    lap_chunked = cx.laplace(F, whole.x, batch_size=2, out=tmp_path / "lap.h5")
+    np.testing.assert_array_equal(lap_chunked.cov, lap.cov)
+    saved = cx.batch_results(tmp_path / "lap.h5")
+    assert saved["kind"] == "laplace" and saved["index"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(saved["sigma"], lap.sigma, rtol=1e-6)
+    with pytest.raises(cx.InferenceError, match="apply to batched Programs"):
+        cx.fit(F[0], batch_size=2)
+
+
+def test_nuts_in_chunks_to_a_file(F, batched_chains, tmp_path):
+    c = cx.nuts(F, jax.random.key(0), batch_size=2, out=tmp_path / "chains.h5", **RUN)
+    np.testing.assert_array_equal(c.samples, batched_chains.samples)
+    np.testing.assert_array_equal(c.inverse_mass_matrix, batched_chains.inverse_mass_matrix)
+    saved = cx.batch_results(tmp_path / "chains.h5")
+    assert saved["kind"] == "nuts" and saved["samples"].shape == (3, 2, 100, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chains.h5"]  # the parts are gone
+    with pytest.raises(cx.InferenceError, match="resume=True continues"):
+        cx.nuts(F, jax.random.key(0), resume=True, **RUN)
+
+
+KILLED = textwrap.dedent(
+    """
+    import os, signal, sys, importlib
+    import numpy as np, caskax as cx
+    from test_batch import Line
+    batch_module = importlib.import_module("caskax.batch")
+    fit_module = importlib.import_module("caskax.infer.fit")
+    ys = np.random.default_rng(2).normal(size=(8, 20)).astype(np.float32) + np.arange(8)[:, None]
+    F = cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys)
+    path, mode = sys.argv[1], sys.argv[2]
+    if mode == "kill":
+        write, written = batch_module._write_results, []
+        def write_then_die(p, *a, **k):
+            write(p, *a, **k)
+            written.append(p)
+            if len(written) == 2:  # two chunks on disk, then the process is killed
+                os.kill(os.getpid(), signal.SIGKILL)
+        batch_module._write_results = write_then_die
+        cx.fit(F, batch_size=2, out=path)
+    else:
+        solved = []
+        real = fit_module._fit_batched_jit
+        def counting(G, z, *a):
+            solved.append(len(G))
+            return real(G, z, *a)
+        fit_module._fit_batched_jit = counting
+        res = cx.fit(F, batch_size=2, out=path, resume=(mode == "resume"))
+        np.save(path + f".{mode}.npy", np.asarray(res.x))
+        print("solved", len(solved))
+    """
+)
+
+
+def test_resume_after_sigkill_loses_no_chunk_and_redoes_none(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    path = str(tmp_path / "fits.h5")
+
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", KILLED, path, mode], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    killed = run("kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    parts = sorted(os.listdir(path + ".parts"))
+    assert parts == ["000000000.h5", "000000002.h5"]  # whole chunks only, no temporary
+    resumed = run("resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "solved 2" in resumed.stdout  # chunks 4-5 and 6-7: nothing done twice
+    assert not os.path.exists(path + ".parts")
+    saved = cx.batch_results(path)
+    assert saved["index"].tolist() == list(range(8))
+    fresh = run("fresh")  # the same fit without the kill, into the same file
+    assert "solved 4" in fresh.stdout
+    np.testing.assert_array_equal(np.load(path + ".resume.npy"), np.load(path + ".fresh.npy"))
+
+
+SHARDED = textwrap.dedent(
+    """
+    import jax, numpy as np, caskax as cx, importlib
+    from test_batch import Line
+    assert len(jax.local_devices()) == 2
+    batch_module = importlib.import_module("caskax.batch")
+    ys = np.random.default_rng(3).normal(size=(6, 20)).astype(np.float32) + np.arange(6)[:, None]
+    F = cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys)
+    G, X = batch_module._on_devices(F, np.asarray(F.init))
+    assert len(X.sharding.device_set) == 2 and len(G.arrays[-1].sharding.device_set) == 2
+    spread = cx.fit(F, batch_size=2)     # chunks of 2: one dataset per device
+    single = cx.fit(F, batch_size=3)     # 3 does not split over 2 devices: one device
+    np.testing.assert_allclose(spread.x, single.x, rtol=1e-5, atol=1e-6)
+    lap = cx.laplace(F, spread.x, batch_size=2)
+    np.testing.assert_allclose(lap.sigma, cx.laplace(F, spread.x, batch_size=3).sigma, rtol=1e-5)
+    print("ok")
+    """
+)
+
+
+def test_chunks_spread_over_local_devices():
+    import os
+
+    tests = os.path.dirname(__file__)
+    out = run_python(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                     PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    assert "ok" in out

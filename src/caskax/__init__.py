@@ -2,7 +2,7 @@
 them as pure JAX functions of one flat vector."""
 
 from . import plot as plot, transforms as transforms
-from .batch import BatchedProgram as BatchedProgram, batch as batch
+from .batch import BatchedProgram as BatchedProgram, batch as batch, read_results as batch_results
 from .errors import (
     CaskaxError as CaskaxError,
     CaskaxWarning as CaskaxWarning,
@@ -65,6 +65,7 @@ __all__ = [
     "StateFileError",
     "batch",
     "batch_axes",
+    "batch_results",
     "compile",
     "fit",
     "forward",

@@ -11,6 +11,9 @@ building N Programs.
 """
 
 import functools
+import json
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ import numpy as np
 from .errors import GraphError, ShapeError
 from .program import Program, _Slot, _Static
 
-__all__ = ["batch", "BatchedProgram"]
+__all__ = ["batch", "BatchedProgram", "read_results", "run_in_chunks"]
 
 
 class BatchedProgram:
@@ -78,6 +81,30 @@ class BatchedProgram:
             raise IndexError(f"dataset {k} out of range for {self._n} datasets.")
         k %= self._n
         return self.member_of([a[k] if ax == 0 else a for a, ax in zip(self._arrays, self._axes)])
+
+    def take(self, indices) -> "BatchedProgram":
+        """The datasets at ``indices`` (a sequence of ints or a boolean mask of length
+        ``N``) as a smaller `BatchedProgram`: sample only the interesting ones.
+
+        Example:
+            >>> import caskax as cx, jax.numpy as jnp
+            >>> from caskax.examples import Gaussian1D
+            >>> f = cx.compile(Gaussian1D("lc", t0=0.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0"), "flux", 0.0)
+            >>> F = cx.batch(f, sigma=jnp.array([1.0, 2.0, 4.0]))
+            >>> G = F.take([2, 0])
+            >>> len(G), [round(v, 3) for v in G(jnp.ones((2, 1))).tolist()]
+            (2, [0.939, 0.368])
+        """
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (self._n,):
+                raise ShapeError(f"take: a mask needs {self._n} entries, got shape {idx.shape}.")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.size == 0 or np.any((idx < -self._n) | (idx >= self._n)):
+            raise IndexError(f"take: indices must be non-empty and within [-{self._n}, {self._n}), got {idx.tolist()}.")
+        arrays = [a[idx] if ax == 0 else a for a, ax in zip(self._arrays, self._axes)]
+        return BatchedProgram(arrays, self._axes, self._static, idx.size)
 
     # -- one member's layout ---------------------------------------------------------------
     @property
@@ -459,3 +486,146 @@ def _step(obj, entry):
     if isinstance(entry, jax.tree_util.FlattenedIndexKey):
         return jax.tree_util.tree_leaves(obj)[entry.key]
     return obj
+
+
+# -- many datasets in chunks: memory, devices, files ----------------------------------------------------
+def _chunk_indices(n: int, batch_size: int | None):
+    """``[(real, padded), ...]``: the dataset indices of each chunk, and the same padded
+    to ``batch_size`` by repeating the last index, so every chunk compiles alike."""
+    size = n if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ShapeError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    out = []
+    for start in range(0, n, size):
+        real = np.arange(start, min(start + size, n))
+        padded = np.concatenate([real, np.full(size - real.size, real[-1])]) if n > size else real
+        out.append((real, padded))
+    return out
+
+
+def _on_devices(F: "BatchedProgram", *xs):
+    """``F`` and dataset-leading arrays ``xs`` spread over the local devices along the
+    dataset axis (each device solving its share), when there are several and they
+    divide the count; unchanged otherwise."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or len(F) % len(devices):
+        return (F, *xs)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("datasets",))
+    split, whole = NamedSharding(mesh, PartitionSpec("datasets")), NamedSharding(mesh, PartitionSpec())
+    arrays = [jax.device_put(a, split if ax == 0 else whole) for a, ax in zip(F.arrays, F.in_axes)]
+    G = BatchedProgram(arrays, F.in_axes, F._static, len(F))
+    return (G, *(None if x is None else jax.device_put(x, split) for x in xs))
+
+
+def run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=False, out=None,
+                  resume=False, what="fit", meta=None) -> dict:
+    """Solve ``F``'s datasets chunk by chunk: ``solve(F_chunk, indices)`` returns a dict
+    of arrays with a leading axis over the chunk's datasets. Chunks are padded to one
+    size (one compile), spread over the local devices, counted by one progress bar,
+    and with ``out`` written to ``out + ".parts/"`` one file per finished chunk (written
+    whole, then renamed: a crash leaves every finished chunk and no partial one), merged
+    into ``out`` at the end. ``resume=True`` keeps the finished chunks of an earlier,
+    interrupted call with the same ``out`` and ``batch_size``. Returns the merged dict,
+    in dataset order."""
+    n = len(F)
+    chunks = _chunk_indices(n, batch_size)
+    parts_dir = None if out is None else os.fspath(out) + ".parts"
+    if out is not None and resume and os.path.exists(os.fspath(out)) and not os.path.exists(parts_dir):
+        merged = _read_results(os.fspath(out), what)
+        if merged["index"].shape[0] == n:
+            return merged
+    if parts_dir is not None:
+        if not resume and os.path.isdir(parts_dir):
+            shutil.rmtree(parts_dir)
+        os.makedirs(parts_dir, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=what, unit="dataset")
+    results = []
+    try:
+        for real, padded in chunks:
+            part = None if parts_dir is None else os.path.join(parts_dir, f"{real[0]:09d}.h5")
+            if part is not None and resume and os.path.exists(part):
+                got = _read_results(part, what)
+                if np.array_equal(got["index"], real):
+                    results.append(got)
+                    if bar is not None:
+                        bar.update(real.size)
+                    continue
+            G = F if padded.size == n and np.array_equal(padded, np.arange(n)) else F.take(padded)
+            got = {k: np.asarray(v)[: real.size] for k, v in solve(G, padded).items()}
+            got["index"] = real
+            if part is not None:
+                _write_results(part, got, what, meta)
+            results.append(got)
+            if bar is not None:
+                bar.update(real.size)
+    finally:
+        if bar is not None:
+            bar.close()
+    merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+    if out is not None:
+        _write_results(os.fspath(out), merged, what, meta)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return merged
+
+
+def _write_results(path: str, arrays: dict, what: str, meta) -> None:
+    """One HDF5 file of result arrays (each with a leading dataset axis, ``index``
+    holding the datasets' numbers), written beside ``path`` and renamed over it."""
+    import h5py
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with h5py.File(tmp, "w") as h5:
+            group = h5.create_group(what)
+            for k, v in arrays.items():
+                group.create_dataset(k, data=np.asarray(v))
+            group.attrs["format"] = f"caskax.batch.{what}/1"
+            for k, v in (meta or {}).items():
+                group.attrs[k] = json.dumps(v)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_results(path: str, what: str) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if what not in h5:
+            raise GraphError(f"'{path}' holds no batched {what} results (no '{what}' group).")
+        return {k: v[()] for k, v in h5[what].items()}
+
+
+def read_results(path) -> dict:
+    """The arrays a batched ``cx.fit``, ``cx.laplace`` or ``cx.nuts`` call wrote with
+    ``out=path``: ``{"index": dataset numbers, field: array with a leading dataset
+    axis, ...}``, plus ``"kind"`` (``"fit"``, ``"laplace"`` or ``"nuts"``).
+
+    Example:
+        >>> import os, tempfile, caskax as cx, jax.numpy as jnp
+        >>> from caskax.examples import Gaussian1D
+        >>> f = cx.compile(Gaussian1D("lc", t0=0.5, sigma=1.0, peak_flux=1.0).to_dynamic("t0"), "flux", 0.0)
+        >>> F = cx.batch(f, sigma=jnp.array([1.0, 2.0, 4.0]))
+        >>> path = os.path.join(tempfile.mkdtemp(), "fits.h5")
+        >>> res = cx.fit(F, batch_size=2, out=path)
+        >>> saved = cx.batch_results(path)
+        >>> saved["kind"], saved["index"].tolist(), saved["x"].shape
+        ('fit', [0, 1, 2], (3, 1))
+    """
+    import h5py
+
+    path = os.fspath(path)
+    with h5py.File(path, "r") as h5:
+        kinds = [k for k in ("fit", "laplace", "nuts") if k in h5]
+    if not kinds:
+        raise GraphError(f"'{path}' holds no batched results (no 'fit', 'laplace' or 'nuts' group).")
+    out = _read_results(path, kinds[0])
+    out["kind"] = kinds[0]
+    return out

@@ -109,6 +109,13 @@ class Chains:
         axis: ``samples`` ``[N, C, D, n]``), None for one Program's."""
         return self.samples.shape[0] if self.samples.ndim == 4 else None
 
+    def take(self, indices) -> "Chains":
+        """The datasets at ``indices`` of chains from a batched Program, as such chains."""
+        if self.num_datasets is None:
+            raise InferenceError("Chains.take selects datasets of a batched run; these chains have no dataset axis.")
+        idx = np.asarray(indices)
+        return dataclasses.replace(self, **{f: np.asarray(getattr(self, f))[idx] for f in _ARRAYS})
+
     def __getitem__(self, k) -> "Chains":
         """Dataset ``k``'s chains (of chains from a batched Program).
 

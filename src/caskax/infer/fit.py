@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..batch import BatchedProgram
+from ..batch import BatchedProgram, _on_devices as on_devices, run_in_chunks
 from ..errors import InferenceError, ShapeError
 from ..program import Program
 from ._jit import inference_jit, run_once_jit
@@ -232,7 +232,8 @@ _fit = inference_jit(_fit_impl)
 
 
 def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-6,
-        valid: bool = False, learning_rate: float | None = None) -> FitResult:
+        valid: bool = False, learning_rate: float | None = None, *, batch_size: int | None = None,
+        progress: bool = False, out=None, resume: bool = False) -> FitResult:
     """Maximise ``f`` (a log-likelihood or log-posterior) with optax.
 
     The whole loop runs in one ``jax.lax.while_loop`` inside ``jit``: no Python per
@@ -264,6 +265,18 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
     - ``learning_rate``: Adam's step size (default ``1e-2``); an error with L-BFGS,
       whose line search sets the step.
 
+    **Batched Programs** (`cx.batch`): every dataset is fitted on its own (its own
+    optimizer state and stopping test) in one vmapped loop; ``x0`` is ``(N, n)`` and
+    the result's fields lead with the dataset axis (``x`` ``(N, n)``). Each dataset's
+    result equals a separate ``fit(F[k])`` up to floating-point rounding. For many
+    datasets: ``batch_size`` fits them in chunks of that many (one compile, the last
+    chunk padded), spread over the local devices when there are several;
+    ``progress`` shows one bar over datasets; ``out=path.h5`` writes each finished
+    chunk (with its dataset numbers) and at the end all results (read back with
+    ``cx.batch_results``); ``resume=True`` with the same ``out`` and ``batch_size``
+    keeps the chunks an interrupted call finished. These four apply to batched
+    Programs only.
+
     **Returns:** a `FitResult`. It is a pytree, so many starts fit in one compile:
     ``jax.vmap(lambda x0: cx.fit(f, x0).x)(starts)``.
 
@@ -274,7 +287,13 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
         ([2.0, 2.0, 2.0], True)
     """
     if isinstance(f, BatchedProgram):
-        return _fit_batched(f, x0, method, maxiter, tol, valid, learning_rate)
+        return _fit_batched(f, x0, method, maxiter, tol, valid, learning_rate, batch_size,
+                            progress, out, resume)
+    if batch_size is not None or progress or out is not None or resume:
+        raise InferenceError(
+            "fit: batch_size, progress, out and resume apply to batched Programs "
+            f"(cx.batch), not to {type(f).__name__}."
+        )
     res, start_ok, target, z0 = _fit_unchecked(f, x0, method, maxiter, tol, valid, learning_rate)
     if not isinstance(start_ok, jax.core.Tracer) and not bool(start_ok):
         check_finite_start(target, z0, "fit")  # compiled only now, to name the params
@@ -298,7 +317,8 @@ def _to_z_batched(F, x0):
                     in_axes=(F.in_axes, 0))(F.arrays, x0)
 
 
-def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate):
+def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out,
+                 resume):
     """`fit` of every dataset of a `BatchedProgram` at once: ``jax.vmap`` of the same
     loop, each dataset with its own optimizer state and stopping test (a finished
     dataset's state stops changing while the others run on)."""
@@ -325,14 +345,24 @@ def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate):
         )
     z0 = _to_z_batched(F, x0) if (valid and not F.valid) else x0
     layout = layout_of(member, n)
-    res, start_ok = _fit_batched_jit(F, z0, method, int(maxiter), float(tol), learning_rate, layout,
-                                     bool(valid))
-    bad = np.flatnonzero(~np.asarray(start_ok))
-    if bad.size:
-        k = int(bad[0])
-        check_finite_start(Target(F[k], unconstrained=valid, density=False), z0[k],
-                           f"fit (dataset {k} of {len(F)}; {bad.size} with a non-finite start)")
-    return res
+
+    def solve(G, idx):
+        G, z = on_devices(G, z0[idx])
+        res, start_ok = _fit_batched_jit(G, z, method, int(maxiter), float(tol), learning_rate,
+                                         layout, bool(valid))
+        bad = np.flatnonzero(~np.asarray(start_ok))
+        if bad.size:
+            k = int(idx[bad[0]])
+            check_finite_start(Target(F[k], unconstrained=valid, density=False), z0[k],
+                               f"fit (dataset {k} of {len(F)})")
+        return {name: getattr(res, name) for name in _FIELDS}
+
+    done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
+                         resume=resume, what="fit", meta={"layout": [[k, list(v)] for k, v in layout]})
+    return FitResult(*(jax.device_put(done[name]) for name in _FIELDS), layout)
+
+
+_FIELDS = ("x", "value", "grad_norm", "steps", "converged")
 
 
 def _join_groups(parts):

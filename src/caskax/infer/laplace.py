@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..batch import BatchedProgram
+from ..batch import BatchedProgram, _on_devices as on_devices, run_in_chunks
 from ..errors import InferenceError, ShapeError
 from ..program import Program
 from ._target import (
@@ -117,7 +117,8 @@ def _not_definite(a: np.ndarray, names: list) -> InferenceError:
     )
 
 
-def laplace(f, x, subset=None) -> Laplace:
+def laplace(f, x, subset=None, *, batch_size: int | None = None, progress: bool = False, out=None,
+            resume: bool = False) -> Laplace:
     """The Laplace approximation of ``f`` at ``x``: ``cov = inv(-hessian(f)(x))``.
 
     ``x`` should be a maximum of ``f`` (a `fit` result). The Hessian is symmetrised,
@@ -133,6 +134,11 @@ def laplace(f, x, subset=None) -> Laplace:
       (``"SN.x0"``, all its entries), Param objects or indices; the result is then the
       marginal Gaussian of those entries.
 
+    **Batched Programs** (`cx.batch`): ``x`` is ``(N, n)`` and each dataset's Hessian
+    is taken at its row (one vmapped program) and inverted on its own: ``cov`` is
+    ``(N, n, n)``; a dataset where ``-hessian`` is not positive definite is an error
+    naming it. ``batch_size``, ``progress``, ``out`` and ``resume`` work as in `fit`.
+
     **Returns:** `Laplace` ``(mean, cov, sigma)``.
 
     Example:
@@ -142,7 +148,12 @@ def laplace(f, x, subset=None) -> Laplace:
         [1.0, 3.0]
     """
     if isinstance(f, BatchedProgram):
-        return _laplace_batched(f, x, subset)
+        return _laplace_batched(f, x, subset, batch_size, progress, out, resume)
+    if batch_size is not None or progress or out is not None or resume:
+        raise InferenceError(
+            "laplace: batch_size, progress, out and resume apply to batched Programs "
+            f"(cx.batch), not to {type(f).__name__}."
+        )
     check_program(f, "laplace")
     x = start_vector(f, x, "laplace")
     names = names_of(layout_of(f, int(x.shape[0])))
@@ -178,7 +189,7 @@ def _hessians(F, x):
                     in_axes=(F.in_axes, 0))(F.arrays, x)
 
 
-def _laplace_batched(F, x, subset):
+def _laplace_batched(F, x, subset, batch_size, progress, out, resume):
     """`laplace` of every dataset of a `BatchedProgram` at its row of ``x``: the
     Hessians in one vmapped program, each inverted on its own."""
     member = F[0]
@@ -191,14 +202,23 @@ def _laplace_batched(F, x, subset):
             f"({len(F)}, {n}): one point per dataset, e.g. cx.fit(F).x."
         )
     names = names_of(layout_of(member, n))
-    hess = np.asarray(_hessians(F, x), dtype=np.float64)
-    covs = []
-    for k in range(len(F)):
-        try:
-            covs.append(_cov(hess[k], names))
-        except InferenceError as err:
-            raise InferenceError(f"laplace, dataset {k} of {len(F)}: {err}") from None
-    cov, mean = np.stack(covs), np.asarray(x)
+
+    def solve(G, idx):
+        G, xs = on_devices(G, x[idx])
+        hess = np.asarray(_hessians(G, xs), dtype=np.float64)
+        covs = []
+        for j, k in enumerate(idx):
+            try:
+                covs.append(_cov(hess[j], names))
+            except InferenceError as err:
+                raise InferenceError(f"laplace, dataset {int(k)} of {len(F)}: {err}") from None
+        cov = np.stack(covs)
+        return {"mean": np.asarray(x)[idx], "cov": cov,
+                "sigma": np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))}
+
+    done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
+                         resume=resume, what="laplace", meta={"names": names})
+    cov, mean = done["cov"], np.asarray(x)
     if subset is not None:
         idx = _resolve_subset(member, list(subset), names)
         mean, cov, names = mean[:, idx], cov[:, idx][:, :, idx], [names[i] for i in idx]

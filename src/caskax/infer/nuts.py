@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..batch import BatchedProgram
+from ..batch import BatchedProgram, run_in_chunks
 from ..errors import CaskaxWarning, InferenceError, ShapeError
 from .chains import Chains, _check_layout
 from .fit import _fit_impl, _fit_unchecked
@@ -533,7 +533,8 @@ def _check_metric(imm, dense: bool, what: str):
 # -- the public function -------------------------------------------------------------------------
 def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_chains: int | None = None,
          progress: bool = True, valid: bool = True, inverse_mass_matrix="laplace",
-         chain_method: str = "vectorized", thin: int = 1, resume: Chains | None = None) -> Chains:
+         chain_method: str = "vectorized", thin: int = 1, resume: Chains | bool | None = None, *,
+         batch_size: int | None = None, out=None) -> Chains:
     """Sample ``f`` with blackjax NUTS after Stan-style window adaptation.
 
     The target density is ``f(x) + f.log_prior(x)``. With ``valid=True`` (default) the
@@ -584,6 +585,17 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     ``cx.nuts(f, key2, resume=err.chains)`` continues the run. During warmup there
     is nothing to keep yet: ``err.chains`` is ``None``.
 
+    **Batched Programs** (`cx.batch`): dataset ``k`` is sampled as
+    ``nuts(F[k], jax.random.split(key, N)[k], ...)`` samples it (its own fit, Laplace
+    metric, step size and mass matrix), all datasets and chains in one vmapped
+    program, ``chain_method="vectorized"`` only. ``x0`` is ``(N, n)`` or
+    ``(N, num_chains, n)``; every field of the `Chains` leads with the dataset axis
+    (``samples`` ``[N, num_chains, num_samples, n]``) and ``resume`` takes such Chains.
+    ``batch_size`` samples the datasets in chunks (one progress bar over datasets);
+    ``out=path.h5`` writes each finished chunk and, at the end, all chains (read back
+    with ``cx.batch_results``); ``resume=True`` with the same ``out`` and
+    ``batch_size`` keeps the chunks an interrupted call finished.
+
     **Returns:** `Chains` (samples constrained, ``[num_chains, num_samples, n]``).
 
     Example:
@@ -596,7 +608,12 @@ def nuts(f, key, x0=None, num_warmup: int = 500, num_samples: int = 1000, num_ch
     """
     if isinstance(f, BatchedProgram):
         return _nuts_batched(f, key, x0, num_warmup, num_samples, num_chains, progress, valid,
-                             inverse_mass_matrix, chain_method, thin, resume)
+                             inverse_mass_matrix, chain_method, thin, resume, batch_size, out)
+    if batch_size is not None or out is not None or isinstance(resume, bool):
+        raise InferenceError(
+            "nuts: batch_size, out and resume=True apply to batched Programs (cx.batch), "
+            f"not to {type(f).__name__}; resume one Program's run with resume=chains."
+        )
     check_program(f, "nuts")
     if resume is not None:
         if num_chains is not None and num_chains != resume.num_chains:
@@ -821,13 +838,18 @@ def _laplace_seed_batched(bt, z0, per_chain, normals, dense):
 
 
 def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, valid,
-                  inverse_mass_matrix, chain_method, thin, resume) -> Chains:
+                  inverse_mass_matrix, chain_method, thin, resume, batch_size=None, out=None) -> Chains:
     """`nuts` on every dataset of a `BatchedProgram`: dataset ``k`` is sampled as
     ``nuts(F[k], jax.random.split(key, N)[k], ...)`` would sample it, all datasets and
-    chains in one vmapped program. Returns `Chains` with a leading dataset axis."""
+    chains in one vmapped program (per chunk of ``batch_size`` datasets). Returns
+    `Chains` with a leading dataset axis."""
     N = len(F)
     member = F[0]
     check_program(member, "nuts")
+    file_resume = resume is True
+    if file_resume and out is None:
+        raise InferenceError("nuts: resume=True continues an interrupted run written to out=...; give out.")
+    resume = None if isinstance(resume, bool) else resume
     if chain_method != "vectorized":
         raise InferenceError(
             f"nuts: a batched Program maps its datasets and chains with jax.vmap; "
@@ -853,15 +875,57 @@ def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, val
             raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
     n = int(sum(group_sizes(member)))
     layout = layout_of(member, n)
-    bt = _BatchedTarget(F, Target(member, unconstrained=valid).unconstrained)
+    unconstrained = Target(member, unconstrained=valid).unconstrained
+    if resume is not None:
+        _check_layout(resume, layout, unconstrained)
+    if x0 is not None:
+        x0 = np.asarray(x0)
+        if x0.shape not in ((N, n), (N, num_chains, n)) or not np.issubdtype(x0.dtype, np.inexact):
+            raise ShapeError(
+                f"nuts: x0 has shape {x0.shape} ({x0.dtype}), expected floats of shape ({N}, {n}) "
+                f"(one start per dataset) or ({N}, {num_chains}, {n}) (one per chain), laid out "
+                f"as {names_of(layout)}."
+            )
+    if isinstance(inverse_mass_matrix, str) and inverse_mass_matrix != "laplace":
+        raise InferenceError(
+            f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
+        )
     impl = str(jax.random.key_impl(key))
     dataset_keys = jax.random.split(key, N)
+    chunked = batch_size is not None or out is not None
+    settings = (num_warmup, num_samples, num_chains, progress and not chunked, valid,
+                inverse_mass_matrix, thin, impl, layout, unconstrained)
+
+    def solve(G, idx):
+        part = _nuts_datasets(G, dataset_keys[idx], None if x0 is None else x0[idx],
+                              None if resume is None else resume.take(idx), *settings)
+        return {k: getattr(part, k) for k in _CHAIN_FIELDS}
+
+    if not chunked:
+        return _nuts_datasets(F, dataset_keys, x0, resume, *settings)
+    done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
+                         resume=file_resume, what="nuts",
+                         meta={"layout": [[k, list(v)] for k, v in layout], "unconstrained": unconstrained})
+    # each chunk's chains already follow its resumed draws
+    return Chains(**{k: done[k] for k in _CHAIN_FIELDS}, layout=layout, unconstrained=unconstrained,
+                  num_warmup=int(num_warmup if resume is None else resume.num_warmup))
+
+
+_CHAIN_FIELDS = ("samples", "log_density", "divergences", "num_steps", "acceptance_rate",
+                 "step_size", "inverse_mass_matrix", "last_position")
+
+
+def _nuts_datasets(F, dataset_keys, x0, resume, num_warmup, num_samples, num_chains, progress,
+                   valid, inverse_mass_matrix, thin, impl, layout, unconstrained) -> Chains:
+    """`_nuts_batched` on one chunk of datasets, each with its own key."""
+    N, n = len(F), len(names_of(layout))
+    member = F[0]
+    bt = _BatchedTarget(F, unconstrained)
     chains_map = dict(chain_method="datasets", mesh=None)
     runner = _Runner(bt, _block_size(num_samples), _Sampling(int(thin), impl), chains_map)
     failed = []
 
     if resume is not None:
-        _check_layout(resume, layout, bt.unconstrained)
         z0 = np.asarray(resume.last_position)
         _, _, draw_keys = (np.asarray(a) for a in _keys_batched(dataset_keys, num_chains))
         step_size = np.asarray(resume.step_size, dtype=z0.dtype)
@@ -871,21 +935,11 @@ def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, val
         z, fallback, da, num_warmup = z0, z0, _fresh_da(z0.shape[:-1], z0.dtype), 0
     else:
         laplace_path = isinstance(inverse_mass_matrix, str)
-        if laplace_path and inverse_mass_matrix != "laplace":
-            raise InferenceError(
-                f"nuts: inverse_mass_matrix must be None, an array or 'laplace', got {inverse_mass_matrix!r}."
-            )
         if x0 is None:
             init = F.init
             init = jnp.concatenate(init, axis=-1) if isinstance(init, tuple) else init
             x0 = F.from_valid(init) if F.valid else init
         x0 = np.asarray(x0)
-        if x0.shape not in ((N, n), (N, num_chains, n)) or not np.issubdtype(x0.dtype, np.inexact):
-            raise ShapeError(
-                f"nuts: x0 has shape {x0.shape} ({x0.dtype}), expected floats of shape ({N}, {n}) "
-                f"(one start per dataset) or ({N}, {num_chains}, {n}) (one per chain), laid out "
-                f"as {names_of(layout)}."
-            )
         per_chain = x0.ndim == 3
         given = x0
         z0 = np.asarray(_to_z_datasets(bt, x0 if per_chain else np.broadcast_to(x0[:, None], (N, num_chains, n))))
