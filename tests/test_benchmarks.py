@@ -202,3 +202,22 @@ def test_headline_ratios_come_from_the_rows():
     calls = next(line for line in run._headlines(cpu, None, None) if "calls, vmap" in line)
     assert f"{max(run._ratios(cpu['rows'], ('1-call', '3-vmap'))):.2f}x" in calls
     assert max(run._ratios(cpu["rows"], ("1-call", "3-vmap"))) > 3
+
+
+def test_readme_speed_table_quotes_the_results_page():
+    """The README's speed headlines are the page's (a rerun that moves them must update
+    the README too), and the README stays a product page: short, no clock times."""
+    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    assert "(benchmarks/RESULTS.md)" in readme
+    speed = readme[readme.index("## Speed"):]
+    quoted = re.findall(r"\d+\.\d\dx–\d+\.\d\dx", speed)
+    assert len(quoted) >= 4
+    for span in quoted:
+        assert span in page, span
+    cpu = json.loads((ROOT / "benchmarks" / "results-cpu.json").read_text())
+    sampling = {r["peer"]: r["ess_per_s"] for r in cpu["rows"] if r["figure"] == "6-sampling"}
+    assert f"{sampling['caskax'] / sampling['hand-blackjax']:.1f}x" in speed
+    assert len(readme.splitlines()) <= 130
+    assert not re.search(r"\b\d{1,2}:\d{2}\b|UTC|session", readme)
+    assert "./run example" in readme and "./run tests" in readme
