@@ -2128,7 +2128,7 @@ def test_notebook_beginners_guide(ck):
     assert got.shape == (64, 100, 100)
     assert allclose(got[::9], ref, atol=1e-5)
     # gradient wrt time at t = 0.5
-    ref_j = jax.jacfwd(lambda p: ckc.brightness(x, y, p))(jnp.array([0.5]))
+    ref_j = jax.jit(jax.jacfwd(lambda p: ckc.brightness(x, y, p)))(jnp.array([0.5]))
     assert allclose(jax.jacfwd(f)(jnp.array([0.5])), ref_j, atol=1e-4)
 
 
@@ -2876,12 +2876,13 @@ def _ck_sn_classes(ck):
     return Gaussian, Gaussian1D, Combined, Stack, Likelihood
 
 
-_NOBS, _NPIX = 5, 30
+_NOBS, _NPIX = 5, 20
 _GAL = dict(x0=[0.2, 0.2], q=0.6, phi=0.5, sigma=0.3, flux=1.0)
 
 
+@__import__("functools").lru_cache(maxsize=1)
 def _sn_data(ck):
-    """Mock data made by caskade's own true simulator (numpy noise, fixed seed)."""
+    """Mock data made by caskade's own true simulator (numpy noise, fixed seed); made once."""
     G, G1D, C, _, _ = _ck_sn_classes(ck)
     ax = jnp.linspace(-1, 1, _NPIX)
     x, y = jnp.meshgrid(ax, ax, indexing="ij")
@@ -2894,8 +2895,9 @@ def _sn_data(ck):
     times = jnp.linspace(0, 6, _NOBS)
     rng = np.random.default_rng(1123)
     imgs = []
+    run = jax.jit(lambda t: sim([t]))
     for t in times:
-        img = np.asarray(sim([t]))
+        img = np.asarray(run(t))
         noise = rng.normal(size=(2,) + img.shape)
         imgs.append(img + 0.1 * noise[0] + np.sqrt(np.clip(img, 0, None) * 25) / 25 * noise[1])
     return x, y, times, jnp.asarray(np.stack(imgs), dtype=jnp.float32), np.asarray(lc.flux(times)), sim
@@ -2919,7 +2921,7 @@ def test_notebook_worked_example_truth(ck):
 def test_notebook_worked_example_stage1(ck):
     G, G1D, C, S, L = _ck_sn_classes(ck)
     x, y, times, data, _, _ = _sn_data(ck)
-    for i in (0, 3):
+    for i in (3,):
         SNm = G("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2)
         SNm.x0.to_dynamic()
         SNm.flux.to_dynamic()
@@ -2933,10 +2935,10 @@ def test_notebook_worked_example_stage1(ck):
         p = like.get_values()
         assert allclose(p, ck_like.get_values())
         f = cx.compile(like)
-        assert allclose(f(p), ck_like(p), rtol=1e-5)
+        assert allclose(f(p), jax.jit(lambda q: ck_like(q))(p), rtol=1e-5)
         # the notebook's flux uncertainty: sqrt(inv(-hessian))[2, 2]
         h = -jax.hessian(f)(p)
-        hck = -jax.hessian(lambda q: ck_like(q))(p)
+        hck = -jax.jit(jax.hessian(lambda q: ck_like(q)))(p)
         assert allclose(h, hck, rtol=1e-3, atol=1e-2)
         s = float(jnp.sqrt(jnp.abs(jnp.linalg.inv(h)[2, 2])))
         sck = float(jnp.sqrt(jnp.abs(jnp.linalg.inv(hck)[2, 2])))
@@ -2995,14 +2997,14 @@ def test_notebook_worked_example_joint(ck, lightcurve):
     p = like.get_values()
     assert allclose(p, ck_like.get_values())
     f = cx.compile(like)
-    assert allclose(f(p), ck_like(p), rtol=1e-5)
-    assert allclose(jax.grad(f)(p), jax.grad(lambda q: ck_like(q))(p), rtol=1e-3, atol=1e-2)
+    assert allclose(f(p), jax.jit(lambda q: ck_like(q))(p), rtol=1e-5)
+    ck_grad = jax.jit(jax.grad(lambda q: ck_like(q)))
+    assert allclose(jax.grad(f)(p), ck_grad(p), rtol=1e-3, atol=1e-2)
     if lightcurve:
         # fit (caskade: scipy Nelder-Mead; caskax: cx.fit) and check caskade agrees it is the
         # optimum, and that the light curve is recovered
         best = cx.fit(f, p, maxiter=2000)
-        g_ck = jax.grad(lambda q: ck_like(q))(best.x)
-        g0 = jax.grad(lambda q: ck_like(q))(p)
+        g_ck, g0 = ck_grad(best.x), ck_grad(p)
         assert float(jnp.linalg.norm(g_ck)) < 1e-2 * float(jnp.linalg.norm(g0))
         lc_idx = like.find_index(like.model.models[0].models[0].flux.link.inputs[0].t0)
         t0_fit = float(best.x[lc_idx])
@@ -3048,4 +3050,4 @@ def test_notebook_worked_example_hierarchical(ck):
     p_ck = ck_like.get_values()
     assert f.size == p_ck.shape[0] == 11
     # the same model as caskade's stage 3, each at its own initial values
-    assert allclose(f(f.init), ck_like(p_ck), rtol=1e-5)
+    assert allclose(f(f.init), jax.jit(lambda q: ck_like(q))(p_ck), rtol=1e-5)
