@@ -505,6 +505,10 @@ def _peer_bars(result, path, title):
             # bars from 1 (parity with hand) up or down to the ratio
             ax.bar(xs, [y - 1.0 for y in ys], bottom=1.0, width=w,
                    color=PEER_COLORS.get(peer), label=peer)
+            if peer == "caskax":  # near 1x its bars are short: print the ratios
+                for xx, yy in zip(xs, ys):
+                    ax.text(xx, max(yy, 1.0) * 1.04, f"{yy:.2f}", ha="center", va="bottom",
+                            fontsize=7, color=PEER_COLORS["caskax"], rotation=90)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
         lo_hi.extend(y for b in ax.patches for y in (b.get_y(), b.get_y() + b.get_height()))
