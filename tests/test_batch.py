@@ -403,3 +403,55 @@ def test_chunks_spread_over_local_devices():
     out = run_python(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                      PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
     assert "ok" in out
+
+
+def test_resume_refuses_a_file_of_other_settings(F, tmp_path):
+    path = tmp_path / "fits.h5"
+    cx.fit(F, batch_size=2, out=path)
+    again = cx.fit(F, batch_size=2, out=path, resume=True)  # the finished file is read back
+    np.testing.assert_array_equal(again.x, cx.batch_results(path)["x"])
+    with pytest.raises(cx.StateFileError, match=r"other settings \(tol, batch_size: \[1e-06, 2\] there, \[0.0001, 3\] now"):
+        cx.fit(F, batch_size=3, tol=1e-4, out=path, resume=True)
+
+
+def test_ctrl_c_in_batched_nuts_keeps_every_dataset_draws(F, monkeypatch):
+    import importlib
+
+    nuts_module = importlib.import_module("caskax.infer.nuts")
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n, self.calls = total, 0, 0
+
+        def update(self, k):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(nuts_module, "_progress_bar",
+                        lambda enabled, total, desc: Bar(total) if desc == "sampling" else None)
+    with pytest.raises(KeyboardInterrupt) as info:
+        cx.nuts(F, jax.random.key(0), **{**RUN, "progress": True})
+    partial = info.value.chains
+    block = nuts_module._block_size(100)
+    assert partial.samples.shape == (3, 2, 2 * block, 2) and partial.step_size.shape == (3, 2)
+    monkeypatch.undo()
+    more = cx.nuts(F, jax.random.key(1), num_samples=10, progress=False, resume=partial)
+    assert more.samples.shape == (3, 2, 2 * block + 10, 2)
+    with pytest.raises(cx.InferenceError, match=r"chains\[k\]\.to_arviz"):
+        more.to_arviz()
+
+
+def test_a_valid_program_batches_in_unconstrained_space():
+    fs = [cx.compile(Line(y), "loglike", valid=True) for y in YS]
+    F = cx.batch(fs)
+    assert F.valid
+    np.testing.assert_allclose(F.init, np.stack([f.init for f in fs]))  # u: log(s) = 0
+    res = cx.fit(F)
+    for k, f in enumerate(fs):
+        np.testing.assert_allclose(res.x[k], cx.fit(f).x, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(F.from_valid(res.x)[:, 1], np.exp(res.x[:, 1]), rtol=1e-6)

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import GraphError, ShapeError
 from .program import Program, _Slot, _Static
 
-__all__ = ["batch", "BatchedProgram", "read_results", "run_in_chunks"]
+__all__ = ["batch", "BatchedProgram", "read_results"]
 
 
 class BatchedProgram:
@@ -519,23 +519,23 @@ def _on_devices(F: "BatchedProgram", *xs):
     return (G, *(None if x is None else jax.device_put(x, split) for x in xs))
 
 
-def run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=False, out=None,
+def _run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=False, out=None,
                   resume=False, what="fit", meta=None) -> dict:
     """Solve ``F``'s datasets chunk by chunk: ``solve(F_chunk, indices)`` returns a dict
     of arrays with a leading axis over the chunk's datasets. Chunks are padded to one
-    size (one compile), spread over the local devices, counted by one progress bar,
-    and with ``out`` written to ``out + ".parts/"`` one file per finished chunk (written
+    size (one compile; ``solve`` may spread a chunk over the devices with
+    `_on_devices`), counted by one progress bar, and with ``out`` written to ``out + ".parts/"`` one file per finished chunk (written
     whole, then renamed: a crash leaves every finished chunk and no partial one), merged
     into ``out`` at the end. ``resume=True`` keeps the finished chunks of an earlier,
     interrupted call with the same ``out`` and ``batch_size``. Returns the merged dict,
     in dataset order."""
     n = len(F)
     chunks = _chunk_indices(n, batch_size)
+    meta = {**(meta or {}), "num_datasets": n, "batch_size": len(chunks[0][1])}
     parts_dir = None if out is None else os.fspath(out) + ".parts"
     if out is not None and resume and os.path.exists(os.fspath(out)) and not os.path.exists(parts_dir):
-        merged = _read_results(os.fspath(out), what)
-        if merged["index"].shape[0] == n:
-            return merged
+        _check_same_run(os.fspath(out), what, meta)
+        return _read_results(os.fspath(out), what)
     if parts_dir is not None:
         if not resume and os.path.isdir(parts_dir):
             shutil.rmtree(parts_dir)
@@ -550,6 +550,7 @@ def run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=False
         for real, padded in chunks:
             part = None if parts_dir is None else os.path.join(parts_dir, f"{real[0]:09d}.h5")
             if part is not None and resume and os.path.exists(part):
+                _check_same_run(part, what, meta)
                 got = _read_results(part, what)
                 if np.array_equal(got["index"], real):
                     results.append(got)
@@ -592,6 +593,25 @@ def _write_results(path: str, arrays: dict, what: str, meta) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _check_same_run(path: str, what: str, meta: dict) -> None:
+    """Refuse to resume from a file written by a call with other settings."""
+    import h5py
+
+    from .errors import StateFileError
+
+    with h5py.File(path, "r") as h5:
+        attrs = dict(h5[what].attrs) if what in h5 else {}
+    theirs = {k: json.loads(attrs[k]) if k in attrs else None for k in meta}
+    ours = json.loads(json.dumps(meta))
+    if theirs != ours:
+        diff = [k for k in ours if theirs.get(k) != ours[k]]
+        raise StateFileError(
+            f"'{path}' was written by a batched {what} with other settings ({', '.join(diff)}: "
+            f"{[theirs.get(k) for k in diff]} there, {[ours[k] for k in diff]} now); resume=True "
+            "continues the same call. Use another out path, or resume=False to start over."
+        )
 
 
 def _read_results(path: str, what: str) -> dict:

@@ -221,6 +221,8 @@ class Chains:
             >>> dict(idata.posterior["a"].sizes)
             {'chain': 2, 'draw': 5}
         """
+        if self.num_datasets is not None:
+            raise InferenceError("to_arviz takes one dataset's chains: chains[k].to_arviz().")
         import arviz as az
 
         steps = np.broadcast_to(self.step_size[:, None], self.log_density.shape)

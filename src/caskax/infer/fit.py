@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..batch import BatchedProgram, _on_devices as on_devices, run_in_chunks
+from ..batch import BatchedProgram, _on_devices as on_devices, _run_in_chunks as run_in_chunks
 from ..errors import InferenceError, ShapeError
 from ..program import Program
 from ._jit import inference_jit, run_once_jit
@@ -358,7 +358,9 @@ def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate, batch_size, 
         return {name: getattr(res, name) for name in _FIELDS}
 
     done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
-                         resume=resume, what="fit", meta={"layout": [[k, list(v)] for k, v in layout]})
+                         resume=resume, what="fit",
+                         meta={"layout": [[k, list(v)] for k, v in layout], "method": method,
+                               "maxiter": int(maxiter), "tol": float(tol), "valid": bool(valid)})
     return FitResult(*(jax.device_put(done[name]) for name in _FIELDS), layout)
 
 

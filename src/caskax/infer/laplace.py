@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..batch import BatchedProgram, _on_devices as on_devices, run_in_chunks
+from ..batch import BatchedProgram, _on_devices as on_devices, _run_in_chunks as run_in_chunks
 from ..errors import InferenceError, ShapeError
 from ..program import Program
 from ._target import (

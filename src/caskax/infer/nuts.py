@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..batch import BatchedProgram, run_in_chunks
+from ..batch import BatchedProgram, _run_in_chunks as run_in_chunks
 from ..errors import CaskaxWarning, InferenceError, ShapeError
 from .chains import Chains, _check_layout
 from .fit import _fit_impl, _fit_unchecked
@@ -905,7 +905,10 @@ def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, val
         return _nuts_datasets(F, dataset_keys, x0, resume, *settings)
     done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
                          resume=file_resume, what="nuts",
-                         meta={"layout": [[k, list(v)] for k, v in layout], "unconstrained": unconstrained})
+                         meta={"layout": [[k, list(v)] for k, v in layout], "unconstrained": unconstrained,
+                               "key": np.asarray(jax.random.key_data(key)).tolist(),
+                               "num_warmup": int(num_warmup), "num_samples": int(num_samples),
+                               "num_chains": int(num_chains), "thin": int(thin)})
     # each chunk's chains already follow its resumed draws
     return Chains(**{k: done[k] for k in _CHAIN_FIELDS}, layout=layout, unconstrained=unconstrained,
                   num_warmup=int(num_warmup if resume is None else resume.num_warmup))
