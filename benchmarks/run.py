@@ -16,7 +16,7 @@ One process per backend, run one after another on the same machine:
   JAX author would write, where that differs) and caskax, interleaved;
   blackjax NUTS written by hand, and ``cx.nuts`` when the checkout has it;
 * ``caskade-torch``: caskade 1.1.5 on torch (skipped, with a note, without torch), and
-  the seed's emcee run (32 walkers);
+  emcee as caskade's tutorial runs it (32 walkers);
 * ``caskade-jax``: caskade 1.1.5 on its jax backend (``CASKADE_BACKEND=jax``), eager and
   jitted, and emcee on it.
 
