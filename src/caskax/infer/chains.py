@@ -4,7 +4,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 
 import jax
 import numpy as np
@@ -237,8 +236,10 @@ class Chains:
 
     # -- files --------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write the chains to an HDF5 file (atomically: a temporary file, then
-        ``os.replace``). Read back with ``Chains.load(path)``.
+        """Write the chains to an HDF5 file, with the guarantees of `caskax.io`: written
+        beside ``path`` and renamed over it under the file's lock, so a crash leaves the
+        old file or the new one; refused with `StateFileError` when the disk has no room.
+        Read back with ``Chains.load(path)``.
 
         Example:
             >>> import os, tempfile, caskax as cx, numpy as np
@@ -247,38 +248,53 @@ class Chains:
             >>> cx.Chains.load(path).samples[:, :, 0].tolist()
             [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
         """
-        import h5py
+        from .. import io
 
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=folder)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as h5:
-                group = h5.create_group("chains")
-                for k in _ARRAYS:
-                    group.create_dataset(k, data=np.asarray(getattr(self, k)))
-                group.attrs["layout"] = json.dumps([[n, list(s)] for n, s in self.layout])
-                group.attrs["unconstrained"] = bool(self.unconstrained)
-                group.attrs["num_warmup"] = int(self.num_warmup)
-                group.attrs["format"] = "caskax.Chains/1"
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
+
+        def write(h5):
+            group = h5.create_group("chains")
+            for k, v in arrays.items():
+                group.create_dataset(k, data=v)
+            group.attrs["layout"] = json.dumps([[n, list(s)] for n, s in self.layout])
+            group.attrs["unconstrained"] = bool(self.unconstrained)
+            group.attrs["num_warmup"] = int(self.num_warmup)
+            group.attrs["format"] = "caskax.Chains/1"
+
+        io._replace_file(os.fspath(path), write, sum(v.nbytes for v in arrays.values()))
 
     @classmethod
     def load(cls, path) -> "Chains":
-        """Read chains written by `save`."""
+        """Read chains written by `save`; any problem with the file (missing, not HDF5,
+        truncated, without the chains) is a `StateFileError` naming the path."""
         import h5py
 
-        with h5py.File(os.fspath(path), "r") as h5:
-            if "chains" not in h5:
-                raise InferenceError(f"{path} holds no caskax chains (no 'chains' group).")
-            group = h5["chains"]
+        from .. import io
+        from ..errors import StateFileError
+
+        path = os.fspath(path)
+        with io._reading(path, "Chains.load") as h5:
+            group = h5.get("chains")
+            if not isinstance(group, h5py.Group):
+                raise StateFileError(
+                    f"'{path}' holds no caskax chains (no 'chains' group); write them with "
+                    "Chains.save(path)."
+                )
+            missing = [k for k in (*_ARRAYS, "layout", "unconstrained", "num_warmup")
+                       if k not in group and k not in group.attrs]
+            if missing:
+                raise StateFileError(
+                    f"'{path}': the 'chains' group lacks {', '.join(missing)}; was it "
+                    "written by Chains.save?"
+                )
             arrays = {k: group[k][()] for k in _ARRAYS}
-            layout = tuple((n, tuple(s)) for n, s in json.loads(group.attrs["layout"]))
+            try:
+                layout = tuple((n, tuple(s)) for n, s in json.loads(group.attrs["layout"]))
+            except (TypeError, ValueError):
+                raise StateFileError(
+                    f"'{path}': the chains' 'layout' attr is not the JSON list of "
+                    "[name, shape] pairs that Chains.save writes."
+                ) from None
             return cls(
                 **arrays, layout=layout, unconstrained=bool(group.attrs["unconstrained"]),
                 num_warmup=int(group.attrs["num_warmup"]),
