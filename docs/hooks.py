@@ -5,13 +5,13 @@ This hook adds them to the site's files as ``notebooks/<name>.ipynb`` before
 mkdocs-jupyter converts them (it runs first thanks to its higher priority).
 
 Whether they are executed is mkdocs-jupyter's ``execute`` option, which mkdocs.yml reads
-from the environment variable ``CASKAX_DOCS_EXECUTE`` (unset, as in a plain ``mkdocs build``:
-``false``, and the pages show
-the notebooks as stored, without outputs). ``./run docs`` sets it to ``true`` unless it
-is already set, so that build runs every tutorial and its pages show their outputs; the
-rendered pages are cached in ``.venv/mkdocs-jupyter-cache`` by notebook content, so a
-rebuild runs only the notebooks that changed. ``CASKAX_DOCS_EXECUTE=false ./run docs``
-builds quickly without executing them.
+from the environment variable ``CASKAX_DOCS_EXECUTE`` (unset, as in a plain ``mkdocs
+build``: ``false``, and the pages show the notebooks as stored, without outputs).
+``./run docs`` sets it to ``true`` unless it is already set, so that build runs every
+tutorial and its pages show their outputs; the rendered pages are cached in
+``.venv/mkdocs-jupyter-cache`` by notebook content, so a rebuild runs only the notebooks
+that changed. ``CASKAX_DOCS_EXECUTE=false ./run docs`` builds quickly without executing
+them.
 """
 
 import pathlib
