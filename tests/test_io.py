@@ -138,6 +138,25 @@ if __name__ == "__main__":
         sim, like2 = sim_model(shift=0.125), like2_model(shift=0.125)
         sim.save_state(os.path.join(folder, "ck_sim.h5"))
         like2.save_state(os.path.join(folder, "ck_like2.h5"))
+    elif mode == "write_appendable":  # two samples of like2, the shared galaxy's phi changed
+        like2 = like2_model(shift=0.125)
+        path = os.path.join(folder, "ck_app.h5")
+        like2.save_state(path, appendable=True)
+        like2.model.models[0].models[1].phi.value = 0.75
+        like2.append_state(path)
+        print(json.dumps({"like2": values(like2)}))
+        sys.exit(0)
+    elif mode == "append":  # read caskax's appendable file, append one sample to it
+        like2 = like2_model()
+        path = os.path.join(folder, "cx_app.h5")
+        like2.load_state(path, index=0)
+        first = values(like2)
+        like2.load_state(path)
+        last = values(like2)
+        like2.model.models[0].models[1].phi.value = 1.25
+        like2.append_state(path)
+        print(json.dumps({"first": first, "last": last}))
+        sys.exit(0)
     else:
         sim, like2 = sim_model(), like2_model()
         sim.load_state(os.path.join(folder, "cx_sim.h5"))
@@ -535,3 +554,58 @@ def test_caskax_files_load_into_caskade(tmp_path):
     kinds = {p: v["kind"] for p, v in ck["like2"].items()}
     assert kinds["likelihood2/model/models/image0/models/Galaxy/q"] == "dynamic"
     assert kinds["likelihood2/model/models/image2/models/SN2/x0"] == "pointer"
+
+
+GALAXY_PHI = "model.models[0].models[1].phi"
+
+
+def galaxy_phi(model):
+    return float(model.model.models[0].models[1].phi.value)
+
+
+@pytest.mark.caskade
+def test_caskade_appendable_file_takes_caskax_appends(tmp_path):
+    """caskade's appendable files (gzip chunks) take caskax appends: the first one
+    rewrites the file once in the in-place layout, keeping every sample and hard link."""
+    pytest.importorskip("caskade")
+    ck = _caskade("write_appendable", tmp_path)
+    path = tmp_path / "ck_app.h5"
+    galaxy = "likelihood2/model/models/image0/models/Galaxy"
+    with h5py.File(path, "r") as f:
+        assert f[f"{galaxy}/phi/value"].compression == "gzip"
+    model = like2_model()
+    assert cx.io.count_samples(path) == 2
+    first, last = model.load_state(path, index=0), model.load_state(path)
+    _assert_same(_h5_values(last), ck["like2"])
+    assert galaxy_phi(first) == 0.625
+    assert galaxy_phi(last) == 0.75
+    last.set(GALAXY_PHI, 1.0).append_state(path)
+    last.set(GALAXY_PHI, 1.5).append_state(path)
+    assert cx.io.count_samples(path) == 4
+    phis = [galaxy_phi(model.load_state(path, index=i)) for i in range(4)]
+    assert phis == [0.625, 0.75, 1.0, 1.5]
+    np.testing.assert_allclose(model.load_state(path, index=1).get_values(), last.get_values())
+    with h5py.File(path, "r") as f:
+        ds = f[f"{galaxy}/phi/value"]
+        assert ds.compression is None and ds.shape == (4,) and f.attrs["caskax_pending"] == -1
+        root = f["likelihood2/model/models"]
+        assert root["image3/models/Galaxy"] == root["image0/models/Galaxy"]  # still one group
+        assert ds.attrs["node_type"] == "dynamic" and bool(ds.attrs["cyclic"])
+
+
+@pytest.mark.caskade
+def test_caskade_reads_and_appends_to_caskax_appendable_files(tmp_path):
+    pytest.importorskip("caskade")
+    path = tmp_path / "cx_app.h5"
+    model = like2_model(shift=0.25)
+    model.save_state(path, appendable=True)
+    second = model.set(GALAXY_PHI, 0.5)
+    second.append_state(path)
+    ck = _caskade("append", tmp_path)
+    _assert_same(_h5_values(model), ck["first"])
+    _assert_same(_h5_values(second), ck["last"])
+    assert cx.io.count_samples(path) == 3  # caskade's append counts
+    phis = [galaxy_phi(like2_model().load_state(path, index=i)) for i in range(3)]
+    assert phis == [0.75, 0.5, 1.25]
+    second.set(GALAXY_PHI, 2.0).append_state(path)  # and caskax appends after it
+    assert galaxy_phi(like2_model().load_state(path)) == 2.0
