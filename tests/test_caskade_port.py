@@ -371,6 +371,26 @@ def test_param__param_shape():
     assert m.p.shape == (2,)
 
 
+@XF(strict=True, reason="test_param_shape: a param declared with batch_shape=(4,) given a value of "
+    "batch (3,) (np.ones((3, 2)) for shape (2,)): caskade raises ParamConfigurationError; caskax "
+    "accepts it and the batch becomes (3,)")
+def test_param__param_shape_declared_batch_enforced():
+    m = One(cx.Param("p", None, shape=(2,), batch_shape=(4,)))
+    with pytest.raises(cx.CaskaxError):
+        m.set("p", np.ones((3, 2)))
+
+
+@XF(strict=True, reason="one-sided valid at the boundary: caskade 1.1.5's is_valid warns "
+    "(InvalidValueWarning) for value <= lo with valid=(lo, None) and value >= hi with (None, hi) "
+    "(to_valid is log(0) = -inf there); caskax warns only strictly outside (Param('p', 0.0, "
+    "valid=(0, None)) is silent)")
+def test_param__valid_one_sided_boundary_warns():
+    with pytest.warns(Warning):
+        cx.Param("p", 0.0, valid=(0, None))
+    with pytest.warns(Warning):
+        cx.Param("p", 1.0, valid=(None, 1))
+
+
 def test_param__valid():
     T = cx.transforms
     v = jnp.asarray(0.5)
@@ -3051,3 +3071,52 @@ def test_notebook_worked_example_hierarchical(ck):
     assert f.size == p_ck.shape[0] == 11
     # the same model as caskade's stage 3, each at its own initial values
     assert allclose(f(f.init), jax.jit(lambda q: ck_like(q))(p_ck), rtol=1e-5)
+
+
+# ======================================================================================
+# caskade spellings used in the tests above (p.link, p.unlink, p.to_pointer, m.link,
+# p.value = ...): where the spelling cannot work on an immutable tree, caskade users
+# should get a caskax error that names the caskax way (issue 15 item 9)
+# ======================================================================================
+_SPELLINGS = {
+    "p.link": lambda m: m.p.link("other", cx.Param("other")),  # test_param::test_param_shape
+    "p.unlink": lambda m: m.p.unlink("other"),  # test_base::test_linking
+    "p.to_pointer": lambda m: m.p.to_pointer(cx.Param("o", 1.0)),  # test_param::test_to_pointer
+    "m.link": lambda m: m.link("x", cx.Param("x")),  # test_save::_build_test_module
+}
+
+
+@pytest.mark.parametrize("spelling", list(_SPELLINGS))
+@XF(strict=True, reason="caskade spellings p.link(...) / p.unlink(...) / p.to_pointer(...) / "
+    "m.link(...): caskax raises a bare TypeError \"'NoneType' object is not callable\" (p.link: "
+    "the Param's `link` field) or AttributeError \"'Param' object has no attribute 'unlink'\", "
+    "not a caskax error naming m.set(..., cx.Pointer(...)) (issue 15 item 9)")
+def test_spelling__caskade_link_forms(spelling):
+    m = One(cx.Param("p", 1.0))
+    with pytest.raises(cx.CaskaxError):
+        _SPELLINGS[spelling](m)
+
+
+@XF(strict=True, reason="`p.value = 3.0` (caskade's everyday idiom) on a caskax Param raises "
+    "ModuleError 'Param.value is not a declared field: add the annotation `value: cx.Param`...' "
+    "- wrong advice: value IS a field, the Param is frozen; the message should say m.set(...)")
+def test_spelling__param_value_assignment_message():
+    m = One(cx.Param("p", 1.0))
+    with pytest.raises(cx.CaskaxError) as err:
+        m.p.value = 3.0
+    assert "not a declared field" not in str(err.value)
+    assert "set" in str(err.value)
+
+
+def test_spelling__module_assignment_and_annotation_messages():
+    m = One(cx.Param("p", 1.0))
+    with pytest.raises(cx.CaskaxError, match="set"):
+        del m.p
+
+    class NoAnn(cx.Module):
+        def __init__(self):
+            super().__init__("n")
+            self.p = cx.Param("p", 1.0)
+
+    with pytest.raises(cx.CaskaxError, match="annotation"):
+        NoAnn()
