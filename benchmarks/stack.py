@@ -144,7 +144,8 @@ def measure(k, max_unrolled, hessian_k, budget_s, log=print):
     row["ratio_call_vs_hand_opt"] = row["call_s"]["stacked"] / row["call_s"]["hand-opt"]
     row["ratio_grad_vs_hand_opt"] = row["grad_s"]["stacked"] / row["grad_s"]["hand-opt"]
     if "hessian_s" in row:
-        row["ratio_hessian_vs_hand_opt"] = row["hessian_s"]["stacked"] / row["hessian_s"]["hand-opt"]
+        hs = row["hessian_s"]
+        row["ratio_hessian_vs_hand_opt"] = hs["stacked"] / hs["hand-opt"]
     if "unrolled" in row["call_s"]:
         row["ratio_unrolled_vs_stacked_call"] = row["call_s"]["unrolled"] / row["call_s"]["stacked"]
     log(f"k={k}: stack {fmt_time(row['stack_s'])}; compile+first "
@@ -199,7 +200,8 @@ def main(argv=None):
     md = table(rows)
     print(md)
     result = {
-        "command": "python benchmarks/stack.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/stack.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -209,7 +211,8 @@ def main(argv=None):
         },
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      "caskax": cx.__version__},
-        "targets": {"compile_first_s": TARGET_COMPILE_S, "call_ratio_vs_hand_opt": TARGET_CALL_RATIO},
+        "targets": {"compile_first_s": TARGET_COMPILE_S,
+                    "call_ratio_vs_hand_opt": TARGET_CALL_RATIO},
         "rows": rows,
         "table": md,
         "wall_s": time.perf_counter() - t_start,

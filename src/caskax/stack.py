@@ -40,7 +40,7 @@ import numpy as np
 from . import graph
 from .errors import GraphError, ShapeError
 from .module import batch_axes, dynamic_layout
-from .param import Param, Pointer, new_uid
+from .param import Param, new_uid
 
 __all__ = ["stack", "unstack", "stack_map", "stack_size", "stack_permutation"]
 
@@ -161,7 +161,7 @@ class _Stacker:
                     raise GraphError(
                         f"cx.stack: at {self.where(path)}, {self.member(0)} holds a "
                         f"{type(first).__name__} of length {len(first)} and {self.member(j)} "
-                        f"a {type(o).__name__} of length {len(o) if hasattr(o, '__len__') else '-'}."
+                        f"a {type(o).__name__} of length {getattr(o, '__len__', lambda: '-')()}."
                     )
             items = [self.value([o[i] for o in objs], f"{path}[{i}]") for i in range(len(first))]
             if isinstance(first, tuple):
@@ -186,7 +186,7 @@ class _Stacker:
                 )
         return first
 
-    def node(self, objs, path, via_pointer=False):
+    def node(self, objs, path):
         uids = tuple(o.uid for o in objs)
         if self.k > 1 and len(set(uids)) == 1 or self.k == 1 and uids[0] not in self.own:
             if uids[0] in self.group_of:
@@ -203,7 +203,7 @@ class _Stacker:
         if uids in self.memo:
             return self.memo[uids]
         for u in uids:
-            if u in self.shared or self.group_of.get(u, uids) != uids:
+            if u in self.shared or self.group_of.get(u, uids) is not uids:
                 raise self._conflict(u, path)
         for j, o in enumerate(objs):
             if type(o) is not type(objs[0]):
@@ -262,7 +262,8 @@ class _Stacker:
                     "agree with to_dynamic/to_static before stacking, and link every member "
                     "to one shared param rather than to member 0's."
                 )
-            for attr in ("shape", "declared_batch_shape", "valid", "cyclic", "units", "group", "dtype"):
+            for attr in ("shape", "declared_batch_shape", "valid", "cyclic", "units", "group",
+                         "dtype"):
                 if getattr(p, attr) != getattr(first, attr):
                     raise GraphError(
                         f"cx.stack: param {self.where(path)} has {attr}="
@@ -294,18 +295,20 @@ class _Stacker:
                     f"{self.member(0)} and {self.member(j)} but not in the other."
                 )
             shape, batch = first.shape, (self.k,) + first.batch_shape
-            if not all(missing) and first.static and all(_equal(vals[0], v) for v in vals):
-                # One static value for every member (q = 1 of round sources) stays one
-                # value: each member sees it as before, and XLA folds it as a constant
-                # where a stacked array of equal entries would be k multiplications.
+            if not all(missing):
                 rank = vals[0].ndim
-                changes["value"] = vals[0]
-                batch = first.declared_batch_shape
-            elif not all(missing):
-                changes["value"] = self.stack_values(vals, path)
-                rank = vals[0].ndim
-                if shape is None:  # so that the new leading axis reads as a batch axis
-                    shape = tuple(vals[0].shape[len(first.batch_shape):])
+                stacked = self.stack_values(vals, path)
+                if first.static and _all_equal(stacked):
+                    # One static value for every member (q = 1 of round sources) stays
+                    # one value: each member sees it as before, and XLA folds it as a
+                    # constant where a stacked array would cost k multiplications.
+                    changes["value"] = vals[0]
+                    batch = first.declared_batch_shape
+                else:
+                    tracer = isinstance(stacked, jax.core.Tracer)
+                    changes["value"] = stacked if tracer else jax.device_put(stacked)
+                    if shape is None:  # so that the new leading axis reads as a batch axis
+                        shape = tuple(vals[0].shape[len(first.batch_shape):])
             elif first.dynamic:
                 rank = len(first.full_shape())
             changes["shape"] = shape
@@ -330,7 +333,7 @@ class _Stacker:
         if any(isinstance(v, jax.core.Tracer) for v in vals):
             return jnp.stack(vals)
         # Joined on the host: an eager jnp.stack of k arrays compiles a k-operand program.
-        return jax.device_put(np.stack([np.asarray(v) for v in vals]).astype(vals[0].dtype))
+        return np.stack([np.asarray(v) for v in vals]).astype(vals[0].dtype)
 
     def priors(self, priors, rank, path):
         first = priors[0]
@@ -499,7 +502,8 @@ def stack_map(stacked, fn: Callable):
     Example:
         >>> import caskax as cx
         >>> from caskax.examples import Gaussian1D
-        >>> lcs = cx.stack([Gaussian1D(f"lc{i}", t0=-i, sigma=1.0, peak_flux=1.0) for i in range(3)])
+        >>> lcs = cx.stack([Gaussian1D(f"lc{i}", t0=-i, sigma=1.0, peak_flux=1.0)
+        ...                 for i in range(3)])
         >>> [round(float(v), 3) for v in cx.stack_map(lcs, lambda lc: lc.flux(1.0))]
         [0.368, 1.0, 0.368]
     """
@@ -626,8 +630,8 @@ def stack_permutation(unrolled, stacked):
     Example:
         >>> import caskax as cx, numpy as np
         >>> from caskax.examples import Gaussian1D
-        >>> lcs = [Gaussian1D(f"lc{i}", t0=float(i), sigma=1.0 + i, peak_flux=1.0).to_dynamic("t0", "sigma")
-        ...        for i in range(2)]
+        >>> lcs = [Gaussian1D(f"lc{i}", t0=float(i), sigma=1.0 + i, peak_flux=1.0)
+        ...        .to_dynamic("t0", "sigma") for i in range(2)]
         >>> class Pair(cx.Module):
         ...     lcs: object
         ...     def __init__(self, lcs):
@@ -742,6 +746,16 @@ def _equal(a, b) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+def _all_equal(stacked) -> bool:
+    """True if every member's entry of a host array stacked along axis 0 is equal."""
+    if isinstance(stacked, jax.core.Tracer):
+        return False
+    same = stacked == stacked[:1]
+    if np.issubdtype(stacked.dtype, np.inexact):
+        same |= np.isnan(stacked) & np.isnan(stacked[:1])
+    return bool(np.all(same))
 
 
 def _same_fn(f, g) -> bool:
