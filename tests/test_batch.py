@@ -455,3 +455,50 @@ def test_a_valid_program_batches_in_unconstrained_space():
     for k, f in enumerate(fs):
         np.testing.assert_allclose(res.x[k], cx.fit(f).x, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(F.from_valid(res.x)[:, 1], np.exp(res.x[:, 1]), rtol=1e-6)
+
+
+DISTRIBUTED = textwrap.dedent(
+    """
+    import sys, jax
+    port, rank, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                               process_id=rank, initialization_timeout=120)
+    import importlib, numpy as np, caskax as cx
+    from test_batch import Line
+    fit_module = importlib.import_module("caskax.infer.fit")
+    solved, real = [], fit_module._fit_batched_jit
+    fit_module._fit_batched_jit = lambda *a: solved.append(1) or real(*a)
+    ys = np.random.default_rng(4).normal(size=(7, 20)).astype(np.float32) + np.arange(7)[:, None]
+    F = cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys)
+    res = cx.fit(F, batch_size=2, out=path)   # 4 chunks: ranks 0 and 1 take two each
+    np.save(f"{path}.{rank}.npy", np.asarray(res.x))
+    print("rank", rank, "of", jax.process_count(), "solved", len(solved))
+    """
+)
+
+
+def test_two_processes_share_the_chunks(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    tests = os.path.dirname(__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    path = str(tmp_path / "fits.h5")
+    procs = [subprocess.Popen([sys.executable, "-c", DISTRIBUTED, str(port), str(rank), path], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for rank, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"rank {rank} of 2 solved 2" in out, err[-3000:]  # 2 chunks each
+    ys = np.random.default_rng(4).normal(size=(7, 20)).astype(np.float32) + np.arange(7)[:, None]
+    one_process = cx.fit(cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys), batch_size=2)
+    for rank in (0, 1):
+        np.testing.assert_array_equal(np.load(f"{path}.{rank}.npy"), one_process.x)
+    saved = cx.batch_results(path)
+    assert saved["index"].tolist() == list(range(7))
+    np.testing.assert_array_equal(saved["x"], one_process.x)
+    assert not os.path.exists(path + ".parts")

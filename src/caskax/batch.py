@@ -14,12 +14,13 @@ import functools
 import json
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import GraphError, ShapeError
+from .errors import GraphError, InferenceError, ShapeError, StateFileError
 from .program import Program, _Slot, _Static
 
 __all__ = ["batch", "BatchedProgram", "read_results"]
@@ -533,21 +534,29 @@ def _run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=Fals
     chunks = _chunk_indices(n, batch_size)
     meta = {**(meta or {}), "num_datasets": n, "batch_size": len(chunks[0][1])}
     parts_dir = None if out is None else os.fspath(out) + ".parts"
+    nproc, rank = jax.process_count(), jax.process_index()
+    if nproc > 1 and out is None:
+        raise InferenceError(
+            f"batched {what} over {nproc} processes shares its chunks through files: give "
+            "out=path.h5 on a file system every process can reach."
+        )
     if out is not None and resume and os.path.exists(os.fspath(out)) and not os.path.exists(parts_dir):
         _check_same_run(os.fspath(out), what, meta)
         return _read_results(os.fspath(out), what)
     if parts_dir is not None:
-        if not resume and os.path.isdir(parts_dir):
+        if not resume and nproc == 1 and os.path.isdir(parts_dir):
             shutil.rmtree(parts_dir)
         os.makedirs(parts_dir, exist_ok=True)
+    # with several processes (jax.distributed), each takes every nproc-th chunk
+    mine = chunks[rank::nproc]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, desc=what, unit="dataset")
+        bar = tqdm(total=sum(real.size for real, _ in mine), desc=what, unit="dataset")
     results = []
     try:
-        for real, padded in chunks:
+        for real, padded in mine:
             part = None if parts_dir is None else os.path.join(parts_dir, f"{real[0]:09d}.h5")
             if part is not None and resume and os.path.exists(part):
                 _check_same_run(part, what, meta)
@@ -568,11 +577,37 @@ def _run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=Fals
     finally:
         if bar is not None:
             bar.close()
+    if nproc > 1:
+        results = _gather_parts(parts_dir, chunks, what, meta, rank, nproc)
     merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
-    if out is not None:
+    if out is not None and rank == 0:
         _write_results(os.fspath(out), merged, what, meta)
+        if nproc > 1:  # the others have read the parts when their markers appear
+            _wait_for([os.path.join(parts_dir, f".read-{r}") for r in range(1, nproc)])
         shutil.rmtree(parts_dir, ignore_errors=True)
     return merged
+
+
+def _wait_for(paths, poll_s: float = 0.05) -> None:
+    while not all(os.path.exists(p) for p in paths):
+        time.sleep(poll_s)
+
+
+def _gather_parts(parts_dir, chunks, what, meta, rank, nproc) -> list:
+    """Every chunk's results once each process has written its own: the processes of a
+    ``jax.distributed`` run meet through the parts folder (no collective needed)."""
+    paths = [os.path.join(parts_dir, f"{real[0]:09d}.h5") for real, _ in chunks]
+    _wait_for(paths)
+    results = []
+    for path, (real, _) in zip(paths, chunks):
+        _check_same_run(path, what, meta)
+        got = _read_results(path, what)
+        if not np.array_equal(got["index"], real):
+            raise StateFileError(f"'{path}' holds datasets {got['index'].tolist()}, expected {real.tolist()}.")
+        results.append(got)
+    if rank:
+        open(os.path.join(parts_dir, f".read-{rank}"), "w").close()
+    return results
 
 
 def _write_results(path: str, arrays: dict, what: str, meta) -> None:
@@ -598,8 +633,6 @@ def _write_results(path: str, arrays: dict, what: str, meta) -> None:
 def _check_same_run(path: str, what: str, meta: dict) -> None:
     """Refuse to resume from a file written by a call with other settings."""
     import h5py
-
-    from .errors import StateFileError
 
     with h5py.File(path, "r") as h5:
         attrs = dict(h5[what].attrs) if what in h5 else {}

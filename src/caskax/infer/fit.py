@@ -274,8 +274,9 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
     ``progress`` shows one bar over datasets; ``out=path.h5`` writes each finished
     chunk (with its dataset numbers) and at the end all results (read back with
     ``cx.batch_results``); ``resume=True`` with the same ``out`` and ``batch_size``
-    keeps the chunks an interrupted call finished. These four apply to batched
-    Programs only.
+    keeps the chunks an interrupted call finished. Under ``jax.distributed`` each
+    process takes every ``P``-th chunk and all return every result (``out`` required,
+    on a shared file system). These four apply to batched Programs only.
 
     **Returns:** a `FitResult`. It is a pytree, so many starts fit in one compile:
     ``jax.vmap(lambda x0: cx.fit(f, x0).x)(starts)``.
