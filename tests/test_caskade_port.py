@@ -3120,3 +3120,169 @@ def test_spelling__module_assignment_and_annotation_messages():
 
     with pytest.raises(cx.CaskaxError, match="annotation"):
         NoAnn()
+
+
+# ======================================================================================
+# The conftest ``sim`` built in caskade 1.1.5 itself: caskax's layout, finders, dict
+# scheme and state files checked against it entry by entry
+# ======================================================================================
+def _ck_sim(ck):
+    class CkHelper(ck.Module):
+        def __init__(self, h1=1.0, h2=(2.0, 3.0), name=None):
+            super().__init__(name)
+            self.h1 = ck.Param("h1", h1, shape=())
+            self.h2 = ck.Param("h2", h2, shape=(2,))
+
+        @ck.forward
+        def get_help(self, x, h1, h2):
+            return jnp.sum(x + h1 + h2)
+
+    class CkWorker(ck.Module):
+        def __init__(self, helper, w1=4.0, w2=((5.0, 6.0), (7.0, 8.0)), name=None):
+            super().__init__(name)
+            self.helper = helper
+            self.w1 = ck.Param("w1", w1, shape=())
+            self.w2 = ck.Param("w2", w2, shape=(2, 2))
+
+        @ck.forward
+        def sub_work(self, w2):
+            return jnp.sum(w2)
+
+        @ck.forward
+        def do_work(self, a, w1, w2):
+            return jnp.sum(a + w1 + w2) + self.sub_work() + self.helper.get_help(a + w1)
+
+    class CkSimulator(ck.Module):
+        def __init__(self, helper, workers, s1=9.0, name=None):
+            super().__init__(name)
+            self.helper = helper
+            self.workers = workers
+            self.s1 = ck.Param("s1", s1, shape=())
+
+        @ck.forward
+        def sub_sim(self, s1):
+            return s1
+
+        @ck.forward
+        def run_sim(self, helper, a):
+            return self.sub_sim() + self.helper.get_help(helper) + sum(
+                w.do_work(a) for w in self.workers)
+
+    H = CkHelper(name="helper")
+    sim = CkSimulator(H, [CkWorker(H, name=f"worker_{i}") for i in range(5)], name="sim")
+    sim.workers[3].w1 = sim.workers[0].w1
+    return sim
+
+
+def test_ck_sim__layout_and_finders(ck):
+    C = _ck_sim(ck)
+    C.to_dynamic(False)
+    sim = make_sim().to_dynamic(children_only=False)
+    assert_order(sim, C)
+    assert allclose(sim.get_values(), C.get_values())
+    assert allclose(sim.run_sim(10.0, 11.0, sim.get_values()), C.run_sim(10.0, 11.0, C.get_values()))
+    for i in range(28):
+        (p, idx), (q, jdx) = sim.find_param(i), C.find_param(i)
+        assert (p.name, idx) == (q.name, jdx)
+    for p, q in zip(sim.dynamic_params, C.dynamic_params):
+        assert sim.find_index(p) == C.find_index(q)
+    ours, theirs = sim.get_values("dict"), C.get_values("dict")
+    assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(
+        jax.tree_util.tree_map(jnp.asarray, theirs))
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        assert allclose(a, b)
+    assert len(sim.get_values("list")) == len(C.get_values("list")) == 12
+
+
+def _h5_tree(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                attrs = {k: (v.decode() if isinstance(v, bytes) else
+                             (v.tolist() if hasattr(v, "tolist") else v)) for k, v in obj.attrs.items()}
+                out[name] = (obj.shape, attrs)
+        f.visititems(visit)
+    return out
+
+
+def test_ck_sim__state_file_matches_caskade(ck, tmp_path):
+    C = _ck_sim(ck)
+    C.to_dynamic(False)
+    sim = make_sim().to_dynamic(children_only=False)
+    a, b = str(tmp_path / "cx.h5"), str(tmp_path / "ck.h5")
+    sim.save_state(a, appendable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        C.save_state(b, appendable=True)
+    ours, theirs = _h5_tree(a), _h5_tree(b)
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert ours[k][0] == theirs[k][0], k
+        for attr in ("node_type", "appendable", "cyclic", "units"):
+            assert ours[k][1].get(attr) == theirs[k][1].get(attr), (k, attr)
+    # a caskax file loads into caskade, and a caskade file into caskax
+    C2 = _ck_sim(ck)
+    C2.to_dynamic(False)
+    edited = sim.set("helper.h2", jnp.array([20.0, 30.0]))
+    edited.append_state(a)
+    C2.load_state(a)
+    assert allclose(C2.helper.h2.value, [20.0, 30.0])
+    C.helper.h2.value = jnp.array([-1.0, -2.0])
+    C.append_state(b)
+    loaded = sim.load_state(b)
+    assert allclose(loaded.helper.h2.value, [-1.0, -2.0])
+    assert allclose(loaded.run_sim(10.0, 11.0, loaded.get_values()), C.run_sim(10.0, 11.0, C.get_values()))
+
+
+def _ck_save_module(ck, blank=False):
+    main = ck.Module("main")
+    m1, m2, m3 = ck.Module("m1"), ck.Module("m2"), ck.Module("m3")
+    main.m1, main.m2 = m1, m2
+    m1.m3, m2.m3 = m3, m3
+    p2 = ck.Param("p2", None if blank else (2.0, 2.5), shape=(2,), valid=(None, 5.0))
+    m1.p1 = ck.Param("p1", None if blank else 1.0, valid=(0.0, 2.0), units="arcsec")
+    m1.p2 = p2
+    p4, p5 = ck.Param("p4", p2), ck.Param("p5")
+    m2.p3 = ck.Param("p3", None if blank else np.ones((2, 3, 4)), shape=(2, 3, 4), cyclic=True,
+                     valid=(0, 2), units="m")
+    m2.link("p4_param", p4)
+    m2.p5_param = p5
+    m3.p4, m3.p5 = p4, p5
+    m3.link(ck.Param("badpointer", lambda p: p.oops.value))
+    return main
+
+
+@pytest.mark.parametrize("appendable", [False, True])
+def test_save__layout_matches_caskade(ck, tmp_path, appendable):
+    a, b = str(tmp_path / "cx.h5"), str(tmp_path / "ck.h5")
+    _build_save_module(array_bounds=False).save_state(a, appendable=appendable)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _ck_save_module(ck).save_state(b, appendable=appendable)
+    ours, theirs = _h5_tree(a), _h5_tree(b)
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert ours[k][0] == theirs[k][0], k
+        for attr in ("node_type", "appendable", "cyclic", "units", "valid_left", "valid_right"):
+            assert ours[k][1].get(attr) == theirs[k][1].get(attr), (k, attr)
+    # every path caskade can open (hard links included) opens in the caskax file too
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for path in ("main/m1/p1", "main/m1/p2", "main/m2/p3", "main/m2/p4_param",
+                     "main/m2/p5_param", "main/m1/m3/p4", "main/m2/m3/p5", "main/m1/m3/badpointer"):
+            assert (path in fa) == (path in fb), path
+
+
+def test_save__caskax_file_loads_in_caskade(ck, tmp_path):
+    a = str(tmp_path / "cx.h5")
+    m = _build_save_module(array_bounds=False)
+    m.save_state(a, appendable=True)
+    m.set("m1.p1", 1.5).set("m1.p2", (3.0, 3.5)).append_state(a)
+    C = _ck_save_module(ck, blank=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        C.load_state(a)
+    assert float(C.m1.p1.value) == 1.5
+    assert allclose(C.m1.p2.value, [3.0, 3.5])
+    assert allclose(C.m2.p4_param.value, [3.0, 3.5])
+    assert allclose(C.m2.p3.value, np.ones((2, 3, 4)))
