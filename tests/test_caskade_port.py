@@ -959,8 +959,9 @@ def test_forward__forward_batched_array_vmap():
 
 
 @XF(strict=True, reason="a params array with leading batch axes (3, 1, n) passed to a forward "
-    "method: caskade broadcasts (result (3, 3, 2, 2) for x of shape (2,)); caskax raises "
-    "(issue 15 item 8)")
+    "method with x of shape (2,): caskade fills each param with its batched column (param "
+    "arrays (3, 1, ...) broadcast against x in the method) -> (3, 3, 2, 2); caskax maps the "
+    "method over the leading axes -> (3, 1, 2, 2) (issue 15 item 8: decide and document)")
 def test_forward__forward_batched_array_direct():
     main1 = _forward_sim()
     flat = jnp.concatenate([jnp.ravel(p) for p in _forward_params()])
@@ -3071,6 +3072,11 @@ def test_notebook_worked_example_joint(ck, lightcurve):
     assert allclose(p, ck_like.get_values())
     f = cx.compile(like)
     assert allclose(f(p), jax.jit(lambda q: ck_like(q))(p), rtol=1e-5)
+    # the dict scheme has caskade's nesting (list members by name, pointer inputs under the
+    # pointer) and fills the same way
+    shapes = lambda d: jax.tree_util.tree_map(lambda v: tuple(np.shape(v)), d)
+    assert shapes(like.get_values("dict")) == shapes(ck_like.get_values("dict"))
+    assert allclose(f(p), like(like.get_values("dict")), rtol=1e-5)
     ck_grad = jax.jit(jax.grad(lambda q: ck_like(q)))
     assert allclose(jax.grad(f)(p), ck_grad(p), rtol=1e-3, atol=1e-2)
     if lightcurve:
@@ -3388,3 +3394,95 @@ def test_shared_link_after_edit_is_consistent(tmp_path):
         except cx.GraphError:
             outs.append("GraphError")
     assert outs[0] == outs[1]
+
+
+# -- AdvancedGuide: GaussianBatched (a module written for a leading batch axis) ------------
+class GaussianBatched(cx.Module):
+    x0: cx.Param
+    y0: cx.Param
+    q: cx.Param
+    phi: cx.Param
+    sigma: cx.Param
+    I0: cx.Param
+
+    def __init__(self, name, shape=None, **kw):
+        super().__init__(name)
+        for k in ("x0", "y0", "q", "phi", "sigma", "I0"):
+            setattr(self, k, cx.Param(k, kw.get(k), shape=shape))
+
+    @cx.forward
+    def _r(self, x, y, x0, y0, q, phi):
+        x0, y0, q, phi = (v[..., None] for v in (x0, y0, q, phi))
+        x, y = x - x0, y - y0
+        s, c = jnp.sin(phi), jnp.cos(phi)
+        x, y = c * x - s * y, s * x + c * y
+        return jnp.sqrt(x**2 + (y * q) ** 2)
+
+    @cx.forward
+    def brightness(self, x, y, sigma, I0):
+        shape = x.shape
+        B = sigma.shape[0]
+        x, y = x.flatten(), y.flatten()
+        return (I0[..., None] * jnp.exp(-self._r(x, y) ** 2 / sigma[..., None] ** 2)).reshape(B, *shape)
+
+
+def _ck_gaussian_batched(ck):
+    class CkGB(ck.Module):
+        def __init__(self, name, **kw):
+            super().__init__(name)
+            for k in ("x0", "y0", "q", "phi", "sigma", "I0"):
+                setattr(self, k, ck.Param(k, kw.get(k)))
+
+        @ck.forward
+        def _r(self, x, y, x0=None, y0=None, q=None, phi=None):
+            x0, y0, q, phi = (jnp.expand_dims(v, -1) for v in (x0, y0, q, phi))
+            x, y = x - x0, y - y0
+            s, c = jnp.sin(phi), jnp.cos(phi)
+            x, y = c * x - s * y, s * x + c * y
+            return jnp.sqrt(x**2 + (y * q) ** 2)
+
+        @ck.forward
+        def brightness(self, x, y, sigma=None, I0=None):
+            shape = x.shape
+            B = sigma.shape[0]
+            x, y = x.flatten(), y.flatten()
+            return (jnp.expand_dims(I0, -1) * jnp.exp(-self._r(x, y) ** 2 / jnp.expand_dims(sigma, -1) ** 2)).reshape(B, *shape)
+
+    return CkGB
+
+
+def _gb_rows():
+    base = np.array([5.0, 5.0, 0.5, 0.0, 1.0, 1.0])
+    rows = np.tile(base, (5, 1))
+    rows[:, 3] = np.linspace(0.0, 3.14 / 2, 5)
+    rows[:, 4] = np.linspace(0.5, 4.0, 5)
+    return jnp.asarray(rows, dtype=jnp.float32)
+
+
+def test_notebook_advanced_gaussian_batched_shapes_and_list(ck):
+    x, y = _grid(0, 10, 30)
+    rows = _gb_rows()
+    G = _ck_gaussian_batched(ck)("G", x0=[5.0], y0=[5.0], q=[0.5], phi=[0.0], sigma=[1.0], I0=[1.0])
+    G.to_dynamic()
+    ref = G.brightness(x, y, params=rows)  # caskade: a (5, 6) params array
+    assert ref.shape == (5, 30, 30)
+    # params with shape (5,) each and a flat vector of 30 (param-major)
+    g = GaussianBatched("G", shape=(5,)).to_dynamic()
+    got = g.brightness(x, y, params=rows.T.flatten())
+    assert allclose(got, ref, atol=1e-6)
+    # a list in which only phi and sigma are batched
+    lst = [jnp.asarray(5.0), jnp.asarray(5.0), jnp.asarray(0.5), rows[:, 3], rows[:, 4], jnp.asarray(1.0)]
+    g2 = GaussianBatched("G").to_dynamic()
+    got2 = g2.brightness(x, y, params=lst)
+    ref2 = G.brightness(x, y, params=lst)
+    assert allclose(got2, ref2, atol=1e-6) and allclose(got2, ref, atol=1e-6)
+
+
+@XF(strict=True, reason="AdvancedGuide GaussianBatched: a (5, 6) params array passed to a forward "
+    "written for a leading batch axis (params of value shape (1,)): caskade fills each param with "
+    "its (5,) column and calls the method once -> (5, 30, 30); caskax maps the method over the 5 "
+    "rows (each param keeps shape (1,)) -> (5, 1, 30, 30) (issue 15 item 8)")
+def test_notebook_advanced_gaussian_batched_params_array(ck):
+    x, y = _grid(0, 10, 30)
+    g = GaussianBatched("G", x0=[5.0], y0=[5.0], q=[0.5], phi=[0.0], sigma=[1.0], I0=[1.0]).to_dynamic()
+    assert g.brightness(x, y, params=_gb_rows()).shape == (5, 30, 30)
