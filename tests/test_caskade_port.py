@@ -3486,3 +3486,74 @@ def test_notebook_advanced_gaussian_batched_params_array(ck):
     x, y = _grid(0, 10, 30)
     g = GaussianBatched("G", x0=[5.0], y0=[5.0], q=[0.5], phi=[0.0], sigma=[1.0], I0=[1.0]).to_dynamic()
     assert g.brightness(x, y, params=_gb_rows()).shape == (5, 30, 30)
+
+
+# ======================================================================================
+# valid transforms: caskax's Program against caskade's Module.to_valid / from_valid
+# ======================================================================================
+_VALIDS = {
+    "left": dict(valid=(1.0, None)),
+    "right": dict(valid=(None, 3.0)),
+    "cyclic": dict(valid=(0.0, 2.0), cyclic=True),
+    "left_array": dict(valid=((0.5, 1.0), None)),
+    "right_array": dict(valid=(None, (5.0, 6.0))),
+}
+
+
+@pytest.mark.parametrize("case", list(_VALIDS))
+def test_valid__transforms_match_caskade(ck, case):
+    kw = _VALIDS[case]
+    value = np.array([1.7, 2.4])
+    cp = ck.Param("p", value, shape=(2,), **kw)
+    cp.to_dynamic()
+    C = ck.Module("m")
+    C.p = cp
+    m = One(cx.Param("p", value, shape=(2,), dynamic=True, **kw))
+    f = cx.compile(m)
+    x = f.init
+    assert allclose(x, C.get_values())
+    u = f.to_valid(x)
+    assert allclose(u, C.to_valid(C.get_values()), atol=1e-6)
+    probe = jnp.array([-3.0, 0.7])
+    assert allclose(f.from_valid(probe), C.from_valid(probe), atol=1e-6)
+
+
+def test_valid__full_range_is_a_documented_difference(ck):
+    # caskade 1.1.5: (lo, hi) -> identity to_valid, straight-through clip from_valid;
+    # caskax: logit / sigmoid (DESIGN.md section 5). Both map into [lo, hi] and round-trip.
+    cp = ck.Param("p", np.array([0.25, 0.5]), shape=(2,), valid=(0.0, 1.0))
+    cp.to_dynamic()
+    C = ck.Module("m")
+    C.p = cp
+    f = cx.compile(One(cx.Param("p", np.array([0.25, 0.5]), shape=(2,), valid=(0.0, 1.0), dynamic=True)))
+    assert allclose(C.to_valid(C.get_values()), [0.25, 0.5])  # caskade: identity
+    assert allclose(f.to_valid(f.init), [np.log(1 / 3), 0.0], atol=1e-6)  # caskax: logit
+    assert allclose(f.from_valid(f.to_valid(f.init)), C.from_valid(C.to_valid(C.get_values())))
+
+
+@pytest.mark.parametrize("appendable", [False, True])
+def test_save__batched_and_live_params_match_caskade(ck, tmp_path, appendable):
+    # batched x0 (5, 2) with shape (2,), a live sigma, a dynamic q with no value
+    CkG = _ck_gaussian_class(ck)
+    G = CkG("G", x0=_BLOB_X0, q=None, phi=0.3, sigma=None, I0=1.0)
+    G.sigma.to_static()
+    g = NbGaussian("G", x0=_BLOB_X0, q=None, phi=0.3, sigma=None, I0=1.0).to_static("sigma")
+    assert g.sigma.live and G.sigma.static and G.sigma.value is None
+    a, b = str(tmp_path / "cx.h5"), str(tmp_path / "ck.h5")
+    g.save_state(a, appendable=appendable)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        G.save_state(b, appendable=appendable)
+    if appendable:
+        g.set("x0", _BLOB_X0 + 1).append_state(a)
+        G.x0.value = _BLOB_X0 + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            G.append_state(b)
+    ours, theirs = _h5_tree(a), _h5_tree(b)
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert ours[k][0] == theirs[k][0], k
+        assert ours[k][1].get("node_type") == theirs[k][1].get("node_type"), k
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert allclose(fa["G/x0/value"][()], fb["G/x0/value"][()])
