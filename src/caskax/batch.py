@@ -342,7 +342,7 @@ def _stack(programs) -> BatchedProgram:
                 )
             key = ("number", j)
             slots_of[key] = len(arrays)
-            arrays.append(jnp.asarray(np.asarray(column)))
+            arrays.append(_numbers(column))
             axes.append(0)
             static_leaves.append(_Slot(slots_of[key]))
             continue
@@ -371,6 +371,21 @@ def _stack(programs) -> BatchedProgram:
         static_leaves.append(_Slot(slots_of[key]))
     static = _Static(s0.treedef, tuple(static_leaves), s0.rows, s0.method, s0.valid, s0.key)
     return BatchedProgram(arrays, axes, static, len(programs))
+
+
+def _numbers(values):
+    """Python numbers stacked as one array that promotes as they did: weakly typed, so
+    a float32 model stays float32 under x64 as with the numbers themselves."""
+    stacked = jnp.asarray(np.asarray(values))
+    return _weak(stacked) if all(isinstance(v, (bool, int, float)) for v in values) else stacked
+
+
+def _weak(stacked):
+    try:
+        from jax._src.lax.lax import _convert_element_type  # no public way to mark weak types
+    except ImportError:  # pragma: no cover - then strong types: x64 models may promote
+        return stacked
+    return _convert_element_type(stacked, None, weak_type=True)
 
 
 def _same_value(a, b) -> bool:
@@ -402,6 +417,8 @@ def _swap(f: Program, by_path: dict) -> BatchedProgram:
         shape = tuple(np.shape(old))
         dtype = old.dtype if hasattr(old, "dtype") else jnp.asarray(old).dtype
         value = jnp.asarray(value, dtype=dtype)
+        if not hasattr(old, "dtype") or getattr(old, "weak_type", False):
+            value = _weak(value)  # a Python number (or weak array) promotes as before
         if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) != shape:
             raise ShapeError(
                 f"cx.batch: {path!r} holds shape {shape}; its replacement must have shape "

@@ -81,7 +81,9 @@ class FitResult(eqx.Module):
 
 
 def _loss(target):
-    return lambda z: -target.logdensity(z)
+    # in x0's dtype: the loop's carry needs one, and a float32 start on a model that
+    # computes in float64 (x64 on) would otherwise bring two
+    return lambda z: (-target.logdensity(z)).astype(z.dtype)
 
 
 def _threshold(tol, value):
