@@ -53,30 +53,33 @@ def run(script, *args, timeout=120):
 
 # -- locking ------------------------------------------------------------------------------------
 APPENDER = """
-    import sys, time
+    import sys
     from caskax.examples.models import Gaussian1D
-    path, base, count, start_at = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    while time.time() < start_at:  # both processes begin together
-        time.sleep(0.001)
+    path, base, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    print("ready", flush=True)
+    sys.stdin.readline()  # both processes start appending together
     for k in range(count):
         v = base + k
         Gaussian1D("lc", t0=v, sigma=v, peak_flux=v).to_dynamic("t0").append_state(path)
-    print("done", flush=True)
 """
 
 
 def test_concurrent_appenders_lose_nothing(tmp_path):
     path = tmp_path / "chain.h5"
     lc_model().save_state(path, appendable=True)
-    start_at = time.time() + 8.0  # after both interpreters have imported caskax
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(APPENDER), str(path), str(base), "50",
-             str(start_at)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+            [sys.executable, "-c", textwrap.dedent(APPENDER), str(path), str(base), "50"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=ENV,
         )
         for base in (1000.0, 2000.0)
     ]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
