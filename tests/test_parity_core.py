@@ -457,3 +457,23 @@ def test_float32_param_keeps_its_dtype_in_an_x64_model():
         JAX_ENABLE_X64="1",
     )
     assert out.split() == ["float64", "float32", "float64", "2.0"]
+
+
+def test_caskade_rules_for_batch_shape_boundaries_and_list_fields():
+    with pytest.raises(cx.ShapeError, match="batch_shape=\\(4,\\)"):
+        cx.Param("p", np.ones((3, 2)), shape=(2,), batch_shape=(4,))
+    assert cx.Param("p", np.ones((4, 2)), shape=(2,), batch_shape=(4,)).batch_shape == (4,)
+    with pytest.warns(cx.CaskaxWarning):  # log(0) at a one-sided bound, as caskade warns
+        cx.Param("s", 0.0, valid=(0, None))
+
+    class Group(cx.Module):
+        position: list
+
+        def __init__(self):
+            super().__init__("group")
+            self.position = [cx.Param("x", 1.0), cx.Param("y", 2.0)]
+
+    g = Group().to_dynamic("position")  # caskade: gc.position.to_dynamic()
+    assert g.get_values().tolist() == [1.0, 2.0]
+    with pytest.raises(cx.ModuleError, match="immutable"):
+        g.position[0].value = 3.0

@@ -738,7 +738,7 @@ def _set_field(root, target, value, w):
 
 def _set_kind(root, targets, children_only, dynamic):
     w = graph.walk(root)
-    targets = targets or (root,)
+    targets = _expand_containers(root, targets or (root,))
     params = []
     for t in targets:
         node = w.nodes[graph.resolve(root, t, w)]
@@ -763,6 +763,20 @@ def _set_kind(root, targets, children_only, dynamic):
     return graph.replace(root, new)
 
 
+def _expand_containers(root, targets):
+    # caskade's NodeList field is a node of its own: a path to a list, tuple or dict
+    # field of nodes targets each of its members
+    out = []
+    for t in targets:
+        obj = graph.lookup(root, t) if isinstance(t, str) and t else None
+        if isinstance(obj, (list, tuple, dict)):
+            members = obj.values() if isinstance(obj, dict) else obj
+            out.extend(m for m in members if graph.is_node(m))
+        else:
+            out.append(t)
+    return out
+
+
 def _try_fill(root, w):
     try:
         return graph.fill(root, {}, w)
@@ -774,7 +788,7 @@ def frozen_error(node, name, deleting=False) -> ModuleError:
     """The error for assigning to (or deleting) an attribute of a built node."""
     cls = type(node).__name__
     fields = {f.name for f in dataclasses.fields(node)}
-    if name not in fields and not deleting:
+    if name not in fields and not hasattr(type(node), name) and not deleting:
         return ModuleError(
             f"{cls}.{name} is not a declared field: add the annotation `{name}: cx.Param` "
             "(or the field's type) to the class body. caskax modules are dataclasses, so "

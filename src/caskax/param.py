@@ -171,12 +171,27 @@ def _check_shape(name, value_shape, shape):
         )
 
 
+def _check_batch(name, value, shape, batch_shape):
+    if value is None or batch_shape is None or _is_tracer(value):
+        return
+    n = 0 if shape is None else len(shape)
+    got = tuple(value.shape[: value.ndim - n])
+    if got != tuple(batch_shape):
+        raise ShapeError(
+            f"Param '{name}': value of shape {tuple(value.shape)} has batch axes {got}, but "
+            f"batch_shape={tuple(batch_shape)} was declared."
+        )
+
+
 def _check_valid(name, value, valid, cyclic):
     if valid is None or cyclic or value is None or _is_tracer(value):
         return
     arr = np.asarray(value)
     lo, hi = (None if b is None else np.asarray(b) for b in valid)
-    bad = (lo is not None and np.any(arr < lo)) or (hi is not None and np.any(arr > hi))
+    if lo is not None and hi is not None:
+        bad = np.any(arr < lo) or np.any(arr > hi)
+    else:  # one-sided: the bound itself maps to -inf, as caskade warns
+        bad = (lo is not None and np.any(arr <= lo)) or (hi is not None and np.any(arr >= hi))
     if bad:
         warnings.warn(
             f"Param '{name}': value {arr.tolist()} is outside valid={valid}; "
@@ -338,6 +353,7 @@ class Param(eqx.Module):
             )
         self.link = None
         self.stored = _coerce(name, value, self.shape, self.dtype)
+        _check_batch(name, self.stored, self.shape, self.declared_batch_shape)
         if dynamic is None:
             dynamic = value is None
         self.node_kind = "dynamic" if dynamic else "static"
@@ -468,6 +484,7 @@ class Param(eqx.Module):
             ptr = link(value) if isinstance(value, Param) else value
             return self._replace(link=ptr, value=None, node_kind="pointer")
         arr = _coerce(self.name, value, self.shape, self.dtype)
+        _check_batch(self.name, arr, self.shape, self.declared_batch_shape)
         _check_valid(self.name, arr, self.valid, self.cyclic)
         # A pointer given a value becomes static but keeps its inputs as children, as
         # caskade keeps its links: the tree (and a state file started earlier) keeps them.
