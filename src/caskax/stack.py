@@ -8,7 +8,8 @@ axis), so XLA compiles one member's arithmetic once, whatever k is.
 What becomes what:
 
 * a param that each member holds on its own (distinct ids): one param of the same
-  kind whose value is the members' values stacked, shape ``(k, *shape)``;
+  kind whose value is the members' values stacked, shape ``(k, *shape)``; a static
+  param whose value is equal in every member keeps that one value (XLA folds it);
 * a node every member holds (the same id: a common width placed in every source, a
   light curve that every flux points to): kept once, unbatched;
 * a pointer: one pointer with the members' function; inputs shared by all members stay
