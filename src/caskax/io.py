@@ -155,6 +155,7 @@ def append_state(module, path) -> None:
     values = _state_values(module)
     with _locked(path, exclusive=True):
         _check_is_hdf5(path)
+        _remove_orphans(path)
         with _h5_errors(path, "append_state"):
             with _open(path, "r+") as f:
                 plan, n, ready = _plan_appends(f, module, values, path)
