@@ -502,3 +502,14 @@ def test_two_processes_share_the_chunks(tmp_path):
     assert saved["index"].tolist() == list(range(7))
     np.testing.assert_array_equal(saved["x"], one_process.x)
     assert not os.path.exists(path + ".parts")
+
+
+def test_swapping_an_argument_of_the_compiled_method():
+    from caskax.examples import Gaussian1D
+
+    lc = Gaussian1D("lc", t0=0.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0")
+    f = cx.compile(lc, "flux", 0.0)  # flux at time 0.0: the method's first argument
+    G = cx.batch(f, {"args[0]": [0.0, 1.0, 2.0]})
+    x = np.zeros((3, 1), np.float32)
+    np.testing.assert_allclose(G(x), [float(cx.compile(lc, "flux", t)(x[0])) for t in (0.0, 1.0, 2.0)],
+                               rtol=1e-6)
