@@ -366,3 +366,83 @@ def test_member_module_as_pointer_input():
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)
     f = cx.compile(Sky("sky", X, Y, S))
     np.testing.assert_allclose(np.asarray(f(f.init)), want.sum(0), rtol=1e-5, atol=1e-9)
+
+
+class Line(cx.Module):
+    a: cx.Param
+    b: cx.Param
+
+    def __init__(self, name, a=None, b=None, group=0):
+        super().__init__(name)
+        self.a = cx.Param("a", a, dynamic=True)
+        self.b = cx.Param("b", b, shape=(2,), dynamic=True, group=group)
+
+    @cx.forward
+    def __call__(self, x, a, b):
+        return a * x + b[0] - b[1]
+
+
+def test_dynamic_params_without_values_get_the_member_axis():
+    S = cx.stack([Line(f"l{i}") for i in range(3)], name="lines")
+    assert S.a.full_shape() == (3,) and S.b.full_shape() == (3, 2)
+    f = cx.compile(S, "__call__", 2.0)
+    assert f.size == 9
+    # what the Program computes is what each member computes with its own slice
+    x = jnp.arange(9.0)
+    got = jax.vmap(lambda s: s(2.0), in_axes=(cx.batch_axes(f.unflatten(x)),))(f.unflatten(x))
+    want = [float(a) * 2.0 + float(b0) - float(b1)
+            for a, (b0, b1) in zip(x[:3], x[3:].reshape(3, 2))]
+    np.testing.assert_allclose(np.asarray(got), want)
+
+
+def test_param_groups_give_one_permutation_per_group():
+    lines = [Line(f"l{i}", a=float(i), b=[1.0 * i, 2.0 * i], group=1) for i in range(3)]
+
+    class Holder(cx.Module):
+        items: object
+
+        def __init__(self, items):
+            super().__init__("holder")
+            self.items = items
+
+    unrolled, stacked = Holder(lines), Holder(cx.stack(lines, name="lines"))
+    p0, p1 = cx.stack_permutation(unrolled, stacked)
+    xu0, xu1 = unrolled.get_values()
+    xs0, xs1 = stacked.get_values()
+    np.testing.assert_array_equal(np.asarray(xu0)[p0], np.asarray(xs0))
+    np.testing.assert_array_equal(np.asarray(xu1)[p1], np.asarray(xs1))
+    assert np.asarray(xs1).tolist() == [0.0, 0.0, 1.0, 2.0, 2.0, 4.0]
+
+
+def test_unstack_after_setting_one_value_for_every_member():
+    lines = [Line(f"l{i}", a=float(i), b=[0.0, 0.0]) for i in range(3)]
+    S = cx.stack(lines).set("b", [5.0, 6.0])  # one (2,) value: every member's
+    back = cx.unstack(S)
+    assert [np.asarray(m.b.value).tolist() for m in back] == [[5.0, 6.0]] * 3
+    assert [float(m.a.value) for m in back] == [0.0, 1.0, 2.0]
+    assert len({m.b.uid for m in back}) == 3
+
+
+class Lit(cx.Module):
+    """A source whose flux is live: set inside the forward method from its own param."""
+
+    t: cx.Param
+    src: Gaussian
+
+    def __init__(self, name, t):
+        super().__init__(name)
+        self.t = cx.Param("t", t)
+        self.src = Gaussian("src", x0=[0.1 * t, 0.0], q=1.0, phi=0.0, sigma=0.5).to_static("flux")
+
+    @cx.forward
+    def brightness(self, x, y):
+        return self.src.set(flux=2.0 * self.t.value).brightness(x, y)
+
+
+def test_live_params_are_set_member_by_member():
+    members = [Lit(f"lit{i}", float(i + 1)) for i in range(3)]
+    S = cx.stack(members)
+    assert S.src.flux.kind == "live"
+    got = jax.jit(lambda S: cx.stack_map(S, lambda s: s.brightness(X, Y)))(S)
+    want = np.stack([np.asarray(jax.jit(lambda m: m.brightness(X, Y))(m)) for m in members])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)

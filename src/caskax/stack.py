@@ -295,7 +295,11 @@ class _Stacker:
                     f"cx.stack: param {self.where(path)} has a value in one of "
                     f"{self.member(0)} and {self.member(j)} but not in the other."
                 )
-            shape, batch = first.shape, (self.k,) + first.batch_shape
+            shape, batch = first.shape, first.declared_batch_shape
+            if first.dynamic and all(missing) or batch is not None:
+                # Declared only where no value carries the axis: a value set later (one
+                # for all members, or a live param's per-member value) must still fit.
+                batch = (self.k,) + first.batch_shape
             if not all(missing):
                 rank = vals[0].ndim
                 stacked = self.stack_values(vals, path)
