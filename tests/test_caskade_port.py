@@ -3677,3 +3677,49 @@ def test_param_groups__values_match_caskade(ck, scheme):
     for a, b in zip(jax.tree_util.tree_leaves(list(ours)), jax.tree_util.tree_leaves(list(theirs))):
         assert allclose(a, b)
     assert allclose(m.run(10.0, ours), 66.0)  # caskade 1.1.5's Outer.run: 66.0
+
+
+class Listed(cx.Module):
+    workers: list
+    p: cx.Param
+
+    def __init__(self, workers, name=None):
+        super().__init__(name)
+        self.workers = list(workers)
+        self.p = cx.Param("p", 1.0, shape=())
+
+    @cx.forward
+    def run(self, x, p):
+        return p + sum(w.compute(x) for w in self.workers)
+
+
+def test_param_groups__groups_with_node_list_and_tuple():
+    listed = Listed([Inner(name="w1", ga=1), Inner(name="w2")], name="listed")
+    listed = listed.to_dynamic(children_only=False)
+    assert groups_of(listed) == (0, 1)
+    params = listed.get_values()
+    assert isinstance(params, (list, tuple)) and len(params) == 2
+    # p + 2 * (sum(1 + 1 + [2, 3])) = 1 + 2 * 9
+    assert allclose(listed.run(1.0, params), 19.0)
+    tup = Coll((cx.Param("p1", 1.0, dynamic=True, group=0), cx.Param("p2", 2.0, dynamic=True, group=1)))
+    assert groups_of(tup) == (0, 1)
+    assert cx.compile(tup, "values").groups == (0, 1)
+
+
+def test_param_groups__to_static_all_then_dynamic():
+    m = grouped(1, 0, 2, 0)
+    st = m.to_static(children_only=False)
+    assert len(st.dynamic_params) == 0 and groups_of(st) == ()
+    back = st.to_dynamic(children_only=False)
+    assert back.inner.a.group == 1 and back.c.group == 2
+    assert groups_of(back) == (0, 1, 2)
+
+
+def test_param_groups__valid_context_preserves_state():
+    # caskade: ValidContext toggles m.valid_context and restores it; caskax: a valid=True
+    # Program is a separate object and the module is untouched
+    m = grouped(valid=(0, 10))
+    fv = cx.compile(m, "run", 10.0, valid=True)
+    f = cx.compile(m, "run", 10.0)
+    assert fv.valid and not f.valid
+    assert allclose(m.get_values()[0], [1, 2, 3])
