@@ -3723,3 +3723,25 @@ def test_param_groups__valid_context_preserves_state():
     f = cx.compile(m, "run", 10.0)
     assert fv.valid and not f.valid
     assert allclose(m.get_values()[0], [1, 2, 3])
+
+
+# -- AdvancedGuide: a Param subclass with an extra attribute --------------------------------
+class ParamU(cx.Param):
+    uncertainty: object
+
+    def __init__(self, *args, uncertainty=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uncertainty = jnp.zeros_like(self.value) if uncertainty is None else jnp.asarray(uncertainty)
+
+
+def test_notebook_advanced_param_subclass():
+    p = ParamU("p", 1.0)
+    assert float(p.value) == 1.0 and float(p.uncertainty) == 0.0
+    p2 = ParamU("p2", 2.0, uncertainty=0.1)
+    assert float(p2.uncertainty) == pytest.approx(0.1)
+    m = One(p2).to_dynamic("p").set("p", 3.0)
+    assert isinstance(m.p, ParamU)
+    assert float(m.p.value) == 3.0 and float(m.p.uncertainty) == pytest.approx(0.1)
+    f = cx.compile(m)
+    assert float(f(jnp.array([4.0]))) == 4.0
+    assert float(f.unflatten(jnp.array([4.0])).p.uncertainty) == pytest.approx(0.1)
