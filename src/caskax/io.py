@@ -50,8 +50,8 @@ Guarantees:
 - **Disk full.** An append or save first checks that the folder has room for what it
   writes; when it has not, or a write fails anyway, it raises `StateFileError` and the
   file keeps every earlier sample.
-- **Errors.** Every problem with a file (missing, not HDF5, truncated or corrupt, no
-  group for the model, a ``value`` without a known ``node_type``, a sample index that is
+- **Errors.** Every problem with a file (missing, not HDF5, truncated, structures that
+  HDF5 reports as damaged, no group for the model, a ``value`` without a known ``node_type``, a sample index that is
   not an integer or is out of range) is a `StateFileError` naming the path.
 """
 
