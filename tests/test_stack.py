@@ -306,8 +306,9 @@ def test_permutation_labels_and_errors():
     # unrolled: member by member (a node read by a pointer after every parent of it)
     assert fu.names[:6] == ["src0.x0[0]", "src0.x0[1]", "timed0.t",
                             "src1.x0[0]", "src1.x0[1]", "timed1.t"]
-    # stacked: one block per param, member 0's entries first, then member 1's, ...
-    assert fs.names[:3] == ["src.x0[0]", "src.x0[1]", "src.x0[2]"]
+    # stacked: one block per param, member 0's entries first, then member 1's, ...;
+    # a stacked (k, 2) param is labelled [member, entry]
+    assert fs.names[:3] == ["src.x0[0, 0]", "src.x0[0, 1]", "src.x0[1, 0]"]
     assert fs.names[-3:] == ["sources.t[0]", "sources.t[1]", "sources.t[2]"]
     perm = cx.stack_permutation(fu, fs)
     labels = np.asarray(fu.names)[perm].tolist()
@@ -445,3 +446,17 @@ def test_live_params_are_set_member_by_member():
     got = jax.jit(lambda S: cx.stack_map(S, lambda s: s.brightness(X, Y)))(S)
     want = np.stack([np.asarray(jax.jit(lambda m: m.brightness(X, Y))(m)) for m in members])
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)
+
+
+def test_rebuilt_stacked_model_reuses_compiled_code():
+    # the stacked pointers wrap the members' function: the wrapper must key the cache by
+    # what it computes, so a rebuilt model with new data compiles nothing new
+    run = jax.jit(lambda f, x: f(x))
+    _, _, first = _models(3)
+    f1 = cx.compile(first)
+    run(f1, f1.init)
+    n = run._cache_size()
+    _, _, again = _models(3)
+    f2 = cx.compile(again)
+    run(f2, f2.init)
+    assert run._cache_size() == n

@@ -104,9 +104,20 @@ def _cells(f):
 
 
 def _values_key(values):
-    # Plain scalars and strings by value; anything else (arrays, modules) by identity.
-    return tuple(v if isinstance(v, (bool, int, float, complex, str, bytes, type(None)))
-                 else ("id", id(v)) for v in values)
+    # Plain scalars and strings by value, functions by what they compute, tuples item by
+    # item (a wrapper closing over its function and a tuple of settings, as cx.stack's
+    # pointers do); anything else (arrays, modules) by identity.
+    return tuple(_value_key(v) for v in values)
+
+
+def _value_key(v):
+    if isinstance(v, (bool, int, float, complex, str, bytes, type(None))):
+        return v
+    if isinstance(v, tuple):
+        return ("tuple", _values_key(v))
+    if getattr(v, "__code__", None) is not None:
+        return _FnKey(v)
+    return ("id", id(v))
 
 
 def _canonical_structure(tree):
@@ -298,16 +309,20 @@ class Program:
 
     @property
     def names(self):
-        """One label per entry of the flat vector, e.g. ``"SN.x0[1]"``."""
+        """One label per entry of the flat vector, e.g. ``"SN.x0[1]"``; entries of a
+        param with several axes (a stacked member axis, an image) are labelled by their
+        index on each, e.g. ``"sources.x0[17, 0]"``."""
         out = []
         for g in self.groups:
             labels = []
             for r in self._rows(g):
                 if r.shape == ():
                     labels.append(r.name)
+                elif len(r.shape) == 1:
+                    labels.extend(f"{r.name}[{i}]" for i in range(r.shape[0]))
                 else:
-                    for i in range(math.prod(r.shape)):
-                        labels.append(f"{r.name}[{i}]")
+                    for idx in np.ndindex(*r.shape):
+                        labels.append(f"{r.name}[{', '.join(map(str, idx))}]")
             out.append(labels)
         return self._per_group(out)
 
