@@ -193,11 +193,11 @@ def test_param__none_shape_param(capsys):
     assert capsys.readouterr().out == ""
 
 
-@XF(strict=True, reason="Param.shape keeps the declared wildcard (None, 5); caskade reports the "
-    "value's resolved shape (4, 5) and the batch_shape (3,), and shape (None, 5) again when unset")
 def test_param__none_shape_param_resolved_shape():
+    # documented difference: caskax's `shape` is the declaration, `value_shape` resolves it
     p = cx.Param("p", np.ones((3, 4, 5)), shape=(None, 5))
-    assert p.shape == (4, 5)
+    assert p.shape == (None, 5)
+    assert p.value_shape == (4, 5) and p.batch_shape == (3,)  # caskade's p.shape, p.batch_shape
 
 
 def test_param__active_state():
@@ -251,11 +251,9 @@ def test_param__bad_init_shape_not_tuple():
         cx.Param("test", None, 7)
 
 
-@XF(strict=True, reason="valid=[0, 1] (a list): caskade raises ParamConfigurationError "
-    "('not tuple'); caskax accepts it")
 def test_param__bad_init_valid_list():
-    with pytest.raises(cx.CaskaxError):
-        cx.Param("test", valid=[0, 1])
+    # documented difference: a list pair is accepted (caskade wants a tuple)
+    assert cx.Param("test", valid=[0, 1]).valid == (0.0, 1.0)
 
 
 def test_param__bad_init_pointer_dynamic_true():
@@ -327,13 +325,12 @@ def test_param__change_type(value, dynamic, capsys):
         m.set("p", cx.Pointer(1.0))
 
 
-@XF(strict=True, reason="a function pointer made static/dynamic again: caskade's value is None "
-    "(p.to_static() after p.to_pointer(fn)); caskax's to_static('p') keeps the pointer's computed "
-    "value (static 10.0)")
 def test_param__change_type_function_pointer_back_has_no_value():
+    # documented difference: caskade's value is None; caskax keeps the pointer's value
     m = One(cx.Param("test", 1.0))
     m = m.set("p", cx.Pointer(lambda a: 2 * a, m.p2))
-    assert m.to_static("p").p.value is None
+    static = m.to_static("p")
+    assert static.p.kind == "static" and float(static.p.value) == 2 * float(m.p2.value)
 
 
 def test_param__param_to():
@@ -498,13 +495,12 @@ def test_module__module_delattr():
         del m.p
 
 
-@XF(strict=True, reason="Module.set(p=<Param>) on a param field makes the field a pointer to the new "
-    "Param; there is no caskax form of caskade's `del m.p; m.p = newparam` that puts the new Param "
-    "itself in the field (m.set(p=new).p.uid != new.uid)")
 def test_module__module_delattr_replaces_param():
+    # caskade's `del m.p; m.p = new` is replace_node (set would link p to new)
     m = PHolder("test", cx.Param("p"))
     new = cx.Param("p")
-    assert m.set(p=new).p.uid == new.uid
+    assert m.replace_node("p", new).p.uid == new.uid
+    assert m.set(p=new).p.pointer
 
 
 @pytest.mark.parametrize("params_type", ["array", "list", "dict"])
@@ -702,13 +698,13 @@ def test_module__module_graph_tracking():
     assert len(sim.pointer_params) == 1
 
 
-@XF(strict=True, reason="batched params in get_values: caskade gives (*batch, n) = (4, 28) with "
-    "helper.h2 of shape (4, 2) (and (5, 4, 28) with workers[4].w1 (5, 4)); caskax gives one flat "
-    "vector holding every batch entry (34,) (issue 15 item 8)")
 def test_module__batched_build_params_array():
+    # documented difference (docs/migrating-from-caskade.md, "Batched params"): caskade's
+    # (4, 28) is a batch of 4 vectors; caskax's flat vector holds every entry once
     sim = make_sim().to_dynamic(children_only=False).set("helper.h2", np.ones((4, 2)))
     vals = sim.get_values()
-    assert vals.shape == (4, 28)
+    assert vals.shape == (34,)
+    assert sim.set_values(vals).get_values().shape == (34,)
 
 
 def test_module__finders_unknown_param_is_valueerror():
@@ -951,15 +947,15 @@ def test_forward__forward_batched_array_vmap():
     assert out.shape == (3, 1, 2, 2)
 
 
-@XF(strict=True, reason="a params array with leading batch axes (3, 1, n) passed to a forward "
-    "method with x of shape (2,): caskade fills each param with its batched column (param "
-    "arrays (3, 1, ...) broadcast against x in the method) -> (3, 3, 2, 2); caskax maps the "
-    "method over the leading axes -> (3, 1, 2, 2) (issue 15 item 8: decide and document)")
 def test_forward__forward_batched_array_direct():
+    # documented difference: leading axes of a params array are mapped (vmap), each row a
+    # full flat vector; caskade broadcasts the columns against x instead ((3, 3, 2, 2))
     main1 = _forward_sim()
     flat = jnp.concatenate([jnp.ravel(p) for p in _forward_params()])
     batch = jnp.stack([flat] * 3)[:, None]
-    assert main1.testfun(jnp.asarray((1.0, 1.0)), params=batch).shape == (3, 3, 2, 2)
+    out = main1.testfun(jnp.asarray((1.0, 1.0)), params=batch)
+    assert out.shape == (3, 1, 2, 2)
+    assert allclose(out[2, 0], main1.testfun(jnp.asarray((1.0, 1.0)), params=flat))
 
 
 def test_forward__forward_dict():
@@ -1347,29 +1343,23 @@ def test_param_groups__round_trip_values_multi_group():
         assert allclose(o, r)
 
 
-@XF(strict=True, reason="batched params per group: caskade's get_values gives (*batch, n) per group "
-    "((3, 3) and (3,) with inner.a (3,), inner.b (3, 2)); caskax flattens the batch into the "
-    "vector ((9,) and (3,)) (issue 15 item 8)")
 def test_param_groups__batch_dims_independent_per_group():
+    # documented difference: one flat vector per group holding every batch entry
     m = grouped(a=np.ones(3), b=np.ones((3, 2)))
     vals = m.get_values("array")
-    assert vals[0].shape == (3, 3) and vals[1].shape == (3,)
+    assert vals[0].shape == (9,) and vals[1].shape == (3,)
 
 
-@XF(strict=True, reason="batched params per group: caskade (4, 3) and (7, 3); caskax flattens "
-    "((12,), (21,)) (issue 15 item 8)")
 def test_param_groups__batch_dims_both_groups_different_sizes():
     m = grouped(a=np.ones(4), b=np.ones((4, 2)), c=np.ones(7), d=np.ones((7, 2)))
     vals = m.get_values("array")
-    assert vals[0].shape == (4, 3) and vals[1].shape == (7, 3)
+    assert vals[0].shape == (12,) and vals[1].shape == (21,)
 
 
-@XF(strict=True, reason="multi-dim batch per group: caskade (2, 3, 3) and (3,); caskax flattens "
-    "((18,), (3,)) (issue 15 item 8)")
 def test_param_groups__batch_dims_multi_dim_batch():
     m = grouped(a=np.ones((2, 3)), b=np.ones((2, 3, 2)))
     vals = m.get_values("array")
-    assert vals[0].shape == (2, 3, 3) and vals[1].shape == (3,)
+    assert vals[0].shape == (18,) and vals[1].shape == (3,)
 
 
 def test_param_groups__find_param_with_group():
@@ -1824,32 +1814,23 @@ def test_save__save_append_load(tmp_path):
     _save_cycle(tmp_path, usefileobject=False, array_bounds=False)
 
 
-@XF(strict=True, reason="load_state of a file whose params have array-valued valid bounds (p2 "
-    "valid=(None, (5, 6)), p3 valid=(zeros((2,3,4)), 2*ones(...))): caskax saves it but "
-    "load_state raises StateFileError ('only 0-dimensional arrays can be converted to Python "
-    "scalars', io.py reading valid_left/valid_right); caskade loads it")
 def test_save__save_append_load_array_bounds(tmp_path):
     _save_cycle(tmp_path, usefileobject=False, array_bounds=True)
 
 
-@XF(strict=True, reason="save_state/append_state given an open h5py.File (caskade's usefileobject=True "
-    "case): caskax raises TypeError 'expected str, bytes or os.PathLike object, not File' "
-    "(issue 15 item 5)")
 def test_save__save_append_load_fileobject(tmp_path):
     _save_cycle(tmp_path, usefileobject=True, array_bounds=False)
 
 
-@XF(strict=True, reason="save_state/load_state/append_state to 'x.png': caskade raises "
-    "NotImplementedError (only .h5 state files); caskax writes HDF5 whatever the extension")
 def test_save__bad_extension(tmp_path):
+    # documented difference: caskade refuses other extensions; caskax writes HDF5 anyway
     main = _build_save_module()
     bad = str(tmp_path / "test_save_bad.png")
-    with pytest.raises(NotImplementedError):
-        main.save_state(bad)
-    with pytest.raises(NotImplementedError):
-        main.load_state(bad)
-    with pytest.raises(NotImplementedError):
-        main.append_state(bad)
+    main.save_state(bad, appendable=True)
+    main.append_state(bad)
+    assert cx.io.count_samples(bad) == 2
+    loaded = main.load_state(bad)
+    assert float(loaded.m1.p1.value) == 1.0 and loaded.m1.p2.value.tolist() == [2.0, 2.5]
 
 
 def test_save__caskade_file_loads(tmp_path):
@@ -2454,13 +2435,13 @@ def test_notebook_advanced_vmap_batching(ck):
     assert allclose(got, ref, atol=1e-6)
 
 
-@XF(strict=True, reason="AdvancedGuide: after G.phi = linspace(5), G.sigma = linspace(5), caskade's "
-    "G.get_values() is (5, 2) (a batch of param vectors for vmap); caskax's is flat (10,) "
-    "(issue 15 item 8)")
 def test_notebook_advanced_batched_get_values(ck):
+    # documented difference: caskade (5, 2), a batch of vectors; caskax the 10 entries
     g = NbGaussianXY("G", **_GKW).to_dynamic("sigma", "phi")
     gb = g.set("phi", np.linspace(0, 3.14 / 2, 5)).set("sigma", np.linspace(0.5, 4, 5))
-    assert gb.get_values().shape == (5, 2)
+    flat = gb.get_values()
+    assert flat.shape == (10,)
+    assert allclose(gb.set_values(flat).phi.value, np.linspace(0, 3.14 / 2, 5))
 
 
 def test_notebook_advanced_wildcard_shape():
@@ -2735,15 +2716,15 @@ def test_notebook_hierarchical_multiblob_outer_sigma(ck):
         assert allclose(one.brightness(X, Y), _ck_blob_sum(CkG, X, Y, _BLOB_X0, sig[i]), atol=1e-5)
 
 
-@XF(strict=True, reason="HierarchicalModels: caskade's hierarchical_link makes G's batch axis (x0: 5 "
-    "blobs) internal to Blobs, so vmap over Blobs' params maps only Blobs.sigma (6) -> (6, 100, "
-    "100). caskax's cx.batch_axes(blobs) also maps gauss.x0, and jax.vmap fails: 'inconsistent "
-    "sizes ... size 6 ... size 5'. No caskax way to mark a submodule's batch axes as internal")
 def test_notebook_hierarchical_multiblob_outer_sigma_vmap(ck):
+    # caskade's hierarchical_link inside Blobs keeps gauss's axis (5 blobs) internal:
+    # cx.batch_axes(..., internal=["gauss"]) says the same
     X, Y = jnp.meshgrid(jnp.linspace(-5, 5, 40), jnp.linspace(-5, 5, 40), indexing="xy")
     blobs, sig = _outer_sigma_blobs()
-    res = jax.vmap(lambda b: b.brightness(X, Y), in_axes=(cx.batch_axes(blobs),))(blobs)
+    axes = cx.batch_axes(blobs, internal=["gauss"])
+    res = jax.vmap(lambda b: b.brightness(X, Y), in_axes=(axes,))(blobs)
     assert res.shape == (6, 40, 40)
+    assert allclose(res[5], blobs.set("sigma", sig[5]).brightness(X, Y), atol=1e-6)
 
 
 def test_notebook_hierarchical_blob_population_v2(ck):
@@ -3075,7 +3056,7 @@ def test_notebook_worked_example_joint(ck, lightcurve):
         best = cx.fit(f, p, maxiter=2000)
         g_ck, g0 = ck_grad(best.x), ck_grad(p)
         assert float(jnp.linalg.norm(g_ck)) < 1e-2 * float(jnp.linalg.norm(g0))
-        lc_idx = like.find_index(like.model.models[0].models[0].flux.link.inputs[0].t0)
+        lc_idx = like.find_index(like.model.models[0].models[0].flux.ptr.inputs[0].t0)
         t0_fit = float(best.x[lc_idx])
         assert t0_fit == pytest.approx(-3.0, abs=0.5)
 
@@ -3130,20 +3111,26 @@ def test_notebook_worked_example_hierarchical(ck):
 _SPELLINGS = {
     "p.link": lambda m: m.p.link("other", cx.Param("other")),  # test_param::test_param_shape
     "p.unlink": lambda m: m.p.unlink("other"),  # test_base::test_linking
-    "p.to_pointer": lambda m: m.p.to_pointer(cx.Param("o", 1.0)),  # test_param::test_to_pointer
     "m.link": lambda m: m.link("x", cx.Param("x")),  # test_save::_build_test_module
 }
 
 
 @pytest.mark.parametrize("spelling", list(_SPELLINGS))
-@XF(strict=True, reason="caskade spellings p.link(...) / p.unlink(...) / p.to_pointer(...) / "
-    "m.link(...): caskax raises a bare TypeError \"'NoneType' object is not callable\" (p.link: "
-    "the Param's `link` field) or AttributeError \"'Param' object has no attribute 'unlink'\", "
-    "not a caskax error naming m.set(..., cx.Pointer(...)) (issue 15 item 9)")
 def test_spelling__caskade_link_forms(spelling):
     m = One(cx.Param("p", 1.0))
     with pytest.raises(cx.CaskaxError):
         _SPELLINGS[spelling](m)
+
+
+def test_spelling__to_pointer_returns_a_pointer():
+    # caskade's p.to_pointer(other) / p.to_pointer(fn, link=...): a new pointer param here
+    m = One(cx.Param("p", 1.0))
+    other = cx.Param("o", 2.0)
+    assert m.p.to_pointer(other).kind == "pointer"
+    assert float(m.p.to_pointer(other).value) == 2.0
+    assert float(m.p.to_pointer(lambda o: 3 * o, other).value) == 6.0
+    with pytest.raises(cx.ParamError):
+        m.p.to_pointer(1.0)
 
 
 def test_spelling__param_value_assignment_message():
@@ -3465,14 +3452,14 @@ def test_notebook_advanced_gaussian_batched_shapes_and_list(ck):
     assert allclose(got2, ref2, atol=1e-6) and allclose(got2, ref, atol=1e-6)
 
 
-@XF(strict=True, reason="AdvancedGuide GaussianBatched: a (5, 6) params array passed to a forward "
-    "written for a leading batch axis (params of value shape (1,)): caskade fills each param with "
-    "its (5,) column and calls the method once -> (5, 30, 30); caskax maps the method over the 5 "
-    "rows (each param keeps shape (1,)) -> (5, 1, 30, 30) (issue 15 item 8)")
 def test_notebook_advanced_gaussian_batched_params_array(ck):
+    # documented difference: the 5 rows are mapped, each param keeping its shape (1,)
     x, y = _grid(0, 10, 30)
     g = GaussianBatched("G", x0=[5.0], y0=[5.0], q=[0.5], phi=[0.0], sigma=[1.0], I0=[1.0]).to_dynamic()
-    assert g.brightness(x, y, params=_gb_rows()).shape == (5, 30, 30)
+    rows = _gb_rows()
+    out = g.brightness(x, y, params=rows)
+    assert out.shape == (5, 1, 30, 30)
+    assert allclose(out[3], g.brightness(x, y, params=rows[3]), atol=1e-6)
 
 
 # ======================================================================================
@@ -3549,18 +3536,12 @@ def test_save__batched_and_live_params_match_caskade(ck, tmp_path, appendable):
 # ======================================================================================
 # caskade names read by its tests that caskax lacks (strict xfails: add, or document)
 # ======================================================================================
-@XF(strict=True, reason="Module.dynamic_param_groups (caskade: sorted tuple of the groups of the "
-    "dynamic params, read in test_param_groups and test_module::test_valid) does not exist on "
-    "caskax modules (only Program.groups after cx.compile)")
 def test_names__dynamic_param_groups():
     assert grouped().dynamic_param_groups == (0, 1)
     assert grouped(0, 0, 0, 0).dynamic_param_groups == (0,)
     assert grouped().to_static(children_only=False).dynamic_param_groups == ()
 
 
-@XF(strict=True, reason="Module.dynamic / Module.static (caskade: whether the module has a dynamic "
-    "param as a direct child; read in test_module_and_collection and test_node_dict_manipulation) "
-    "do not exist on caskax modules")
 def test_names__module_dynamic_static():
     m = _nodetuple_model()
     assert not m.static and m.dynamic
@@ -3591,10 +3572,6 @@ _CASKADE_NAMES = {
 
 
 @pytest.mark.parametrize("name", list(_CASKADE_NAMES))
-@XF(strict=True, reason="caskade names read by caskade's own tests that caskax lacks (AttributeError "
-    "/ TypeError): Param.npvalue, Param.is_valid(), Param.node_str, Module.topological_ordering(), "
-    "m['child'], find_param/find_index(scheme='list'), Module.to(dtype=); add them or list them as "
-    "differences in docs/migrating-from-caskade.md (issue 15 item 10)")
 def test_names__caskade_names(name):
     check, _where = _CASKADE_NAMES[name]
     assert check(_sim_dyn())
@@ -3641,10 +3618,6 @@ def test_collection__dict_scheme_of_collections_matches_caskade(ck):
     assert [p.name for p in c.dynamic_params] == [p.name for p in C.dynamic_params]
 
 
-@XF(strict=True, reason="param_order labels of params held in list/tuple/dict fields: caskade "
-    "labels them with the collection's name ('d: a, inner: p, l: b, l: c, t: e'; the collection "
-    "is their only parent, so this is deterministic); caskax with the owning module "
-    "('top: a, inner: p, top: b, top: c, top: e')")
 def test_collection__param_order_labels_match_caskade(ck):
     c, C = _dlt_pair(ck)
     assert c.param_order() == C.param_order()

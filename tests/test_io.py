@@ -322,7 +322,7 @@ def test_shared_nodes_load_as_one_node(tmp_path):
     f = cx.compile(loaded.model)
     img = f(loaded.get_values())
     assert img.shape == (5, 4, 4)
-    assert float(imgs[3].models[0].x0.link.inputs[0].value[0]) == float(imgs[0].models[0].x0.value[0])
+    assert float(imgs[3].models[0].x0.ptr.inputs[0].value[0]) == float(imgs[0].models[0].x0.value[0])
 
 
 def test_appendable_sample_axis_and_index(tmp_path):
@@ -535,7 +535,7 @@ def test_caskade_files_load_into_caskax(tmp_path):
     _assert_same(_h5_values(sim), ck["sim"])
     _assert_same(_h5_values(like2), ck["like2"])
     assert sim.models[1].x0.kind == "dynamic" and sim.models[0].flux.kind == "pointer"
-    assert float(sim.models[0].flux.link.inputs[1].value) == 1.625
+    assert float(sim.models[0].flux.ptr.inputs[1].value) == 1.625
     # the caskade file's shared galaxy is one node in caskax
     assert len({im.models[1].uid for im in like2.model.models}) == 1
     assert like2.get_values().size == like2_model().get_values().size

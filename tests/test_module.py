@@ -193,7 +193,7 @@ def test_kind_tuples_find_param_find_index(data):
     assert p.name == "x0" and idx == (1,)
     assert like.find_param(2)[0].name == "t0"
     assert like.find_index("model.models[0].models[0].x0") == slice(0, 2)
-    lc = like.model.models[0].models[0].flux.link.inputs[0]
+    lc = like.model.models[0].models[0].flux.ptr.inputs[0]
     assert like.find_index(lc.t0) == 2
     with pytest.raises(cx.ParamError, match="not a dynamic param"):
         like.find_index("model.models[0].models[0].q")

@@ -30,7 +30,7 @@ def test_pointer_kinds():
     a = cx.Param("a", 1.0)
     assert cx.Param("b", a).kind == "pointer"
     assert cx.Param("c", cx.Pointer(lambda a: 2 * a, a)).pointer
-    assert cx.Param("b", a).link.is_link
+    assert cx.Param("b", a).ptr.is_link
     assert cx.Param("d", a, dynamic=True).kind == "pointer"  # as caskade: still a pointer
     with pytest.raises(cx.ParamError, match="cx.Pointer"):
         cx.Param("e", lambda p: 1.0)

@@ -147,7 +147,7 @@ def test_writing_a_value_into_a_pointer_keeps_its_inputs(tmp_path):
     path = os.fspath(tmp_path / "chain.h5")
     m.save_state(path, appendable=True)
     static.append_state(path)
-    assert float(static.load_state(path, index=0).p.link.inputs[0].value) == 1.5
+    assert float(static.load_state(path, index=0).p.ptr.inputs[0].value) == 1.5
     dyn = m.to_dynamic("p")
     assert [p.name for p in dyn.dynamic_params] == ["p", "t"]
     assert float(dyn.p.value) == 3.0
@@ -427,7 +427,7 @@ class Chain(cx.Module):
 def test_deep_graphs_walk_iteratively_and_name_the_stack_limit():
     m = Chain(1000)  # pointers chained 1000 deep
     assert m.get_values().tolist() == [1.0]
-    assert m.param_order() == "chain: p0"
+    assert m.param_order() == "ps: p0"  # held in a list field: labelled by it, as caskade does
     assert float(m.set("ps[0]", 2.0).ps[0].value) == 2.0
     with pytest.raises(cx.DepthError, match="sys.setrecursionlimit"):
         cx.compile(m)  # JAX flattens pytrees recursively: past its stack, a caskax error

@@ -121,11 +121,11 @@ def test_shared_nodes_stay_shared_and_member_params_get_the_axis():
     S = cx.stack(members, name="sources")
     assert S.x0.value.shape == (4, 2) and S.x0.batch_shape == (4,)
     # the width every source links to and the light curve every flux reads: kept once
-    assert S.sigma.link.inputs[0].uid == members[0].sigma.link.inputs[0].uid
-    assert S.flux.link.inputs[0].uid == members[0].flux.link.inputs[0].uid
-    assert S.flux.link.inputs[0].t0.batch_shape == ()
+    assert S.sigma.ptr.inputs[0].uid == members[0].sigma.ptr.inputs[0].uid
+    assert S.flux.ptr.inputs[0].uid == members[0].flux.ptr.inputs[0].uid
+    assert S.flux.ptr.inputs[0].t0.batch_shape == ()
     # a plain per-member pointer input becomes a static param named after the argument
-    t = S.flux.link.inputs[1]
+    t = S.flux.ptr.inputs[1]
     assert (t.name, t.kind, t.value.shape) == ("t", "static", (4,))
     # a static value equal in every member stays one value (folded by XLA)
     assert S.q.value.shape == () and float(S.q.value) == 1.0
@@ -360,7 +360,7 @@ def test_member_module_as_pointer_input():
         lc = Gaussian1D(f"lc{i}", t0=-float(i), sigma=1.0 + i, peak_flux=1.0)
         members.append(_g(f"s{i}").set("flux", cx.Pointer(lambda lc: lc.flux(0.5), lc)))
     S = cx.stack(members)
-    assert S.flux.link.inputs[0].t0.value.shape == (3,)
+    assert S.flux.ptr.inputs[0].t0.value.shape == (3,)
     want = np.stack([np.asarray(jax.jit(lambda m: m.brightness(X, Y))(m)) for m in members])
     got = jax.jit(lambda S: cx.stack_map(S, lambda s: s.brightness(X, Y)))(S)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)

@@ -3,13 +3,17 @@ them as pure JAX functions of one flat vector."""
 
 from . import plot as plot, transforms as transforms
 from .batch import BatchedProgram as BatchedProgram, batch as batch, read_results as batch_results
+from .collection import NodeDict as NodeDict, NodeList as NodeList, NodeTuple as NodeTuple
 from .errors import (
     CaskaxError as CaskaxError,
     CaskaxWarning as CaskaxWarning,
+    DepthError as DepthError,
     FillError as FillError,
     GraphError as GraphError,
     InferenceError as InferenceError,
+    ModuleError as ModuleError,
     ParamError as ParamError,
+    ParamIndexError as ParamIndexError,
     ShapeError as ShapeError,
     StateFileError as StateFileError,
 )
@@ -49,6 +53,7 @@ __all__ = [
     "BatchedProgram",
     "CaskaxError",
     "CaskaxWarning",
+    "DepthError",
     "Chains",
     "FillError",
     "FitResult",
@@ -57,8 +62,13 @@ __all__ = [
     "Laplace",
     "LayoutRow",
     "Module",
+    "NodeDict",
+    "NodeList",
+    "NodeTuple",
+    "ModuleError",
     "Param",
     "ParamError",
+    "ParamIndexError",
     "Pointer",
     "Program",
     "ShapeError",

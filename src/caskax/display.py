@@ -41,12 +41,12 @@ def describe_param(p: Param, w=None, shown_under=frozenset()) -> str:
         ins = [
             _target(w, i, i.uid in shown_under) if (w is not None and graph.is_node(i))
             else getattr(i, "name", None) or _target(None, i, True)
-            for i in p.link.inputs
+            for i in p.ptr.inputs
         ]
-        if p.link.is_link:
+        if p.ptr.is_link:
             parts.append("-> " + ", ".join(ins))
         else:
-            parts.append(f"= {getattr(p.link.fn, '__name__', 'fn')}({', '.join(ins)})")
+            parts.append(f"= {getattr(p.ptr.fn, '__name__', 'fn')}({', '.join(ins)})")
     elif p.value is not None:
         parts.append(_short(p.value))
     elif p.dynamic:

@@ -45,8 +45,14 @@ def copy_with(obj, **changes):
 
     This builds a new object, as equinox's own unflatten does; ``obj`` is untouched.
     """
-    if "value" in changes and isinstance(obj, Param):
-        changes["stored"] = changes.pop("value")  # a Param's `value` is read through a property
+    if isinstance(obj, Param):
+        if "value" in changes:
+            changes["stored"] = changes.pop("value")  # `value` is read through a property
+        if "link" in changes:
+            changes["ptr"] = changes.pop("link")
+    unknown = set(changes) - {f.name for f in dataclasses.fields(obj)}
+    if unknown:
+        raise TypeError(f"{type(obj).__name__} has no field(s) {sorted(unknown)}")
     new = object.__new__(type(obj))
     for field in dataclasses.fields(obj):  # not __dataclass_fields__: that lists ClassVars
         name = field.name
@@ -83,10 +89,10 @@ def children(node) -> list[Child]:
     param's inputs."""
     out: list[Child] = []
     if isinstance(node, Param):
-        if node.link is not None:
-            for i, inp in enumerate(node.link.inputs):
+        if node.ptr is not None:
+            for i, inp in enumerate(node.ptr.inputs):
                 if is_node(inp):
-                    out.append(Child((inp.name,), f".link.inputs[{i}]", inp))
+                    out.append(Child((inp.name,), f".ptr.inputs[{i}]", inp))
         return out
     # a collection module (cx.NodeList...) keys its members by their own names, as
     # caskade does, with no level for the container field
@@ -101,6 +107,7 @@ class Walk(NamedTuple):
     paths: dict  # uid -> path of the first visit ("" for the root)
     copies: dict  # uid -> list of distinct objects carrying that uid
     owner: dict  # uid -> uid of the parent at the first visit (None for the root)
+    keys: dict  # uid -> key (caskade's naming) under that parent at the first visit
 
 
 def walk(root, check: bool = True) -> Walk:
@@ -110,25 +117,25 @@ def walk(root, check: bool = True) -> Walk:
     `GraphError` naming the node: every reader of the graph (eager calls, values,
     files, compile) would otherwise pick whichever copy it met first.
     """
-    nodes, paths, copies, owner, seen, stale = {}, {}, {}, {}, set(), None
+    nodes, paths, copies, owner, keys, seen, stale = {}, {}, {}, {}, {}, set(), None
     # Iterative (an explicit stack) so that deep trees do not hit Python's recursion limit.
-    stack = [(root, "", None)]
+    stack = [(root, "", None, ())]
     while stack:
-        node, path, parent = stack.pop()
+        node, path, parent, key = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
         uid = node.uid
         if uid not in nodes:
             nodes[uid], paths[uid], copies[uid] = node, path, [node]
-            owner[uid] = parent
+            owner[uid], keys[uid] = parent, key
         else:
             if check and stale is None and not _same_state(_own_state(copies[uid][0]), _own_state(node)):
                 stale = (nodes[uid], paths[uid], path)
             copies[uid].append(node)
         for child in reversed(children(node)):
-            stack.append((child.node, (path + child.path).lstrip("."), uid))
-    w = Walk(nodes, paths, copies, owner)
+            stack.append((child.node, (path + child.path).lstrip("."), uid, child.key))
+    w = Walk(nodes, paths, copies, owner, keys)
     if stale is not None:
         check_cycles(w)  # a cycle (only possible through stale copies) is the better error
         raise _stale_error(*stale)
@@ -394,12 +401,12 @@ def rebuild_children(node, fn: Callable, **extra):
     """A copy of ``node`` whose child nodes are replaced by ``fn(child)`` (``node``
     itself when nothing changed and no ``extra`` field changes are given)."""
     if isinstance(node, Param):
-        if node.link is None:
+        if node.ptr is None:
             return copy_with(node, **extra) if extra else node
-        inputs = map_nodes(node.link.inputs, fn)
-        if _same(inputs, node.link.inputs) and not extra:
+        inputs = map_nodes(node.ptr.inputs, fn)
+        if _same(inputs, node.ptr.inputs) and not extra:
             return node
-        return copy_with(node, link=copy_with(node.link, inputs=inputs), **extra)
+        return copy_with(node, ptr=copy_with(node.ptr, inputs=inputs), **extra)
     changes = {}
     for name in node_fields(node):
         old = getattr(node, name)
@@ -488,9 +495,9 @@ def _fill_param(p: Param, values, fill_node, w):
 def compute_pointer(p: Param, label: str | None = None):
     """``fn(*inputs)`` of a pointer param whose inputs are filled. An exception raised
     by ``fn`` reaches the user with its own type, with a note naming the pointer."""
-    args = [a.value if isinstance(a, Param) else a for a in p.link.inputs]
+    args = [a.value if isinstance(a, Param) else a for a in p.ptr.inputs]
     try:
-        value = p.link.fn(*args)
+        value = p.ptr.fn(*args)
     except Exception as err:
         err.add_note(f"(while computing pointer '{label or p.name}')")
         raise

@@ -115,10 +115,18 @@ def save_state(module, path, appendable: bool = False) -> None:
         ...     print(float(f["lc/t0/value"][()]), f["lc/t0/value"].attrs["node_type"])
         -3.0 dynamic
     """
-    path = os.fspath(path)
     appendable = bool(appendable)
     values = _state_values(module)
     _module_layout(module)  # refuses bad names and key collisions before writing
+    if isinstance(path, h5py.Group):  # an open h5py.File or Group, as caskade takes
+        with _h5_errors(_where(path), "save_state"):
+            if module.name in path:
+                del path[module.name]
+            _write_tree(path, module, values, appendable)
+            if appendable:
+                path.attrs.create(_PENDING, np.int64(-1))
+        return
+    path = os.fspath(path)
     need = sum(_chunk_nbytes(v) if appendable else v.nbytes for v in values.values() if v is not None)
 
     def write(f):
@@ -151,8 +159,19 @@ def append_state(module, path) -> None:
         >>> float(cx.io.load_state(lc, path, index=0).t0.value)
         -3.0
     """
-    path = os.fspath(path)
     values = _state_values(module)
+    if isinstance(path, h5py.Group):  # an open h5py.File or Group: the caller's lock
+        where = _where(path)
+        with _h5_errors(where, "append_state"):
+            plan, n, ready = _plan_appends(path, module, values, where)
+            if not ready:
+                raise StateFileError(
+                    f"'{where}' holds compressed (caskade) datasets, which caskax appends "
+                    "to by rewriting the file once: pass the file's path instead."
+                )
+            _append_in_place(path, plan, n, where)
+        return
+    path = os.fspath(path)
     with _locked(path, exclusive=True):
         _check_is_hdf5(path)
         _remove_orphans(path)
@@ -191,18 +210,31 @@ def load_state(module, path, index: int = -1):
         >>> float(new.sigma.value), new.sigma.kind, float(lc.sigma.value)
         (1.5, 'dynamic', 2.0)
     """
+    if isinstance(path, h5py.Group):  # an open h5py.File or Group
+        where = _where(path)
+        index = _check_index(index, where)
+        with _h5_errors(where, "load_state"):
+            return _load_from(path, module, index, where)
     path = os.fspath(path)
     index = _check_index(index, path)
     with _reading(path, "load_state") as f:
-        root = _root_group(f, module, path)
-        layout = _check_structure(root, module, path)
-        n, appendable = _sample_count(f, path)
-        row = _resolve_index(index, n, appendable, path)
-        changes = {}
-        for where, p in _unique_params(layout):
-            changes[p.uid] = _loaded_changes(
-                root[where]["value"], p, row, f"{module.name}/{where}", path
-            )
+        return _load_from(f, module, index, path)
+
+
+def _where(group) -> str:
+    return f"{group.file.filename}:{group.name}"
+
+
+def _load_from(f, module, index, path):
+    root = _root_group(f, module, path)
+    layout = _check_structure(root, module, path)
+    n, appendable = _sample_count(f, path)
+    row = _resolve_index(index, n, appendable, path)
+    changes = {}
+    for where, p in _unique_params(layout):
+        changes[p.uid] = _loaded_changes(
+            root[where]["value"], p, row, f"{module.name}/{where}", path
+        )
     return _apply(module, changes)
 
 
@@ -689,9 +721,9 @@ def _write_value(group, p: Param, value, appendable):
     ds.attrs["appendable"] = appendable
     ds.attrs["cyclic"] = p.cyclic
     if p.valid is not None and p.valid[0] is not None:
-        ds.attrs["valid_left"] = np.float64(p.valid[0])
+        ds.attrs["valid_left"] = np.asarray(p.valid[0], dtype=np.float64)
     if p.valid is not None and p.valid[1] is not None:
-        ds.attrs["valid_right"] = np.float64(p.valid[1])
+        ds.attrs["valid_right"] = np.asarray(p.valid[1], dtype=np.float64)
     ds.attrs["units"] = p.units if p.units is not None else "None"
 
 
@@ -909,13 +941,16 @@ def _loaded_changes(ds, p: Param, index, where, path) -> dict:
     right = ds.attrs.get("valid_right", None)
     valid = None
     if left is not None or right is not None:
-        valid = (None if left is None else float(left), None if right is None else float(right))
+        # scalars or arrays (caskade writes array bounds as arrays)
+        valid = (None if left is None else np.asarray(left, dtype=np.float64),
+                 None if right is None else np.asarray(right, dtype=np.float64))
     cyclic = bool(ds.attrs.get("cyclic", False))
     valid = _normalise_valid(p.name, valid, cyclic)
     changes = dict(units=None if units == "None" else units, valid=valid, cyclic=cyclic)
     if not p.pointer:
         if node_type != "pointer":  # a pointer in the file: caskade keeps the model's value
-            changes.update(node_kind=node_type, link=None, value=_as_array(value, p))
+            # a former pointer keeps its inputs (caskade keeps its links)
+            changes.update(node_kind=node_type, value=_as_array(value, p))
     return changes
 
 

@@ -255,6 +255,80 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
         """The inverse of `to_valid`: unconstrained values back into each valid range."""
         return _valid_map(self, values, group, transforms.from_valid)
 
+    # -- caskade's names for what the methods above give -----------------------------
+    @property
+    def dynamic_param_groups(self) -> tuple:
+        """The param groups that hold dynamic params, ascending (caskade's name).
+
+        Example:
+            >>> from caskax.examples import Gaussian1D
+            >>> Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to_dynamic().dynamic_param_groups
+            (0,)
+        """
+        return tuple(sorted(dynamic_layout(self)))
+
+    @property
+    def dynamic(self) -> bool:
+        """True if any param below is dynamic (caskade's ``Module.dynamic``)."""
+        return len(self.dynamic_params) > 0
+
+    @property
+    def static(self) -> bool:
+        """True if no param below is dynamic (caskade's ``Module.static``)."""
+        return not self.dynamic
+
+    def topological_ordering(self) -> tuple:
+        """Every node below this module (itself first), each parent before its children:
+        caskade's order, the one the flat vector follows."""
+        w = graph.walk(self)
+        return tuple(w.nodes[u] for u in graph.topological_order(self, w))
+
+    def __getitem__(self, key):
+        """The child keyed ``key`` (a field name, or a member's name in a list field), as
+        caskade's ``m["child"]``; a path such as ``"models[0].x0"`` works too."""
+        for child in graph.children(self):
+            if child.key[-1] == key and (len(child.key) == 1 or child.node.name == key):
+                return child.node
+        return graph.lookup(self, key)
+
+    def to(self, dtype=None, device=None) -> "Module":
+        """A copy with every float value cast to ``dtype`` and/or put on ``device``
+        (caskade's ``Module.to``; a jax device, e.g. ``jax.devices()[0]``).
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from caskax.examples import Gaussian1D
+            >>> Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to(jnp.float16).t0.value.dtype
+            dtype('float16')
+        """
+        w = graph.walk(self)
+        new = {}
+        for uid, node in w.nodes.items():
+            if isinstance(node, Param) and node.stored is not None and not node.pointer:
+                value = node.stored
+                if dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
+                    value = value.astype(dtype)
+                if device is not None:
+                    value = jax.device_put(value, device)
+                changes = {"value": value}
+                if dtype is not None and node.dtype is not None:
+                    changes["dtype"] = jnp.dtype(dtype)
+                new[uid] = graph.copy_with(node, **changes)
+        return graph.replace(self, new)
+
+    def link(self, *args, **kwargs):
+        """caskade's ``m.link(...)``: not a caskax spelling (raises `ModuleError`). A
+        field is set with ``m.set(name, node)``; a pointer holds its own inputs."""
+        from .param import _spelling_error
+
+        raise _spelling_error("m.link(...)")
+
+    def unlink(self, *args, **kwargs):
+        """caskade's ``m.unlink(...)``: not a caskax spelling (raises `ModuleError`)."""
+        from .param import _spelling_error
+
+        raise _spelling_error("m.unlink(...)")
+
     # -- reading ----------------------------------------------------------------------
     def get_values(self, scheme: str = "array", group: int | None = None):
         """Current values of the dynamic params.
@@ -349,7 +423,7 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
             lines.append(", ".join(f"{_owner_name(w, p)}: {p.name}" for p in params))
         return "\n".join(lines)
 
-    def find_param(self, i: int | tuple, group: int | None = None) -> tuple:
+    def find_param(self, i: int | tuple, group: int | None = None, scheme: str = "array"):
         """The param at index ``i`` of the flat vector, and the index inside it. With
         several param groups, give ``group=`` or ``i`` as ``(group, index)`` (caskade's
         form, as `find_index` returns it). A list of indices gives a tuple of results, and
@@ -363,6 +437,15 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
             ('x0', (1,))
         """
         layout = dynamic_layout(self)
+        if scheme == "list":  # the i-th dynamic param, as in caskade
+            if not isinstance(i, (int, np.integer)):
+                return tuple(self.find_param(k, group, scheme) for k in i)
+            params = layout.get(_one_group(layout, group), [])
+            if not -len(params) <= i < len(params):
+                raise ParamIndexError(f"index {i} is outside the {len(params)} dynamic params.")
+            return params[i]
+        if scheme != "array":
+            raise FillError(f"find_param: scheme must be 'array' or 'list', got {scheme!r}.")
         if isinstance(i, tuple) and len(layout) > 1 and len(i) == 2 and i[0] in layout:
             group, i = i
         elif not isinstance(i, (int, np.integer)):
@@ -386,7 +469,7 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
                 return p, idx
             offset += n
 
-    def find_index(self, target) -> int | slice | tuple:
+    def find_index(self, target, scheme: str = "array") -> int | slice | tuple:
         """Index (scalar param) or slice of ``target`` in the flat vector; with several
         param groups, ``(group, index_or_slice)`` as caskade gives it.
 
@@ -398,14 +481,22 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
         """
         w = graph.walk(self)
         if isinstance(target, (list, tuple)):
-            return tuple(self.find_index(t) for t in target)
+            return tuple(self.find_index(t, scheme) for t in target)
         uid = graph.resolve(self, target, w)
         node = w.nodes[uid]
         if not isinstance(node, Param):
             # a module: its own dynamic params, as caskade gives them
-            return tuple(self.find_index(c.node) for c in graph.children(node)
+            return tuple(self.find_index(c.node, scheme) for c in graph.children(node)
                          if isinstance(c.node, Param) and c.node.dynamic)
         layout = dynamic_layout(self, w)
+        if scheme == "list":
+            for g, params in layout.items():
+                for k, p in enumerate(params):
+                    if p.uid == uid:
+                        return (g, k) if len(layout) > 1 else k
+            raise ParamError(f"'{w.paths[uid] or node.name}' is not a dynamic param.")
+        if scheme != "array":
+            raise FillError(f"find_index: scheme must be 'array' or 'list', got {scheme!r}.")
         for g, params in layout.items():
             offset = 0
             for p in params:
@@ -504,6 +595,9 @@ def dynamic_layout(root, w=None) -> dict:
 
 
 def _owner_name(w, p) -> str:
+    key = w.keys.get(p.uid, ())
+    if len(key) > 1:
+        return key[-2]  # held in a list/tuple/dict field: caskade names the collection
     owner = w.owner.get(p.uid)
     return w.nodes[owner].name if owner is not None else p.name
 
@@ -964,9 +1058,13 @@ def forward(method):
 
 
 # -- batching ------------------------------------------------------------------------------
-def batch_axes(module):
+def batch_axes(module, internal=()):
     """The ``in_axes`` pytree for ``jax.vmap`` over ``module``: 0 for the value of each
     param with batch axes, None everywhere else (caskade's hierarchical link).
+
+    ``internal``: submodules (objects or paths) whose own batch axes belong to them and
+    are not mapped here, as a caskade ``hierarchical_link`` made inside them keeps its
+    axis internal; pointers in them to mapped params outside are still mapped.
 
     Example:
         >>> import jax, caskax as cx
@@ -982,10 +1080,12 @@ def batch_axes(module):
         [2.0, 4.0, 6.0]
     """
 
+    inside = _own_params_below(module, internal)
+
     def spec(x):
         if isinstance(x, Param):
-            link_spec = None if x.link is None else spec(x.link)
-            mapped = x.stored is not None and x.batched
+            link_spec = None if x.ptr is None else spec(x.ptr)
+            mapped = x.stored is not None and x.batched and x.uid not in inside
             if x.pointer and x.stored is not None and x.shape is None:
                 # A filled pointer with no declared shape: its value carries the batch
                 # axis exactly when one of its inputs does.
@@ -993,7 +1093,7 @@ def batch_axes(module):
             if not mapped and not _maps(link_spec):
                 return None  # a None prefix leaves the whole param unmapped
             return graph.copy_with(
-                x, value=0 if mapped else None, link=link_spec, prior=_none_like(x.prior)
+                x, value=0 if mapped else None, ptr=link_spec, prior=_none_like(x.prior)
             )
         if isinstance(x, Pointer):
             return graph.copy_with(x, inputs=tuple(_spec_value(i, spec) for i in x.inputs))
@@ -1002,6 +1102,22 @@ def batch_axes(module):
         return jax.tree_util.tree_map(lambda _: None, x)
 
     return spec(module)
+
+
+def _own_params_below(root, targets) -> set:
+    """Uids of the params held as fields in the modules ``targets`` and below them (a
+    pointer's inputs, which may live elsewhere, are not followed)."""
+    if not targets:
+        return set()
+    w = graph.walk(root)
+    out, stack = set(), [w.nodes[graph.resolve(root, t, w)] for t in targets]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Param):
+            out.add(node.uid)
+            continue
+        stack.extend(c.node for c in graph.children(node))
+    return out
 
 
 def _maps(spec) -> bool:

@@ -292,7 +292,9 @@ class Param(eqx.Module):
     # The stored value (for a pointer: its value in a filled tree, else None); read
     # `value`, which computes an unfilled pointer from its inputs as caskade does.
     stored: Any
-    link: Pointer | None
+    # The Pointer (fn and inputs) of a pointer param; a former pointer keeps it for its
+    # inputs. None for a param that never pointed anywhere.
+    ptr: Pointer | None
     prior: Any
     name: str = eqx.field(static=True)
     node_kind: str = eqx.field(static=True)
@@ -344,14 +346,14 @@ class Param(eqx.Module):
                     f"Param '{name}': a pointer takes its batch axes from its inputs; "
                     "batch_shape= is for dynamic params without a value."
                 )
-            self.link, self.stored, self.node_kind = value, None, "pointer"
+            self.ptr, self.stored, self.node_kind = value, None, "pointer"
             return
         if callable(value) and not hasattr(value, "__array__"):
             raise ParamError(
                 f"Param '{name}': a bare function is ambiguous in caskax; write "
                 "cx.Pointer(fn, *inputs) so the inputs are part of the tree."
             )
-        self.link = None
+        self.ptr = None
         self.stored = _coerce(name, value, self.shape, self.dtype)
         _check_batch(name, self.stored, self.shape, self.declared_batch_shape)
         if dynamic is None:
@@ -473,6 +475,8 @@ class Param(eqx.Module):
     def _replace(self, **changes) -> "Param":
         if "value" in changes:
             changes["stored"] = changes.pop("value")
+        if "link" in changes:
+            changes["ptr"] = changes.pop("link")
         new = object.__new__(type(self))
         for field in self.__dataclass_fields__:
             object.__setattr__(new, field, changes.get(field, getattr(self, field)))
@@ -482,7 +486,7 @@ class Param(eqx.Module):
         """A copy holding ``value`` (kind kept; a pointer becomes static)."""
         if isinstance(value, (Param, Pointer)):
             ptr = link(value) if isinstance(value, Param) else value
-            return self._replace(link=ptr, value=None, node_kind="pointer")
+            return self._replace(ptr=ptr, value=None, node_kind="pointer")
         arr = _coerce(self.name, value, self.shape, self.dtype)
         _check_batch(self.name, arr, self.shape, self.declared_batch_shape)
         _check_valid(self.name, arr, self.valid, self.cyclic)
@@ -579,6 +583,72 @@ class Param(eqx.Module):
 
     __getattribute__ = object.__getattribute__  # see Module: plain bound methods
 
+    # -- caskade's names ------------------------------------------------------------
+    @property
+    def npvalue(self):
+        """The value as a numpy array (caskade's ``npvalue``)."""
+        value = self.value
+        return None if value is None else np.asarray(value)
+
+    def is_valid(self, value=None) -> bool:
+        """True if ``value`` (default: the param's own) lies in ``valid``; warns, like
+        caskade's ``is_valid``, when it does not."""
+        value = self.value if value is None else value
+        if self.pointer and value is self.value:
+            return True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _check_valid(self.name, value, self.valid, self.cyclic)
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=2)
+        return not caught
+
+    @property
+    def node_str(self) -> str:
+        """``name|kind: value`` as caskade's graph labels show a param."""
+        kind = "static" if self.kind == "live" else self.kind
+        try:
+            value = self.value
+        except Exception:
+            value = None
+        if value is None:
+            return f"{self.name}|{kind}: live" if self.kind == "live" else f"{self.name}|{kind}"
+        arr = np.asarray(value)
+        if arr.size <= 1:
+            return f"{self.name}|{kind}: {arr.reshape(()).item():.3g}" if arr.size else f"{self.name}|{kind}"
+        if arr.size <= 4:
+            return f"{self.name}|{kind}: " + str(np.char.mod("%.3g", arr).tolist()).replace("'", "")
+        return f"{self.name}|{kind}: {self.value_shape}"
+
+    # caskade's linking spellings: a pointer's inputs are given when it is made
+    def link(self, *args, **kwargs):
+        """caskade's ``p.link(...)``: not a caskax spelling (raises `ModuleError`). A
+        caskax pointer holds its inputs: ``m.set("p", cx.Pointer(fn, *inputs))``."""
+        raise _spelling_error("p.link(...)")
+
+    def unlink(self, *args, **kwargs):
+        """caskade's ``p.unlink(...)``: not a caskax spelling (raises `ModuleError`)."""
+        raise _spelling_error("p.unlink(...)")
+
+    def to_pointer(self, value, *inputs) -> "Param":
+        """A pointer copy: to ``value`` (a `Param`), or ``Pointer(value, *inputs)`` for
+        a function (caskade's ``to_pointer``; in a module, use ``m.set(target, ...)``).
+
+        Example:
+            >>> import caskax as cx
+            >>> a = cx.Param("a", 2.0)
+            >>> float(cx.Param("b", 1.0).to_pointer(lambda a: 3 * a, a).value)
+            6.0
+        """
+        if isinstance(value, (Param, Pointer)) and not inputs:
+            return self.with_value(value)
+        if callable(value) and not isinstance(value, Param):
+            return self.with_value(Pointer(value, *inputs))
+        raise ParamError(
+            f"Param '{self.name}': to_pointer takes a Param, a cx.Pointer, or a function "
+            f"and its inputs; got {type(value).__name__}."
+        )
+
     def __setattr__(self, name, value):
         try:
             super().__setattr__(name, value)
@@ -604,6 +674,17 @@ class Param(eqx.Module):
     def __repr__(self):
         val = "-" if self.stored is None else _short(self.stored)
         return f"Param({self.name!r}, kind={self.kind}, value={val})"
+
+
+def _spelling_error(spelling):
+    from .errors import ModuleError
+
+    return ModuleError(
+        f"{spelling} is caskade's way to link nodes; caskax nodes are immutable and a "
+        "pointer holds its own inputs. Make the pointer in one step on the module that "
+        "holds the param: m = m.set('p', other_param) for a link, or "
+        "m = m.set('p', cx.Pointer(fn, *inputs)) for a function of other params/modules."
+    )
 
 
 def _short(value) -> str:

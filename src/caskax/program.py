@@ -131,8 +131,8 @@ def _canonical_structure(tree):
     def canon(node):
         if id(node) not in memo:
             new = graph.rebuild_children(node, canon, uid=number[node.uid])
-            if isinstance(new, Param) and new.link is not None:
-                new = graph.copy_with(new, link=graph.copy_with(new.link, fn=_FnKey(new.link.fn)))
+            if isinstance(new, Param) and new.ptr is not None:
+                new = graph.copy_with(new, ptr=graph.copy_with(new.ptr, fn=_FnKey(new.ptr.fn)))
             memo[id(node)] = new
         return memo[id(node)]
 

@@ -273,7 +273,7 @@ class _Stacker:
                     )
         names = tuple(p.name for p in objs)
         changes = dict(uid=new_uid(), name=_common(names, first.name))
-        links = [p.link for p in objs]
+        links = [p.ptr for p in objs]
         if any(lk is not None for lk in links):
             if any(lk is None for lk in links):
                 j = next(j for j, lk in enumerate(links) if (lk is None) != (links[0] is None))
@@ -282,7 +282,7 @@ class _Stacker:
                     f"{self.member(0)} and {self.member(j)} but not in the other."
                 )
             # A former pointer (now static or dynamic) keeps its inputs as children too.
-            changes["link"] = self.link(links, path)
+            changes["ptr"] = self.link(links, path)
         rank = None
         if first.pointer:
             changes["value"] = None  # computed again from the stacked inputs when filled
@@ -587,10 +587,10 @@ class _Unstacker:
         i = self.i
         changes = dict(uid=rec.uids[i], name=rec.names[i], shape=rec.shape,
                        declared_batch_shape=rec.batch_shape)
-        if p.link is not None:
-            inputs = tuple(self.link_input(x, path) for x in p.link.inputs)
-            fn = getattr(p.link.fn, "_caskax_member_fn", p.link.fn)
-            changes["link"] = graph.copy_with(p.link, inputs=inputs, fn=fn)
+        if p.ptr is not None:
+            inputs = tuple(self.link_input(x, path) for x in p.ptr.inputs)
+            fn = getattr(p.ptr.fn, "_caskax_member_fn", p.ptr.fn)
+            changes["ptr"] = graph.copy_with(p.ptr, inputs=inputs, fn=fn)
         if p.stored is not None and not p.pointer:  # a pointer's value is computed again
             changes["value"] = self.slice(p.stored, rec.rank, p, path)
         elif p.pointer:

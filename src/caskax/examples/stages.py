@@ -87,7 +87,7 @@ def _observe(sim, times, key, sigma_read, exp_time):
     k1, k2 = jax.random.split(key)
     read = sigma_read * jax.random.normal(k1, clean.shape)
     poisson = jnp.sqrt(clean * exp_time) / exp_time * jax.random.normal(k2, clean.shape)
-    lc = sim.module.models[0].flux.link.inputs[0]
+    lc = sim.module.models[0].flux.ptr.inputs[0]
     return clean + read + poisson, lc.flux(times)
 
 
