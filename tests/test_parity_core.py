@@ -477,3 +477,30 @@ def test_caskade_rules_for_batch_shape_boundaries_and_list_fields():
     assert g.get_values().tolist() == [1.0, 2.0]
     with pytest.raises(cx.ModuleError, match="immutable"):
         g.position[0].value = 3.0
+
+
+def test_every_purposeful_error_is_a_caskax_error(tmp_path):
+    with pytest.raises(cx.ParamError, match="text"):
+        cx.Param("p", "1.5")
+    with pytest.raises(cx.ParamError, match="text"):
+        cx.Param("p", np.array(["1.5"]))
+    lc = Gaussian1D("lc", t0=-3.0, sigma=2.0, peak_flux=0.25).to_dynamic()
+    f = cx.compile(lc, "flux", 0.0)
+    with pytest.raises(cx.ShapeError, match="real"):
+        f(jnp.ones(3, dtype=jnp.complex64))
+    with pytest.raises(cx.FillError):
+        lc.get_values("bad")
+    with pytest.raises(cx.CaskaxError):
+        lc.set("t0")
+    with pytest.raises(cx.ShapeError):
+        cx.plot.corner(np.zeros((2, 10, 3)), truth=[1.0, 2.0])
+    with pytest.raises(cx.ParamError):
+        cx.Param("p", group="x")
+    path = tmp_path / "lc.h5"
+    lc.save_state(path)
+    import h5py
+
+    with h5py.File(path, "r+") as fh:
+        fh["lc/sigma/value"][()] = -1.0
+    with pytest.warns(cx.CaskaxWarning, match="outside valid"):
+        lc.load_state(path)

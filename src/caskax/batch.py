@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import GraphError, InferenceError, ShapeError, StateFileError
+from .errors import GraphError, InferenceError, ParamIndexError, ShapeError, StateFileError
 from .program import Program, _Slot, _Static
 
 __all__ = ["batch", "BatchedProgram", "read_results"]
@@ -79,7 +79,7 @@ class BatchedProgram:
         """Dataset ``k`` as a plain `Program` (equal to the Program it was built from)."""
         k = int(k)
         if not -self._n <= k < self._n:
-            raise IndexError(f"dataset {k} out of range for {self._n} datasets.")
+            raise ParamIndexError(f"dataset {k} out of range for {self._n} datasets.")
         k %= self._n
         return self.member_of([a[k] if ax == 0 else a for a, ax in zip(self._arrays, self._axes)])
 
@@ -103,7 +103,7 @@ class BatchedProgram:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size == 0 or np.any((idx < -self._n) | (idx >= self._n)):
-            raise IndexError(f"take: indices must be non-empty and within [-{self._n}, {self._n}), got {idx.tolist()}.")
+            raise ParamIndexError(f"take: indices must be non-empty and within [-{self._n}, {self._n}), got {idx.tolist()}.")
         arrays = [a[idx] if ax == 0 else a for a, ax in zip(self._arrays, self._axes)]
         return BatchedProgram(arrays, self._axes, self._static, idx.size)
 

@@ -10,6 +10,7 @@ import os
 import shutil
 
 from . import graph
+from .errors import ToolError
 from .param import Param, _short
 
 __all__ = ["tree_str", "tree_html", "graphviz", "describe_param"]
@@ -271,7 +272,7 @@ def render(dot, saveto) -> str:
     """Render a graphviz ``Digraph`` to ``saveto`` (format from the extension, png when
     there is none); a clear error when graphviz's ``dot`` program is missing."""
     if shutil.which("dot") is None:
-        raise RuntimeError(
+        raise ToolError(
             f"cannot render '{saveto}': graphviz's 'dot' program is not on PATH. Install "
             "graphviz itself (apt-get install graphviz, brew install graphviz or conda "
             "install graphviz); the Python package alone only writes the DOT source "

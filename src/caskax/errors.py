@@ -135,6 +135,11 @@ def depth_error(what: str) -> DepthError:
     )
 
 
+class ToolError(CaskaxError, RuntimeError):
+    """An external program caskax calls is missing (graphviz's ``dot``); the message
+    says how to install it."""
+
+
 class CaskaxWarning(UserWarning):
     """A suspicious but legal input, such as a value outside a param's valid range.
 

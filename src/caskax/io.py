@@ -72,7 +72,7 @@ import numpy as np
 
 from . import graph
 from .errors import CaskaxError, GraphError, ShapeError, StateFileError
-from .param import Param, _normalise_valid
+from .param import Param, _check_valid, _normalise_valid
 
 try:
     import fcntl
@@ -951,6 +951,7 @@ def _loaded_changes(ds, p: Param, index, where, path) -> dict:
         if node_type != "pointer":  # a pointer in the file: caskade keeps the model's value
             # a former pointer keeps its inputs (caskade keeps its links)
             changes.update(node_kind=node_type, value=_as_array(value, p))
+            _check_valid(where, changes["value"], valid, cyclic)  # warns, as set does
     return changes
 
 

@@ -135,6 +135,11 @@ def _coerce(name, value, shape, dtype):
     """Turn user input into an inexact jax array with a checked shape."""
     if value is None:
         return None
+    if isinstance(value, (str, bytes)) or getattr(getattr(value, "dtype", None), "kind", None) in ("U", "S", "O"):
+        raise ParamError(
+            f"Param '{name}': value {value!r} is text, not a number; give a number, list or "
+            "array (convert strings yourself, e.g. float(s))."
+        )
     try:
         if dtype is None:
             # host values typed in numpy: jnp.asarray would compile a copy per shape

@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from .errors import ShapeError
+
 __all__ = ["images", "animate", "lightcurve", "corner", "trace", "ellipse", "graph"]
 
 
@@ -36,7 +38,7 @@ def _oriented(img, indexing):
         return img.T
     if indexing == "xy":
         return img
-    raise ValueError(f"indexing must be 'ij' (arrays [x, y]) or 'xy' (arrays [y, x]), "
+    raise ShapeError(f"indexing must be 'ij' (arrays [x, y]) or 'xy' (arrays [y, x]), "
                      f"got {indexing!r}.")
 
 
@@ -55,7 +57,7 @@ def _chains(obj, names=None):
     elif arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim != 3:
-        raise ValueError(
+        raise ShapeError(
             f"samples must be [n, size] or [chains, draws, size], got shape {arr.shape}."
         )
     d = arr.shape[-1]
@@ -70,7 +72,7 @@ def _truth(truth, d):
         return None
     t = np.ravel(np.asarray(truth, dtype=float))
     if t.size != d:
-        raise ValueError(f"truth has {t.size} entries; expected {d} (one per parameter).")
+        raise ShapeError(f"truth has {t.size} entries; expected {d} (one per parameter).")
     return t
 
 
@@ -100,12 +102,12 @@ def images(data, model, residual=None, titles=None, vmin=None, vmax=None, cmap="
     if data.ndim == 2:
         data, model = data[None], model[None] if model.ndim == 2 else model
     if model.shape != data.shape:
-        raise ValueError(f"model shape {model.shape} differs from data shape {data.shape}.")
+        raise ShapeError(f"model shape {model.shape} differs from data shape {data.shape}.")
     res = data - model if residual is None else np.asarray(residual, dtype=float)
     res = res.reshape(data.shape)
     n = data.shape[0]
     if titles is not None and len(titles) != n:
-        raise ValueError(f"{len(titles)} titles for {n} images.")
+        raise ShapeError(f"{len(titles)} titles for {n} images.")
     if residual_label is None:
         residual_label = "data − model" if residual is None else "residual"
     lo = np.nanmin(data) if vmin is None else vmin
@@ -171,11 +173,11 @@ def animate(frames, times=None, vmin=None, vmax=None, cmap="viridis", label="bri
 
     frames = np.asarray(frames, dtype=float)
     if frames.ndim != 3:
-        raise ValueError(f"frames must be [n, X, Y], got shape {frames.shape}.")
+        raise ShapeError(f"frames must be [n, X, Y], got shape {frames.shape}.")
     n = frames.shape[0]
     times = np.arange(n, dtype=float) if times is None else np.asarray(times, dtype=float)
     if times.shape != (n,):
-        raise ValueError(f"{times.size} times for {n} frames.")
+        raise ShapeError(f"{times.size} times for {n} frames.")
     lo = float(np.nanmin(frames)) if vmin is None else vmin
     hi = float(np.nanmax(frames)) if vmax is None else vmax
     fig, ax = plt.subplots(figsize=(4.2, 3.6), layout="constrained")
@@ -268,7 +270,7 @@ def lightcurve(t, samples_or_fit, truth=None, points=None, ax=None, xlabel="time
         if curves.ndim == 3:  # [chains, draws, len(t)]
             curves = curves.reshape(-1, curves.shape[-1])
         if curves.ndim != 2 or curves.shape[1] != t.size:
-            raise ValueError(
+            raise ShapeError(
                 f"curve samples must be [n, len(t)] = [n, {t.size}], got shape {curves.shape}; "
                 "or give (mean, sigma)."
             )
@@ -498,9 +500,9 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
     cov = np.asarray(cov, dtype=float)
     d = mean.size
     if cov.shape != (d, d):
-        raise ValueError(f"cov must be [{d}, {d}] for a mean of {d} entries, got {cov.shape}.")
+        raise ShapeError(f"cov must be [{d}, {d}] for a mean of {d} entries, got {cov.shape}.")
     if d < 2:
-        raise ValueError("ellipse needs at least 2 parameters.")
+        raise ShapeError("ellipse needs at least 2 parameters.")
     names = list(names) if names is not None and len(names) == d else [f"x[{i}]" for i in range(d)]
     truth = _truth(truth, d)
     sig = np.sqrt(np.clip(np.diag(cov), 0.0, None))
@@ -529,7 +531,7 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
 
     if d == 2 or ax is not None:
         if d != 2:
-            raise ValueError("ax= is for 2 parameters only; with more, a grid is drawn.")
+            raise ShapeError("ax= is for 2 parameters only; with more, a grid is drawn.")
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 5),
                                                                       layout="constrained")
         pair(ax, 1, 0)

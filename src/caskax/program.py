@@ -522,9 +522,10 @@ def _check_inputs(static, xs):
                 f"expected a flat vector of shape ({n},) for group {g} laid out as "
                 f"[{listing}], got shape {tuple(x.shape)}. Use jax.vmap for batches."
             )
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
             raise ShapeError(
-                f"expected a floating-point vector for group {g}, got dtype {x.dtype}."
+                f"expected a real floating-point vector for group {g}, got dtype {x.dtype}"
+                + (" (caskax flat vectors are real)." if jnp.iscomplexobj(x) else ".")
             )
         out.append(x)
     return tuple(out)
