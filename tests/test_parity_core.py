@@ -4,6 +4,7 @@ inputs, and hierarchical links through `batch_axes` see params outside the batch
 
 import os
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -504,3 +505,37 @@ def test_every_purposeful_error_is_a_caskax_error(tmp_path):
         fh["lc/sigma/value"][()] = -1.0
     with pytest.warns(cx.CaskaxWarning, match="outside valid"):
         lc.load_state(path)
+
+
+def test_saveattrs_are_written_as_hdf5_attrs(tmp_path):
+    import h5py
+
+    class Noted(cx.Module):
+        saveattrs = ("extra_info", "meta.kind", "nothing", "unsaveable")
+        p: cx.Param
+        extra_info: str = eqx.field(static=True)
+        meta: dict = eqx.field(static=True)
+        nothing: object = eqx.field(static=True)
+        unsaveable: object = eqx.field(static=True)
+
+        def __init__(self):
+            super().__init__("noted")
+            self.p = cx.Param("p", 1.0)
+            self.extra_info = "This is some extra info"
+            self.meta = _Meta("galaxy")
+            self.nothing = None
+            self.unsaveable = lambda x: x + 1
+
+    path = tmp_path / "noted.h5"
+    with pytest.warns(cx.CaskaxWarning, match="unsaveable"):
+        Noted().save_state(path)
+    with h5py.File(path) as fh:
+        attrs = dict(fh["noted"].attrs)
+    assert attrs["extra_info"] == "This is some extra info"
+    assert attrs["meta.kind"] == "galaxy" and attrs["nothing"] == "NONE"
+    assert "unsaveable" not in attrs
+
+
+class _Meta:
+    def __init__(self, kind):
+        self.kind = kind

@@ -64,6 +64,7 @@ import random
 import shutil
 import time
 import uuid
+import warnings
 
 import h5py
 import jax
@@ -71,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import graph
-from .errors import CaskaxError, GraphError, ShapeError, StateFileError
+from .errors import CaskaxError, CaskaxWarning, GraphError, ShapeError, StateFileError
 from .param import Param, _check_valid, _normalise_valid
 
 try:
@@ -697,9 +698,29 @@ def _write_tree(f, module, values, appendable):
             written[c.uid] = g
             if isinstance(c, Param):
                 _write_value(g, c, values[c.uid], appendable)
+            _write_saveattrs(g, c)
             visit(c, g)
 
+    _write_saveattrs(root, module)
     visit(module, root)
+
+
+def _write_saveattrs(group, node):
+    """caskade's ``saveattrs``: the attributes a node's class names (dotted paths
+    allowed) are written as HDF5 attrs of its group; ``None`` as the string "NONE"."""
+    for attr in getattr(type(node), "saveattrs", ()):
+        try:
+            value = operator.attrgetter(attr)(node)
+        except AttributeError as err:
+            warnings.warn(f"saveattrs of '{node.name}': {err}", CaskaxWarning, stacklevel=4)
+            continue
+        try:
+            group.attrs[attr] = "NONE" if value is None else value
+        except (TypeError, ValueError) as err:
+            warnings.warn(
+                f"'{node.name}.{attr}' of type {type(value).__name__} cannot be saved as an "
+                f"HDF5 attribute ({err}); it is left out.", CaskaxWarning, stacklevel=4,
+            )
 
 
 def _write_value(group, p: Param, value, appendable):

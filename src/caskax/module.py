@@ -62,6 +62,9 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
     """
 
     _caskax_module: ClassVar[bool] = True
+    # caskade's saveattrs: attribute names (dotted allowed) that save_state writes as
+    # HDF5 attrs of this module's group; set it in the class body of a subclass
+    saveattrs: ClassVar[tuple] = ()
     name: str = eqx.field(static=True)
     uid: int = eqx.field(static=True)
     _filled: bool = eqx.field(static=True)
