@@ -16,6 +16,11 @@ Reported per N: the first call (trace, compile and run) and the median wall time
 repeated calls, fits per second from the median, the ratio batched / loop, and the
 largest difference between the two results' ``x`` (they agree to float32 rounding).
 Where N > 16, ``cx.fit(F, batch_size=16)`` (chunks of 16 datasets) is timed as well.
+
+NUTS: 64 datasets (``--nuts-datasets``) x 4 chains (200 warmup + 200 draws, the default Laplace metric), one
+batched ``cx.nuts`` call against a loop of ``cx.nuts`` with the same per-dataset keys;
+wall times without the first call's compile, ESS/s = the sum over datasets of each
+dataset's smallest bulk ESS, over the wall time.
 """
 
 from __future__ import annotations
@@ -113,6 +118,50 @@ def run(sizes, repeats):
     return rows
 
 
+def run_nuts(n, num_warmup, num_samples, num_chains=4):
+    """NUTS on ``n`` datasets: one batched ``cx.nuts`` call against a loop of ``cx.nuts``
+    with the same per-dataset keys (``jax.random.split(key, n)``). Wall times exclude the
+    first call's compile (the batched call is timed on its second run, the loop after one
+    warm-up call); ESS is each dataset's smallest bulk ESS over its entries."""
+    import jax
+
+    import caskax as cx
+    from caskax.examples.stages import mock_data, stage1_model
+
+    data = mock_data()
+    f = cx.compile(stage1_model(data, epoch=2))
+    F = cx.batch(f, data=_datasets(np.asarray(data.images)[2].astype(np.float32), n))
+    key = jax.random.key(0)
+    run = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress=False)
+    first_batched = once(lambda: cx.nuts(F, key, **run).samples)
+    t0 = time.perf_counter()
+    chains = cx.nuts(F, key, **run)
+    wall_b = time.perf_counter() - t0
+    keys = jax.random.split(key, n)
+    members = [F[k] for k in range(n)]
+    cx.nuts(members[0], keys[0], **run)  # compile
+    t0 = time.perf_counter()
+    alone = [cx.nuts(g, k, **run) for g, k in zip(members, keys)]
+    wall_l = time.perf_counter() - t0
+
+    def min_ess(c):
+        s = c.summary()
+        return min(s[name]["ess_bulk"] for name in c.names)
+
+    ess_b = [min_ess(chains[k]) for k in range(n)]
+    ess_l = [min_ess(c) for c in alone]
+    return {
+        "datasets": n, "chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples,
+        "batched": {"first_s": first_batched, "wall_s": wall_b, "ess_min_median": float(np.median(ess_b)),
+                    "ess_per_s": float(np.sum(ess_b) / wall_b)},
+        "loop": {"wall_s": wall_l, "ess_min_median": float(np.median(ess_l)),
+                 "ess_per_s": float(np.sum(ess_l) / wall_l)},
+        "ratio": float((np.sum(ess_b) / wall_b) / (np.sum(ess_l) / wall_l)),
+        "divergences": {"batched": int(np.sum(chains.divergences)),
+                        "loop": int(sum(int(np.sum(c.divergences)) for c in alone))},
+    }
+
+
 def meta(command):
     import jax
     import jaxlib
@@ -145,6 +194,22 @@ def markdown(result) -> str:
             f"{r['ratio']:.2f}x | {chunk} | {r['batched']['first_s']:.2f} s / {r['loop']['first_s']:.2f} s | "
             f"{r['max_abs_x_diff']:.1e} |"
         )
+    r = result.get("nuts")
+    if r:
+        lines += [
+            "",
+            f"NUTS, {r['datasets']} datasets x {r['chains']} chains ({r['num_warmup']} warmup + "
+            f"{r['num_samples']} draws):",
+            "",
+            "| | wall (s) | median of each dataset's min bulk ESS | ESS/s (all datasets) |",
+            "|---|---:|---:|---:|",
+            f"| cx.nuts(cx.batch) | {r['batched']['wall_s']:.1f} | {r['batched']['ess_min_median']:.0f} | "
+            f"{r['batched']['ess_per_s']:.0f} |",
+            f"| loop of cx.nuts | {r['loop']['wall_s']:.1f} | {r['loop']['ess_min_median']:.0f} | "
+            f"{r['loop']['ess_per_s']:.0f} |",
+            "",
+            f"ratio {r['ratio']:.2f}x; first batched call (with compile) {r['batched']['first_s']:.1f} s",
+        ]
     m = result["meta"]
     lines.append("")
     lines.append(f"{m['cpu_count']} CPU cores ({m['cpu']}), jax {m['jax']} ({m['backend']}), "
@@ -156,13 +221,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1, 16 and 2 repeats")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for batch.json")
+    parser.add_argument("--nuts-datasets", type=int, default=None,
+                        help="datasets of the NUTS comparison (64; 4 with --quick; 0 skips it)")
     args = parser.parse_args(argv)
     sizes, repeats = ((1, 16), 2) if args.quick else ((1, 16, 256), 5)
     command = "python benchmarks/batch.py" + (" --quick" if args.quick else "")
+    n_nuts = args.nuts_datasets if args.nuts_datasets is not None else (4 if args.quick else 64)
+    if args.nuts_datasets is not None:
+        command += f" --nuts-datasets {n_nuts}"
     result = {"meta": meta(command), "rows": run(sizes, repeats)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "batch" if not args.quick else "batch-quick"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))  # the fits, should NUTS not finish
+    if n_nuts:
+        result["nuts"] = run_nuts(n_nuts, *((100, 100) if args.quick else (200, 200)))
+        print(f"NUTS: ratio {result['nuts']['ratio']:.2f}", flush=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(markdown(result))
     print(f"wrote {out / f'{name}.json'}")
