@@ -460,3 +460,27 @@ def test_rebuilt_stacked_model_reuses_compiled_code():
     f2 = cx.compile(again)
     run(f2, f2.init)
     assert run._cache_size() == n
+
+
+def test_compile_suggests_stack_for_many_members():
+    class Dot(cx.Module):
+        a: cx.Param
+
+        def __init__(self, name):
+            super().__init__(name)
+            self.a = cx.Param("a", 1.0)
+
+    class Many(cx.Module):
+        dots: list
+
+        def __init__(self, n):
+            super().__init__("many")
+            self.dots = [Dot(f"d{i}") for i in range(n)]
+
+    with pytest.warns(cx.CaskaxWarning, match="cx.stack"):
+        cx.compile(Many(300), "param_order")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cx.CaskaxWarning)
+        cx.compile(Many(20), "param_order")

@@ -8,6 +8,7 @@ code is the user's arithmetic only.
 
 import hashlib
 import sys
+import warnings
 import math
 from typing import NamedTuple
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import graph, transforms
-from .errors import DepthError, GraphError, ShapeError, depth_error
+from .errors import CaskaxWarning, DepthError, GraphError, ShapeError, depth_error
 from .module import _memo_scope, dynamic_layout
 from .param import Param
 
@@ -613,12 +614,33 @@ def _check_depth(module):
         raise depth_error(f"'{module.name}'")
 
 
+# Past this many modules of one class, XLA compiles an unrolled copy of each member's
+# graph (about 25 s at 1000 sources in benchmarks/RESULTS.md): cx.stack compiles one.
+STACK_HINT = 256
+
+
+def _suggest_stack(w):
+    counts = {}
+    for node in w.nodes.values():
+        if not isinstance(node, Param):
+            counts[type(node)] = counts.get(type(node), 0) + 1
+    cls, n = max(counts.items(), key=lambda kv: kv[1], default=(None, 0))
+    if n >= STACK_HINT:
+        warnings.warn(
+            f"the model holds {n} {cls.__name__} modules: XLA compiles one copy of the "
+            f"graph per member, so compile time grows with their number. cx.stack(...) "
+            "makes them one module with a member axis, compiled once (docs: Many components).",
+            CaskaxWarning, stacklevel=3,
+        )
+
+
 def _compile(module, method, args, kwargs, valid):
     if not callable(getattr(module, method, None)):
         raise GraphError(f"'{module.name}' has no method {method!r}.")
     w = graph.walk(module)
     graph.check_cycles(w)
     graph.check_copies(w)
+    _suggest_stack(w)
     rows = []
     for g, params in sorted(dynamic_layout(module, w).items()):
         offset = 0
