@@ -5,7 +5,6 @@ construction. See `graph.py` for how targets, copies and filling work.
 """
 
 import contextlib
-import dataclasses
 import contextvars
 import inspect
 import math
@@ -20,7 +19,9 @@ from . import graph, transforms
 from .errors import (
     DepthError, FillError, GraphError, ModuleError, ParamError, ParamIndexError, depth_error,
 )
-from .param import Param, Pointer, _check_valid, check_name, link, new_uid
+from .param import (
+    Param, Pointer, _check_valid, check_name, frozen_delattr, frozen_setattr, link, new_uid,
+)
 
 __all__ = ["Module", "forward", "batch_axes"]
 
@@ -99,14 +100,8 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
     # eqx.filter_jit of a method still work (the module is closed over).
     __getattribute__ = object.__getattribute__
 
-    def __setattr__(self, name, value):
-        try:
-            super().__setattr__(name, value)
-        except dataclasses.FrozenInstanceError:
-            raise frozen_error(self, name) from None
-
-    def __delattr__(self, name):
-        raise frozen_error(self, name, deleting=True)
+    __setattr__ = frozen_setattr  # caskax errors that name the immutable spelling
+    __delattr__ = frozen_delattr
 
     # Equinox hashes modules by their fields, which fails on arrays. Nodes are
     # references, so identity is the right notion here (jax.jit(m.method) needs it).
@@ -879,26 +874,6 @@ def _try_fill(root, w):
         return graph.fill(root, {}, w)
     except Exception:  # a pointer that cannot be computed yet keeps no value
         return root
-
-
-def frozen_error(node, name, deleting=False) -> ModuleError:
-    """The error for assigning to (or deleting) an attribute of a built node."""
-    cls = type(node).__name__
-    fields = {f.name for f in dataclasses.fields(node)}
-    if name not in fields and not hasattr(type(node), name) and not deleting:
-        return ModuleError(
-            f"{cls}.{name} is not a declared field: add the annotation `{name}: cx.Param` "
-            "(or the field's type) to the class body. caskax modules are dataclasses, so "
-            "every field is declared."
-        )
-    verb = "deleted" if deleting else "assigned"
-    if isinstance(node, Param):
-        how = ("params are immutable: edit them through the module that holds them, "
-               "e.g. m = m.set('path.to.param', value) or m.set_attrs('path', valid=...)")
-    else:
-        how = (f"modules are immutable: m = m.set({name!r}, value) returns a new module "
-               "with the field changed")
-    return ModuleError(f"{cls}.{name} cannot be {verb} after construction; caskax {how}.")
 
 
 # -- @forward -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import CaskaxWarning, ParamError, ShapeError
+from .errors import CaskaxWarning, ModuleError, ParamError, ShapeError
 
 __all__ = ["Param", "Pointer", "new_uid"]
 
@@ -43,6 +43,39 @@ def new_uid() -> int:
 
 def _identity(x):
     return x
+
+
+def frozen_error(node, name, deleting=False) -> ModuleError:
+    """The error for assigning to (or deleting) an attribute of a built node."""
+    cls = type(node).__name__
+    fields = {f.name for f in dataclasses.fields(node)}
+    if name not in fields and not hasattr(type(node), name) and not deleting:
+        return ModuleError(
+            f"{cls}.{name} is not a declared field: add the annotation `{name}: cx.Param` "
+            "(or the field's type) to the class body. caskax modules are dataclasses, so "
+            "every field is declared."
+        )
+    verb = "deleted" if deleting else "assigned"
+    if isinstance(node, Param):
+        how = ("params are immutable: edit them through the module that holds them, "
+               "e.g. m = m.set('path.to.param', value) or m.set_attrs('path', valid=...)")
+    else:
+        how = (f"modules are immutable: m = m.set({name!r}, value) returns a new module "
+               "with the field changed")
+    return ModuleError(f"{cls}.{name} cannot be {verb} after construction; caskax {how}.")
+
+
+def frozen_setattr(self, name, value):
+    """``__setattr__`` of caskax nodes: equinox's, with a caskax error once built."""
+    try:
+        eqx.Module.__setattr__(self, name, value)
+    except dataclasses.FrozenInstanceError:
+        raise frozen_error(self, name) from None
+
+
+def frozen_delattr(self, name):
+    """``__delattr__`` of caskax nodes: always a caskax error (nodes are immutable)."""
+    raise frozen_error(self, name, deleting=True)
 
 
 class Pointer(eqx.Module):
@@ -654,18 +687,8 @@ class Param(eqx.Module):
             f"and its inputs; got {type(value).__name__}."
         )
 
-    def __setattr__(self, name, value):
-        try:
-            super().__setattr__(name, value)
-        except dataclasses.FrozenInstanceError:
-            from .module import frozen_error
-
-            raise frozen_error(self, name) from None
-
-    def __delattr__(self, name):
-        from .module import frozen_error
-
-        raise frozen_error(self, name, deleting=True)
+    __setattr__ = frozen_setattr  # caskax errors that name the immutable spelling
+    __delattr__ = frozen_delattr
 
     # -- identity -------------------------------------------------------------------
     # Equinox hashes modules by their fields, which fails on arrays; caskax nodes are
@@ -682,8 +705,6 @@ class Param(eqx.Module):
 
 
 def _spelling_error(spelling):
-    from .errors import ModuleError
-
     return ModuleError(
         f"{spelling} is caskade's way to link nodes; caskax nodes are immutable and a "
         "pointer holds its own inputs. Make the pointer in one step on the module that "
