@@ -12,7 +12,6 @@ Where caskax does not do what caskade does, the test is marked
 ``xfail(strict=True, reason=...)``: the reason is the to-do item. See tests/PARITY.md.
 """
 
-import math
 import warnings
 
 import h5py
@@ -1983,7 +1982,6 @@ def assert_order(ours, theirs):
     ours_lines, theirs_lines = ours.param_order().split("\n"), theirs.param_order().split("\n")
     assert len(ours_lines) == len(theirs_lines)
     ck_params = list(theirs.dynamic_params)
-    k = 0
     for a_line, b_line in zip(ours_lines, theirs_lines):
         a_items = [t for t in a_line.split(", ") if t]
         b_items = [t for t in b_line.split(", ") if t]
@@ -3009,7 +3007,6 @@ def _ck_stage2(ck, x, y, data, lightcurve=False):
         lcm.to_dynamic()
         times = jnp.linspace(0, 6, _NOBS)
         for i in range(_NOBS):
-            fl = stack.models[i].models[0].flux
             stack.models[i].models[0].flux = lambda p: p.lightcurvemodel.flux(t=p.eval_t)
             stack.models[i].models[0].flux.link(lcm)
             stack.models[i].models[0].flux.eval_t = times[i]

@@ -124,9 +124,9 @@ def images(data, model, residual=None, titles=None, vmin=None, vmax=None, cmap="
         for row, (imgs, name) in enumerate(rows):
             ax = axes[row, i]
             if row < 2:
-                im = _show(ax, imgs[i], indexing, vmin=lo, vmax=hi, cmap=cmap)
+                _show(ax, imgs[i], indexing, vmin=lo, vmax=hi, cmap=cmap)
             else:
-                im = _show(ax, imgs[i], indexing, vmin=-r, vmax=r, cmap="RdBu_r")
+                _show(ax, imgs[i], indexing, vmin=-r, vmax=r, cmap="RdBu_r")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
