@@ -357,6 +357,11 @@ def _diagnostics(x) -> dict:
             r_hat = np.maximum(split_gelman_rubin(_rank_normal(x)), split_gelman_rubin(_rank_normal(folded)))
         else:
             r_hat = np.full(n, np.nan)
+    # numpyro's estimator can exceed any sensible value, or turn negative, when short
+    # chains are anticorrelated; cap it as arviz does, at draws * log10(draws)
+    total = x.shape[0] * x.shape[1]
+    cap = total * np.log10(total)
+    ess_bulk, ess_tail = (np.where((e < 0) | (e > cap), cap, e) for e in (ess_bulk, ess_tail))
     return {
         "ess_bulk": np.reshape(ess_bulk, n), "ess_tail": np.reshape(ess_tail, n),
         "r_hat": np.reshape(r_hat, n),
