@@ -65,8 +65,9 @@ def timeit(fn, repeats: int = 20, warmup: int = 2, budget_s: float = 2.0) -> dic
         gc.enable()
 
 
-def compare(fns: dict, repeats: int = 20, warmup: int = 3, rounds: int = 5,
-            budget_s: float = 3.0) -> dict:
+def compare(
+    fns: dict, repeats: int = 20, warmup: int = 3, rounds: int = 5, budget_s: float = 3.0
+) -> dict:
     """Time several zero-argument callables in interleaved rounds; returns
     ``{name: summary}`` over all rounds' samples."""
     per = {}

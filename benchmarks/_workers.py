@@ -22,28 +22,56 @@ __all__ = ["CONFIGS", "jax_core", "run_jax", "run_caskade"]
 # the CI smoke run, "full" is what RESULTS.md records.
 CONFIGS = {
     "full": dict(
-        n_pix=50, epochs=5, vmap=(32, 1024), repeats=20, budget_s=1.5, compile_repeats=20,
-        scale_epochs=(5, 50, 500), scale_nodes=(1, 10, 100, 1000), scale_compile_repeats=3,
-        scale_big=(500, 1000), caskade_jax_scale_max=(50, 100),
+        n_pix=50,
+        epochs=5,
+        vmap=(32, 1024),
+        repeats=20,
+        budget_s=1.5,
+        compile_repeats=20,
+        scale_epochs=(5, 50, 500),
+        scale_nodes=(1, 10, 100, 1000),
+        scale_compile_repeats=3,
+        scale_big=(500, 1000),
+        caskade_jax_scale_max=(50, 100),
         nuts=dict(num_warmup=500, num_samples=1000, num_chains=4),
         emcee=dict(walkers=32, burn=100, steps=1000),
-        gpu_vmap=(1024, 16384), gpu_chains=64,
+        gpu_vmap=(1024, 16384),
+        gpu_chains=64,
     ),
     "quick": dict(
-        n_pix=50, epochs=5, vmap=(32, 1024), repeats=20, budget_s=0.4, compile_repeats=3,
-        scale_epochs=(5, 50), scale_nodes=(1, 10, 100), scale_compile_repeats=1,
-        scale_big=(), caskade_jax_scale_max=(50, 10),
+        n_pix=50,
+        epochs=5,
+        vmap=(32, 1024),
+        repeats=20,
+        budget_s=0.4,
+        compile_repeats=3,
+        scale_epochs=(5, 50),
+        scale_nodes=(1, 10, 100),
+        scale_compile_repeats=1,
+        scale_big=(),
+        caskade_jax_scale_max=(50, 10),
         nuts=dict(num_warmup=150, num_samples=150, num_chains=2),
         emcee=dict(walkers=32, burn=50, steps=200),
-        gpu_vmap=(1024, 16384), gpu_chains=64,
+        gpu_vmap=(1024, 16384),
+        gpu_chains=64,
     ),
     "tiny": dict(
-        n_pix=8, epochs=2, vmap=(4,), repeats=3, budget_s=0.01, compile_repeats=1,
-        scale_epochs=(2, 3), scale_nodes=(1, 2), scale_compile_repeats=1,
-        scale_big=(), caskade_jax_scale_max=(3, 2),
-        nuts=dict(num_warmup=10, num_samples=20, num_chains=2), nuts_calls=1,
+        n_pix=8,
+        epochs=2,
+        vmap=(4,),
+        repeats=3,
+        budget_s=0.01,
+        compile_repeats=1,
+        scale_epochs=(2, 3),
+        scale_nodes=(1, 2),
+        scale_compile_repeats=1,
+        scale_big=(),
+        caskade_jax_scale_max=(3, 2),
+        nuts=dict(num_warmup=10, num_samples=20, num_chains=2),
+        nuts_calls=1,
         emcee=dict(walkers=32, burn=5, steps=40),
-        gpu_vmap=(64, 128), gpu_chains=4,
+        gpu_vmap=(64, 128),
+        gpu_chains=4,
     ),
 }
 
@@ -113,16 +141,23 @@ def jax_core(model: str, cfg: dict, log=print) -> list[dict]:
         for key, stats in res.items():
             peer, _, sub = key.partition(":")
             rows.append(_row(figure, model, sub or case, peer, stats))
-        log(f"  {figure:10s} {model} {case:12s} " + "  ".join(
-            f"{k}={v['median'] * 1e6:9.1f}us" for k, v in res.items()))
+        log(
+            f"  {figure:10s} {model} {case:12s} "
+            + "  ".join(f"{k}={v['median'] * 1e6:9.1f}us" for k, v in res.items())
+        )
         return res
 
     # 1. one call: jitted, direct f(x), and the Program passed to jit as an argument
     jf = jax.jit(f)
     as_arg = jax.jit(lambda p, v: p(v))
     fns = {f"{p}:jit": (lambda jh=jax.jit(h): jh(x)) for p, h in hands.items()}
-    fns.update({"caskax:jit": lambda: jf(x), "caskax:direct": lambda: f(x),
-                "caskax:jit-program-arg": lambda: as_arg(f, x)})
+    fns.update(
+        {
+            "caskax:jit": lambda: jf(x),
+            "caskax:direct": lambda: f(x),
+            "caskax:jit-program-arg": lambda: as_arg(f, x),
+        }
+    )
     res = measure("1-call", "jit", fns)
     for p in hands:  # a hand-written function's direct call is its jitted call
         rows.append(_row("1-call", model, "direct", p, res[f"{p}:jit"]))
@@ -155,8 +190,10 @@ def jax_core(model: str, cfg: dict, log=print) -> list[dict]:
     for peer in comp:
         rows.append(_row("4-compile", model, "compile+first", peer, _once_stats(comp[peer])))
         rows.append(_row("4-compile", model, "build", peer, _once_stats(build[peer])))
-    log(f"  4-compile  {model} compile+first " + "  ".join(
-        f"{p}={np.median(v):.3f}s" for p, v in comp.items()))
+    log(
+        f"  4-compile  {model} compile+first "
+        + "  ".join(f"{p}={np.median(v):.3f}s" for p, v in comp.items())
+    )
     return rows
 
 
@@ -173,13 +210,30 @@ def _scaling_jax(cfg, log) -> list[dict]:
         return M.mock_data(n_epochs=n, n_pix=cfg["n_pix"])
 
     families = [
-        ("5-epochs", "likelihood2-stage2", cfg["scale_epochs"], epochs, M.caskax_stage2,
-         {"hand": M.hand_stage2, "hand-opt": M.hand_stage2_opt}),
-        ("5-epochs", "likelihood3", cfg["scale_epochs"], epochs, M.caskax_hier,
-         {"hand": M.hand_hier}),
-        ("5-nodes", "nodes", cfg["scale_nodes"],
-         lambda k: M.nodes_data(k, n_pix=min(32, cfg["n_pix"])), M.caskax_nodes,
-         {"hand": M.hand_nodes, "hand-opt": M.hand_nodes_opt}),
+        (
+            "5-epochs",
+            "likelihood2-stage2",
+            cfg["scale_epochs"],
+            epochs,
+            M.caskax_stage2,
+            {"hand": M.hand_stage2, "hand-opt": M.hand_stage2_opt},
+        ),
+        (
+            "5-epochs",
+            "likelihood3",
+            cfg["scale_epochs"],
+            epochs,
+            M.caskax_hier,
+            {"hand": M.hand_hier},
+        ),
+        (
+            "5-nodes",
+            "nodes",
+            cfg["scale_nodes"],
+            lambda k: M.nodes_data(k, n_pix=min(32, cfg["n_pix"])),
+            M.caskax_nodes,
+            {"hand": M.hand_nodes, "hand-opt": M.hand_nodes_opt},
+        ),
     ]
     for figure, model, sizes, make, cx_build, hand_builds in families:
         for n in sizes:
@@ -201,14 +255,19 @@ def _scaling_jax(cfg, log) -> list[dict]:
                     fns[p] = lambda jh=jh, x=x: jh(x)
             res = compare(fns, repeats=cfg["repeats"], budget_s=cfg["budget_s"])
             for peer in comp:
-                rows.append(_row(figure, model, "call", peer, res[peer], param=n,
-                                 n_params=int(np.size(x))))
-                rows.append(_row(figure, model, "compile+first", peer, _once_stats(comp[peer]),
-                                 param=n))
+                rows.append(
+                    _row(figure, model, "call", peer, res[peer], param=n, n_params=int(np.size(x)))
+                )
+                rows.append(
+                    _row(figure, model, "compile+first", peer, _once_stats(comp[peer]), param=n)
+                )
             rows.append(_row(figure, model, "build", "caskax", _once_stats([t_build]), param=n))
-            log(f"  {figure} {model} n={n}: call " + " ".join(
-                f"{p}={res[p]['median'] * 1e3:.3f}ms" for p in comp) + "; compile+first " +
-                " ".join(f"{p}={np.median(comp[p]):.2f}s" for p in comp))
+            log(
+                f"  {figure} {model} n={n}: call "
+                + " ".join(f"{p}={res[p]['median'] * 1e3:.3f}ms" for p in comp)
+                + "; compile+first "
+                + " ".join(f"{p}={np.median(comp[p]):.2f}s" for p in comp)
+            )
     return rows
 
 
@@ -227,10 +286,25 @@ def _ess_rhat(samples):
 
 def _sampling_row(model, peer, samples, wall, first_wall=None, **extra):
     ess, rhat = _ess_rhat(samples)
-    return dict(figure="6-sampling", model=model, case="ess_per_s", peer=peer, param=None,
-                min=wall, median=wall, max=wall, n=1, wall_s=wall, first_call_s=first_wall,
-                ess_min=ess, rhat_max=rhat, ess_per_s=ess / wall,
-                chains=int(np.shape(samples)[0]), draws=int(np.shape(samples)[1]), **extra)
+    return dict(
+        figure="6-sampling",
+        model=model,
+        case="ess_per_s",
+        peer=peer,
+        param=None,
+        min=wall,
+        median=wall,
+        max=wall,
+        n=1,
+        wall_s=wall,
+        first_call_s=first_wall,
+        ess_min=ess,
+        rhat_max=rhat,
+        ess_per_s=ess / wall,
+        chains=int(np.shape(samples)[0]),
+        draws=int(np.shape(samples)[1]),
+        **extra,
+    )
 
 
 def hand_blackjax(logdensity, x0, key, num_warmup, num_samples, num_chains):
@@ -283,18 +357,38 @@ def _sampling_jax(cfg, log, num_chains=None, figure="6-sampling") -> list[dict]:
     pos, div = compiled(*args)
     pos.block_until_ready()
     wall = time.perf_counter() - t0
-    rows.append(dict(_sampling_row("likelihood3", "hand-blackjax", pos, wall,
-                                   first_wall=wall + t_compile,
-                                   divergences=int(np.sum(div))), figure=figure))
-    log(f"  {figure} hand-blackjax: ESS_min={rows[-1]['ess_min']:.0f} in {wall:.1f}s "
+    rows.append(
+        dict(
+            _sampling_row(
+                "likelihood3",
+                "hand-blackjax",
+                pos,
+                wall,
+                first_wall=wall + t_compile,
+                divergences=int(np.sum(div)),
+            ),
+            figure=figure,
+        )
+    )
+    log(
+        f"  {figure} hand-blackjax: ESS_min={rows[-1]['ess_min']:.0f} in {wall:.1f}s "
         f"(+{t_compile:.1f}s compile) -> {rows[-1]['ess_per_s']:.1f} ESS/s, "
-        f"R-hat {rows[-1]['rhat_max']:.3f}")
+        f"R-hat {rows[-1]['rhat_max']:.3f}"
+    )
 
     # caskax's own NUTS (cx.nuts), when it exists
     nuts = getattr(cx, "nuts", None)
     if nuts is None:
-        rows.append(dict(figure=figure, model="likelihood3", case="ess_per_s", peer="caskax",
-                         param=None, skipped="caskax.nuts is not available in this checkout"))
+        rows.append(
+            dict(
+                figure=figure,
+                model="likelihood3",
+                case="ess_per_s",
+                peer="caskax",
+                param=None,
+                skipped="caskax.nuts is not available in this checkout",
+            )
+        )
         log(f"  {figure} caskax: skipped (no cx.nuts)")
         return rows
     walls, chains = [], None
@@ -304,12 +398,24 @@ def _sampling_jax(cfg, log, num_chains=None, figure="6-sampling") -> list[dict]:
         samples = np.asarray(chains.samples)
         walls.append(time.perf_counter() - t0)
     div = getattr(chains, "divergences", None)
-    rows.append(dict(_sampling_row("likelihood3", "caskax", samples, walls[-1], first_wall=walls[0],
-                                   divergences=None if div is None else int(np.sum(div))),
-                     figure=figure))
-    log(f"  {figure} caskax: ESS_min={rows[-1]['ess_min']:.0f} in {walls[-1]:.1f}s "
+    rows.append(
+        dict(
+            _sampling_row(
+                "likelihood3",
+                "caskax",
+                samples,
+                walls[-1],
+                first_wall=walls[0],
+                divergences=None if div is None else int(np.sum(div)),
+            ),
+            figure=figure,
+        )
+    )
+    log(
+        f"  {figure} caskax: ESS_min={rows[-1]['ess_min']:.0f} in {walls[-1]:.1f}s "
         f"(first call {walls[0]:.1f}s) -> {rows[-1]['ess_per_s']:.1f} ESS/s, "
-        f"R-hat {rows[-1]['rhat_max']:.3f}")
+        f"R-hat {rows[-1]['rhat_max']:.3f}"
+    )
     return rows
 
 
@@ -329,12 +435,17 @@ def _gpu_jax(cfg, log) -> list[dict]:
         for n in cfg["gpu_vmap"]:
             X = jnp.asarray(_jitter(x, n))
             vh, vf = jax.jit(jax.vmap(h)), jax.jit(jax.vmap(f))
-            res = compare({"hand": lambda: vh(X), "caskax": lambda: vf(X)},
-                          repeats=cfg["repeats"], budget_s=cfg["budget_s"])
+            res = compare(
+                {"hand": lambda: vh(X), "caskax": lambda: vf(X)},
+                repeats=cfg["repeats"],
+                budget_s=cfg["budget_s"],
+            )
             for peer, stats in res.items():
                 rows.append(_row("gpu-vmap", model, f"vmap{n}", peer, stats))
-            log(f"  gpu-vmap {model} {n}: hand={res['hand']['median'] * 1e3:.3f}ms "
-                f"caskax={res['caskax']['median'] * 1e3:.3f}ms")
+            log(
+                f"  gpu-vmap {model} {n}: hand={res['hand']['median'] * 1e3:.3f}ms "
+                f"caskax={res['caskax']['median'] * 1e3:.3f}ms"
+            )
     rows += _sampling_jax(cfg, log, num_chains=cfg["gpu_chains"], figure="gpu-sampling")
     return rows
 
@@ -402,8 +513,7 @@ def run_caskade(cfg, log=print, parts=("core", "scaling", "sampling")) -> list[d
 
     def add(figure, model, case, stats, param=None, **extra):
         rows.append(_row(figure, model, case, peer, stats, param=param, **extra))
-        log(f"  {figure:10s} {model} {case:14s} {peer} n={param}: "
-            f"{stats['median'] * 1e3:.3f} ms")
+        log(f"  {figure:10s} {model} {case:14s} {peer} n={param}: {stats['median'] * 1e3:.3f} ms")
 
     if "core" in parts:
         data = M.mock_data(n_epochs=cfg["epochs"], n_pix=cfg["n_pix"])
@@ -441,19 +551,45 @@ def run_caskade(cfg, log=print, parts=("core", "scaling", "sampling")) -> list[d
     if "scaling" in parts:
         big = cfg["caskade_jax_scale_max"] if backend == "jax" else (math.inf, math.inf)
         families = [
-            ("5-epochs", "likelihood2-stage2", cfg["scale_epochs"], big[0],
-             lambda n: M.mock_data(n_epochs=n, n_pix=cfg["n_pix"]), M.caskade_stage2),
-            ("5-epochs", "likelihood3", cfg["scale_epochs"], big[0],
-             lambda n: M.mock_data(n_epochs=n, n_pix=cfg["n_pix"]), M.caskade_hier),
-            ("5-nodes", "nodes", cfg["scale_nodes"], big[1],
-             lambda k: M.nodes_data(k, n_pix=min(32, cfg["n_pix"])), M.caskade_nodes),
+            (
+                "5-epochs",
+                "likelihood2-stage2",
+                cfg["scale_epochs"],
+                big[0],
+                lambda n: M.mock_data(n_epochs=n, n_pix=cfg["n_pix"]),
+                M.caskade_stage2,
+            ),
+            (
+                "5-epochs",
+                "likelihood3",
+                cfg["scale_epochs"],
+                big[0],
+                lambda n: M.mock_data(n_epochs=n, n_pix=cfg["n_pix"]),
+                M.caskade_hier,
+            ),
+            (
+                "5-nodes",
+                "nodes",
+                cfg["scale_nodes"],
+                big[1],
+                lambda k: M.nodes_data(k, n_pix=min(32, cfg["n_pix"])),
+                M.caskade_nodes,
+            ),
         ]
         for figure, model, sizes, limit, make, build in families:
             for n in sizes:
                 if n > limit:
-                    rows.append(dict(figure=figure, model=model, case="call", peer=peer,
-                                     param=n, skipped=f"{peer} scaling capped at {limit} "
-                                     "to bound the run (its XLA compile is the cost)"))
+                    rows.append(
+                        dict(
+                            figure=figure,
+                            model=model,
+                            case="call",
+                            peer=peer,
+                            param=n,
+                            skipped=f"{peer} scaling capped at {limit} "
+                            "to bound the run (its XLA compile is the cost)",
+                        )
+                    )
                     continue
                 data = make(n)
                 t0 = time.perf_counter()
@@ -462,8 +598,14 @@ def run_caskade(cfg, log=print, parts=("core", "scaling", "sampling")) -> list[d
                 x = L.get_values()
                 fn = jit(lambda v: L(v))
                 t_first = once(lambda: fn(x))
-                add(figure, model, "call", timeit(lambda: fn(x), **kw), param=n,
-                    n_params=int(np.size(np.asarray(x))))
+                add(
+                    figure,
+                    model,
+                    "call",
+                    timeit(lambda: fn(x), **kw),
+                    param=n,
+                    n_params=int(np.size(np.asarray(x))),
+                )
                 add(figure, model, "compile+first", _once_stats([t_first]), param=n)
                 add(figure, model, "build", _once_stats([t_build]), param=n)
 
@@ -516,8 +658,15 @@ def _emcee(cfg, backend, peer, log) -> list[dict]:
     state = sampler.run_mcmc(state, e["steps"])
     wall = time.perf_counter() - t0
     chain = np.swapaxes(sampler.get_chain(), 0, 1)  # [walkers, draws, dim]
-    row = _sampling_row("likelihood3", f"{peer}+emcee", chain, wall,
-                        acceptance=float(np.mean(sampler.acceptance_fraction)))
-    log(f"  6-sampling {peer}+emcee: ESS_min={row['ess_min']:.0f} in {wall:.1f}s -> "
-        f"{row['ess_per_s']:.1f} ESS/s, R-hat {row['rhat_max']:.3f}")
+    row = _sampling_row(
+        "likelihood3",
+        f"{peer}+emcee",
+        chain,
+        wall,
+        acceptance=float(np.mean(sampler.acceptance_fraction)),
+    )
+    log(
+        f"  6-sampling {peer}+emcee: ESS_min={row['ess_min']:.0f} in {wall:.1f}s -> "
+        f"{row['ess_per_s']:.1f} ESS/s, R-hat {row['rhat_max']:.3f}"
+    )
     return [row]

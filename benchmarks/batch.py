@@ -90,7 +90,9 @@ def run(sizes, repeats):
         first_batched, first_loop = once(batched), once(loop)
         first_chunked = once(chunked) if n > CHUNK else None
         res_b, res_l = batched(), loop()
-        diff = float(np.max(np.abs(np.asarray(res_b.x) - np.stack([np.asarray(r.x) for r in res_l]))))
+        diff = float(
+            np.max(np.abs(np.asarray(res_b.x) - np.stack([np.asarray(r.x) for r in res_l])))
+        )
         # interleaved rounds: drifts of the shared machine hit both alike
         tb, tl, tc = [], [], []
         for _ in range(repeats):
@@ -100,21 +102,35 @@ def run(sizes, repeats):
                 tc.append(_time(chunked, 1)["min"])
         sb, sl = summary(tb), summary(tl)
         sc = summary(tc) if tc else None
-        rows.append({
-            "datasets": n, "build_s": build,
-            "batched": {"first_s": first_batched, **sb, "fits_per_s": n / sb["median"]},
-            "loop": {"first_s": first_loop, **sl, "fits_per_s": n / sl["median"]},
-            "ratio": sl["median"] / sb["median"],
-            "chunked": None if sc is None else {"batch_size": CHUNK, "first_s": first_chunked, **sc,
-                                               "fits_per_s": n / sc["median"],
-                                               "ratio": sl["median"] / sc["median"]},
-            "max_abs_x_diff": diff,
-            "converged": {"batched": int(np.sum(np.asarray(res_b.converged))),
-                          "loop": int(sum(bool(r.converged) for r in res_l))},
-            "steps_batched_max": int(np.max(np.asarray(res_b.steps))),
-        })
-        print(f"N={n}: batched {n / sb['median']:.1f} fits/s, loop {n / sl['median']:.1f} fits/s, "
-              f"ratio {sl['median'] / sb['median']:.2f}", flush=True)
+        rows.append(
+            {
+                "datasets": n,
+                "build_s": build,
+                "batched": {"first_s": first_batched, **sb, "fits_per_s": n / sb["median"]},
+                "loop": {"first_s": first_loop, **sl, "fits_per_s": n / sl["median"]},
+                "ratio": sl["median"] / sb["median"],
+                "chunked": None
+                if sc is None
+                else {
+                    "batch_size": CHUNK,
+                    "first_s": first_chunked,
+                    **sc,
+                    "fits_per_s": n / sc["median"],
+                    "ratio": sl["median"] / sc["median"],
+                },
+                "max_abs_x_diff": diff,
+                "converged": {
+                    "batched": int(np.sum(np.asarray(res_b.converged))),
+                    "loop": int(sum(bool(r.converged) for r in res_l)),
+                },
+                "steps_batched_max": int(np.max(np.asarray(res_b.steps))),
+            }
+        )
+        print(
+            f"N={n}: batched {n / sb['median']:.1f} fits/s, loop {n / sl['median']:.1f} fits/s, "
+            f"ratio {sl['median'] / sb['median']:.2f}",
+            flush=True,
+        )
     return rows
 
 
@@ -132,7 +148,9 @@ def run_nuts(n, num_warmup, num_samples, num_chains=4):
     f = cx.compile(stage1_model(data, epoch=2))
     F = cx.batch(f, data=_datasets(np.asarray(data.images)[2].astype(np.float32), n))
     key = jax.random.key(0)
-    run = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress=False)
+    run = dict(
+        num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress=False
+    )
     first_batched = once(lambda: cx.nuts(F, key, **run).samples)
     t0 = time.perf_counter()
     chains = cx.nuts(F, key, **run)
@@ -151,14 +169,26 @@ def run_nuts(n, num_warmup, num_samples, num_chains=4):
     ess_b = [min_ess(chains[k]) for k in range(n)]
     ess_l = [min_ess(c) for c in alone]
     return {
-        "datasets": n, "chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples,
-        "batched": {"first_s": first_batched, "wall_s": wall_b, "ess_min_median": float(np.median(ess_b)),
-                    "ess_per_s": float(np.sum(ess_b) / wall_b)},
-        "loop": {"wall_s": wall_l, "ess_min_median": float(np.median(ess_l)),
-                 "ess_per_s": float(np.sum(ess_l) / wall_l)},
+        "datasets": n,
+        "chains": num_chains,
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
+        "batched": {
+            "first_s": first_batched,
+            "wall_s": wall_b,
+            "ess_min_median": float(np.median(ess_b)),
+            "ess_per_s": float(np.sum(ess_b) / wall_b),
+        },
+        "loop": {
+            "wall_s": wall_l,
+            "ess_min_median": float(np.median(ess_l)),
+            "ess_per_s": float(np.sum(ess_l) / wall_l),
+        },
         "ratio": float((np.sum(ess_b) / wall_b) / (np.sum(ess_l) / wall_l)),
-        "divergences": {"batched": int(np.sum(chains.divergences)),
-                        "loop": int(sum(int(np.sum(c.divergences)) for c in alone))},
+        "divergences": {
+            "batched": int(np.sum(chains.divergences)),
+            "loop": int(sum(int(np.sum(c.divergences)) for c in alone)),
+        },
     }
 
 
@@ -167,15 +197,22 @@ def meta(command):
     import jaxlib
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
-        "command": command, "commit": commit, "python": platform.python_version(),
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()], "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load": uptime(),
+        "command": command,
+        "commit": commit,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load": uptime(),
         "model": "stage1_model (single-epoch image, 9 entries, 50x50 px)",
     }
 
@@ -212,17 +249,25 @@ def markdown(result) -> str:
         ]
     m = result["meta"]
     lines.append("")
-    lines.append(f"{m['cpu_count']} CPU cores ({m['cpu']}), jax {m['jax']} ({m['backend']}), "
-                 f"python {m['python']}, caskax {m['commit']}; `{m['command']}`")
+    lines.append(
+        f"{m['cpu_count']} CPU cores ({m['cpu']}), jax {m['jax']} ({m['backend']}), "
+        f"python {m['python']}, caskax {m['commit']}; `{m['command']}`"
+    )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="N = 1, 16 and 2 repeats")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for batch.json")
-    parser.add_argument("--nuts-datasets", type=int, default=None,
-                        help="datasets of the NUTS comparison (64; 4 with --quick; 0 skips it)")
+    parser.add_argument(
+        "--nuts-datasets",
+        type=int,
+        default=None,
+        help="datasets of the NUTS comparison (64; 4 with --quick; 0 skips it)",
+    )
     args = parser.parse_args(argv)
     sizes, repeats = ((1, 16), 2) if args.quick else ((1, 16, 256), 5)
     command = "python benchmarks/batch.py" + (" --quick" if args.quick else "")
@@ -233,7 +278,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "batch" if not args.quick else "batch-quick"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))  # the fits, should NUTS not finish
+    (out / f"{name}.json").write_text(
+        json.dumps(result, indent=1)
+    )  # the fits, should NUTS not finish
     if n_nuts:
         result["nuts"] = run_nuts(n_nuts, *((100, 100) if args.quick else (200, 200)))
         print(f"NUTS: ratio {result['nuts']['ratio']:.2f}", flush=True)

@@ -44,8 +44,9 @@ if __package__ in (None, ""):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
+    )
     ap.add_argument("--quick", action="store_true", help="emcee 50 + 200 steps (smoke run)")
     ap.add_argument("--json", default=None, help="write per-stage seconds and results here")
     args = ap.parse_args(argv)
@@ -82,9 +83,18 @@ def main(argv=None) -> int:
             poisson_noise = torch.randn_like(img) * (img * self.exp_time).sqrt() / self.exp_time
             return img + read_noise + poisson_noise
 
-    out = dict(config=dict(threads=torch.get_num_threads(), quick=args.quick, emcee_burn=burn,
-                           emcee_steps=steps, torch=torch.__version__, caskade=ck.__version__),
-               import_seconds=time.perf_counter() - t_import, stages={})
+    out = dict(
+        config=dict(
+            threads=torch.get_num_threads(),
+            quick=args.quick,
+            emcee_burn=burn,
+            emcee_steps=steps,
+            torch=torch.__version__,
+            caskade=ck.__version__,
+        ),
+        import_seconds=time.perf_counter() - t_import,
+        stages={},
+    )
 
     def save():
         if args.json:
@@ -103,8 +113,9 @@ def main(argv=None) -> int:
 
     # -- 0. mock data ------------------------------------------------------------------------
     Nobs, imgsize, sigma_read, exp_time = 5, 50, 0.1, 25
-    imgx, imgy = torch.meshgrid(torch.linspace(-1, 1, imgsize), torch.linspace(-1, 1, imgsize),
-                                indexing="ij")
+    imgx, imgy = torch.meshgrid(
+        torch.linspace(-1, 1, imgsize), torch.linspace(-1, 1, imgsize), indexing="ij"
+    )
     SN = Gaussian("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05)
     SN_lightcurve = Gaussian1D("lightcurve", t0=-3.0, sigma=2.0, peak_flux=0.25)
     time_p = ck.Param("time")
@@ -128,15 +139,15 @@ def main(argv=None) -> int:
     Galaxymodel = Gaussian("Galaxy", x0=[0.2, 0.2], q=0.6, phi=0.5, sigma=0.3, flux=1.0)
     Galaxymodel.to_dynamic()
     firstmodel = Combined("firstmodel", imgx, imgy, [SNmodel, Galaxymodel])
-    likelihood = Likelihood("likelihood", firstmodel, data[0], sigma_read=sigma_read,
-                            exp_time=exp_time)
+    likelihood = Likelihood(
+        "likelihood", firstmodel, data[0], sigma_read=sigma_read, exp_time=exp_time
+    )
     light_curve_flux, light_curve_sigma, model_images, model_residuals, nfev = [], [], [], [], []
     for i in range(Nobs):
         likelihood.data = data[i]
         params = likelihood.get_values("array")
         params += torch.randn_like(params) * params * 0.05
-        res = minimize(lambda x: -likelihood(torch.tensor(x)).numpy(), params,
-                       method="Nelder-Mead")
+        res = minimize(lambda x: -likelihood(torch.tensor(x)).numpy(), params, method="Nelder-Mead")
         light_curve_flux.append(float(res.x[2]))
         nfev.append(int(res.nfev))
         hess = -hessian(likelihood, torch.tensor(res.x), strict=True)
@@ -159,8 +170,9 @@ def main(argv=None) -> int:
         if i > 0:
             SNmodel.x0 = imgmodels[0].models[0].x0
     secondmodel = Stack("secondmodel", imgmodels)
-    likelihood2 = Likelihood("likelihood2", secondmodel, data, sigma_read=sigma_read,
-                             exp_time=exp_time)
+    likelihood2 = Likelihood(
+        "likelihood2", secondmodel, data, sigma_read=sigma_read, exp_time=exp_time
+    )
     params = likelihood2.get_values()
     params += torch.randn_like(params) * params * 0.05
     res = minimize(lambda x: -likelihood2(torch.tensor(x)).numpy(), params, method="Nelder-Mead")
@@ -175,8 +187,13 @@ def main(argv=None) -> int:
     hess = -hessian(likelihood2, likelihood2.get_values(), strict=True)
     hess_inv = torch.linalg.inv(hess)
     light_curve_sigma = torch.sqrt(torch.diag(hess_inv)).numpy()
-    lap("stage2", flux=light_curve_flux, sigma=light_curve_sigma.tolist(), nfev=int(res.nfev),
-        loglike=float(-res.fun))
+    lap(
+        "stage2",
+        flux=light_curve_flux,
+        sigma=light_curve_sigma.tolist(),
+        nfev=int(res.nfev),
+        loglike=float(-res.fun),
+    )
 
     # -- 3. light-curve function pointers ----------------------------------------------------
     secondmodel.models[0].models[1].to_dynamic()
@@ -200,10 +217,15 @@ def main(argv=None) -> int:
     hess = -hessian(likelihood2, fit_vals, strict=True)
     hess_inv = torch.linalg.inv(hess).numpy()
     lc_sigma = np.sqrt(np.abs(np.diag(hess_inv)))
-    lap("stage3", t0=[fit_vals[0].item(), float(lc_sigma[0])],
+    lap(
+        "stage3",
+        t0=[fit_vals[0].item(), float(lc_sigma[0])],
         sigma=[fit_vals[1].item(), float(lc_sigma[1])],
-        peak_flux=[fit_vals[2].item(), float(lc_sigma[2])], flux=light_curve_flux,
-        nfev=int(res.nfev), loglike=float(-res.fun))
+        peak_flux=[fit_vals[2].item(), float(lc_sigma[2])],
+        flux=light_curve_flux,
+        nfev=int(res.nfev),
+        loglike=float(-res.fun),
+    )
     secondmodel.models[0].models[1].to_dynamic()
     secondmodel.models[0].models[0].x0.to_dynamic()
 
@@ -215,10 +237,12 @@ def main(argv=None) -> int:
     Galaxymodel.to_dynamic()
     lightcurvemodel = Gaussian1D("lightcurvemodel", t0=-3.0, sigma=2.5, peak_flux=0.25)
     lightcurvemodel.to_dynamic()
-    hierarchicalmodel = HierarchicalModel("hierarchical", SNmodel, Galaxymodel, lightcurvemodel,
-                                          times, imgx, imgy, vmap)
-    likelihood3 = Likelihood("likelihood3", hierarchicalmodel, data, sigma_read=sigma_read,
-                             exp_time=exp_time)
+    hierarchicalmodel = HierarchicalModel(
+        "hierarchical", SNmodel, Galaxymodel, lightcurvemodel, times, imgx, imgy, vmap
+    )
+    likelihood3 = Likelihood(
+        "likelihood3", hierarchicalmodel, data, sigma_read=sigma_read, exp_time=exp_time
+    )
     vsim = torch.vmap(likelihood3)
 
     def density(x):
@@ -240,19 +264,34 @@ def main(argv=None) -> int:
     import arviz as az
 
     ds = az.convert_to_dataset({"x": np.swapaxes(chain, 0, 1).astype(np.float64)})
-    names = ["SN.x0[0]", "SN.x0[1]", "t0", "sigma", "peak_flux", "Galaxy.x0[0]", "Galaxy.x0[1]",
-             "Galaxy.q", "Galaxy.phi", "Galaxy.sigma", "Galaxy.flux"]
+    names = [
+        "SN.x0[0]",
+        "SN.x0[1]",
+        "t0",
+        "sigma",
+        "peak_flux",
+        "Galaxy.x0[0]",
+        "Galaxy.x0[1]",
+        "Galaxy.q",
+        "Galaxy.phi",
+        "Galaxy.sigma",
+        "Galaxy.flux",
+    ]
     flat = chain.reshape(-1, ndim)
     out["stages"]["stage4"].update(
         min_ess_bulk=float(np.min(np.asarray(az.ess(ds, method="bulk")["x"]))),
         max_rhat=float(np.max(np.asarray(az.rhat(ds)["x"]))),
         acceptance=float(np.mean(sampler.acceptance_fraction)),
         mean={n: float(v) for n, v in zip(names, flat.mean(0))},
-        sd={n: float(v) for n, v in zip(names, flat.std(0))})
+        sd={n: float(v) for n, v in zip(names, flat.std(0))},
+    )
     save()
-    print(f"total {out['total_seconds']:.1f} s (after imports); "
-          f"light curve (stage 3): t0 {fit_vals[0].item():.3f}, sigma {fit_vals[1].item():.3f}, "
-          f"peak {fit_vals[2].item():.3f}", flush=True)
+    print(
+        f"total {out['total_seconds']:.1f} s (after imports); "
+        f"light curve (stage 3): t0 {fit_vals[0].item():.3f}, sigma {fit_vals[1].item():.3f}, "
+        f"peak {fit_vals[2].item():.3f}",
+        flush=True,
+    )
     return 0
 
 

@@ -67,11 +67,24 @@ def _cases(data, quick=False):
     chains = 4
     z0 = np.broadcast_to(np.asarray(mode), (chains, f4.size)).copy()
     keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(0), chains)))
-    args = (z0, z0, nuts_mod._fresh_da(chains, z0.dtype), np.ones(chains, bool), keys,
-            np.zeros(chains, np.int32), np.zeros((chains, 50, 1), np.int32),
-            np.full(chains, 0.6, z0.dtype), np.broadcast_to(cov.astype(z0.dtype), (chains,) + cov.shape))
-    out.append(("stage4 NUTS block", nuts_mod._MAPS["vectorized"],
-                (nuts_mod._run_one, target, args, nuts_mod._Sampling(1, "threefry2x32"))))
+    args = (
+        z0,
+        z0,
+        nuts_mod._fresh_da(chains, z0.dtype),
+        np.ones(chains, bool),
+        keys,
+        np.zeros(chains, np.int32),
+        np.zeros((chains, 50, 1), np.int32),
+        np.full(chains, 0.6, z0.dtype),
+        np.broadcast_to(cov.astype(z0.dtype), (chains,) + cov.shape),
+    )
+    out.append(
+        (
+            "stage4 NUTS block",
+            nuts_mod._MAPS["vectorized"],
+            (nuts_mod._run_one, target, args, nuts_mod._Sampling(1, "threefry2x32")),
+        )
+    )
     return out
 
 
@@ -100,24 +113,39 @@ def main(argv=None):
         for _ in range(args.rounds):
             comp["default"].append(_compile_s(fn.plain, fargs))
             comp["tuned"].append(_compile_s(fn.tuned, fargs))
-        run = {k: timeit(lambda g=getattr(fn, v): g(*fargs), repeats=10, budget_s=1.0)["median"]
-               for k, v in (("default", "plain"), ("tuned", "tuned"))}
-        row = {"case": label, "compile_default_s": min(comp["default"]),
-               "compile_tuned_s": min(comp["tuned"]), "run_default_s": run["default"],
-               "run_tuned_s": run["tuned"]}
+        run = {
+            k: timeit(lambda g=getattr(fn, v): g(*fargs), repeats=10, budget_s=1.0)["median"]
+            for k, v in (("default", "plain"), ("tuned", "tuned"))
+        }
+        row = {
+            "case": label,
+            "compile_default_s": min(comp["default"]),
+            "compile_tuned_s": min(comp["tuned"]),
+            "run_default_s": run["default"],
+            "run_tuned_s": run["tuned"],
+        }
         rows.append(row)
-        print(f"{label:<20s} compile {row['compile_default_s']:6.2f} s -> {row['compile_tuned_s']:5.2f} s"
-              f" ({row['compile_tuned_s'] / row['compile_default_s']:.2f}x)   run "
-              f"{row['run_default_s'] * 1e3:7.2f} ms -> {row['run_tuned_s'] * 1e3:7.2f} ms"
-              f" ({row['run_tuned_s'] / row['run_default_s']:.2f}x)", flush=True)
+        print(
+            f"{label:<20s} compile {row['compile_default_s']:6.2f} s -> {row['compile_tuned_s']:5.2f} s"
+            f" ({row['compile_tuned_s'] / row['compile_default_s']:.2f}x)   run "
+            f"{row['run_default_s'] * 1e3:7.2f} ms -> {row['run_tuned_s'] * 1e3:7.2f} ms"
+            f" ({row['run_tuned_s'] / row['run_default_s']:.2f}x)",
+            flush=True,
+        )
     total = {k: sum(r[f"compile_{k}_s"] for r in rows) for k in ("default", "tuned")}
-    print(f"{'all compiles':<20s} {total['default']:.1f} s -> {total['tuned']:.1f} s "
-          f"({total['tuned'] / total['default']:.2f}x); options {dict(_jit.CPU_COMPILER_OPTIONS)}, "
-          f"Hessian {dict(_jit.CPU_RUN_ONCE_OPTIONS)}, "
-          f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
+    print(
+        f"{'all compiles':<20s} {total['default']:.1f} s -> {total['tuned']:.1f} s "
+        f"({total['tuned'] / total['default']:.2f}x); options {dict(_jit.CPU_COMPILER_OPTIONS)}, "
+        f"Hessian {dict(_jit.CPU_RUN_ONCE_OPTIONS)}, "
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "options": dict(_jit.CPU_COMPILER_OPTIONS),
-                                               "jax": jax.__version__}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"rows": rows, "options": dict(_jit.CPU_COMPILER_OPTIONS), "jax": jax.__version__},
+                indent=2,
+            )
+        )
     return rows
 
 

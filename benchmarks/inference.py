@@ -80,10 +80,18 @@ def _timed_fits(fn, repeats):
 
 
 def _fit_row(peer, first, stats, x, loglike, nfev, nit, **extra):
-    return dict(part="fit", model="likelihood2-stage3", peer=peer, first_call_s=first,
-                **stats, x=[float(v) for v in x], loglike=float(loglike),
-                nfev=None if nfev is None else int(nfev), nit=None if nit is None else int(nit),
-                **extra)
+    return dict(
+        part="fit",
+        model="likelihood2-stage3",
+        peer=peer,
+        first_call_s=first,
+        **stats,
+        x=[float(v) for v in x],
+        loglike=float(loglike),
+        nfev=None if nfev is None else int(nfev),
+        nit=None if nit is None else int(nit),
+        **extra,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,14 +136,27 @@ def _jax_worker(mode, log=print) -> tuple[list, str]:
     # The counted run is a plain function closing over f, not the Program passed to jit:
     # its constants fold differently, so in float32 its path near the optimum (and its
     # iteration count) can differ from the timed run's; both are recorded.
-    rows.append(_fit_row("cx.fit (L-BFGS)", first, stats, np.asarray(res.x), res.value,
-                         count[0], int(res.steps), converged=bool(res.converged),
-                         grad_norm=float(res.grad_norm), counted_run_steps=int(res_c.steps),
-                         counted_run_loglike=float(res_c.value),
-                         note="nfev: forward evaluations counted in a separate untimed run "
-                              "of cx.fit on lambda x: f(x) with jax.debug.callback"))
-    log(f"  fit cx.fit: median {stats['median']:.3f}s (first {first:.2f}s) "
-        f"logL={float(res.value):.3f} steps={int(res.steps)} evals={count[0]}")
+    rows.append(
+        _fit_row(
+            "cx.fit (L-BFGS)",
+            first,
+            stats,
+            np.asarray(res.x),
+            res.value,
+            count[0],
+            int(res.steps),
+            converged=bool(res.converged),
+            grad_norm=float(res.grad_norm),
+            counted_run_steps=int(res_c.steps),
+            counted_run_loglike=float(res_c.value),
+            note="nfev: forward evaluations counted in a separate untimed run "
+            "of cx.fit on lambda x: f(x) with jax.debug.callback",
+        )
+    )
+    log(
+        f"  fit cx.fit: median {stats['median']:.3f}s (first {first:.2f}s) "
+        f"logL={float(res.value):.3f} steps={int(res.steps)} evals={count[0]}"
+    )
 
     vg = jax.jit(jax.value_and_grad(f))
 
@@ -147,11 +168,23 @@ def _jax_worker(mode, log=print) -> tuple[list, str]:
         return minimize(fun, np.asarray(xs, dtype=np.float64), jac=True, method="L-BFGS-B")
 
     first, stats, sres = _timed_fits(scipy_fit, reps)
-    rows.append(_fit_row("scipy L-BFGS-B + caskax (jax.value_and_grad)", first, stats,
-                         sres.x, -sres.fun, sres.nfev, sres.nit, converged=bool(sres.success),
-                         message=str(sres.message)))
-    log(f"  fit scipy+caskax: median {stats['median']:.3f}s (first {first:.2f}s) "
-        f"logL={-sres.fun:.3f} nfev={sres.nfev} ({sres.message})")
+    rows.append(
+        _fit_row(
+            "scipy L-BFGS-B + caskax (jax.value_and_grad)",
+            first,
+            stats,
+            sres.x,
+            -sres.fun,
+            sres.nfev,
+            sres.nit,
+            converged=bool(sres.success),
+            message=str(sres.message),
+        )
+    )
+    log(
+        f"  fit scipy+caskax: median {stats['median']:.3f}s (first {first:.2f}s) "
+        f"logL={-sres.fun:.3f} nfev={sres.nfev} ({sres.message})"
+    )
 
     # -- sampling (likelihood3): run.py's figure-6 code ---------------------------------
     rows += [dict(r, part="sampling") for r in _sampling_jax(cfg, log)]
@@ -187,11 +220,23 @@ def _caskade_worker(mode, torch_threads, log=print) -> tuple[list, str]:
         return minimize(fun, xs.astype(np.float64), jac=True, method="L-BFGS-B")
 
     first, stats, sres = _timed_fits(scipy_fit, FIT[mode]["repeats"])
-    rows.append(_fit_row("scipy L-BFGS-B + caskade-torch (autograd)", first, stats, sres.x,
-                         -sres.fun, sres.nfev, sres.nit, converged=bool(sres.success),
-                         message=str(sres.message)))
-    log(f"  fit scipy+caskade-torch: median {stats['median']:.3f}s (first {first:.2f}s) "
-        f"logL={-sres.fun:.3f} nfev={sres.nfev} ({sres.message})")
+    rows.append(
+        _fit_row(
+            "scipy L-BFGS-B + caskade-torch (autograd)",
+            first,
+            stats,
+            sres.x,
+            -sres.fun,
+            sres.nfev,
+            sres.nit,
+            converged=bool(sres.success),
+            message=str(sres.message),
+        )
+    )
+    log(
+        f"  fit scipy+caskade-torch: median {stats['median']:.3f}s (first {first:.2f}s) "
+        f"logL={-sres.fun:.3f} nfev={sres.nfev} ({sres.message})"
+    )
 
     # -- sampling: the seed's emcee run (run.py's code) ----------------------------------
     for r in _emcee(cfg, "torch", "caskade-torch", log):
@@ -207,8 +252,9 @@ def _worker_main(kind, mode, json_path, torch_threads) -> int:
         rows, device = _jax_worker(mode)
     else:
         rows, device = _caskade_worker(mode, torch_threads)
-    Path(json_path).write_text(json.dumps(dict(rows=rows, device=device,
-                                               wall_s=time.perf_counter() - t0), default=float))
+    Path(json_path).write_text(
+        json.dumps(dict(rows=rows, device=device, wall_s=time.perf_counter() - t0), default=float)
+    )
     return 0
 
 
@@ -218,15 +264,34 @@ def _run_worker(kind, mode, tmp, timeout, torch_threads):
     env = dict(os.environ)
     env["CASKADE_BACKEND"] = "torch" if kind == "caskade" else "jax"
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+        p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
+    )
     out = Path(tmp) / f"{kind}.json"
-    cmd = [sys.executable, "-m", "benchmarks.inference", "--worker", kind, "--mode", mode,
-           "--json", str(out), "--torch-threads", str(torch_threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.inference",
+        "--worker",
+        kind,
+        "--mode",
+        mode,
+        "--json",
+        str(out),
+        "--torch-threads",
+        str(torch_threads),
+    ]
     print(f"[{kind}] running ({mode})", flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            timeout=timeout,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     except subprocess.TimeoutExpired as err:
         text = err.stdout or ""
         print(text if isinstance(text, str) else text.decode(), flush=True)
@@ -234,11 +299,13 @@ def _run_worker(kind, mode, tmp, timeout, torch_threads):
     print(proc.stdout, end="", flush=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not out.exists():
-        return dict(status="failed", reason="\n".join(proc.stdout.strip().splitlines()[-15:]),
-                    wall_s=wall), []
+        return dict(
+            status="failed", reason="\n".join(proc.stdout.strip().splitlines()[-15:]), wall_s=wall
+        ), []
     payload = json.loads(out.read_text())
-    return dict(status="ok", device=payload["device"], wall_s=payload["wall_s"],
-                process_wall_s=wall), payload["rows"]
+    return dict(
+        status="ok", device=payload["device"], wall_s=payload["wall_s"], process_wall_s=wall
+    ), payload["rows"]
 
 
 def _cross_loglike(rows, mode):
@@ -260,9 +327,13 @@ def _cross_loglike(rows, mode):
 
 def markdown(result) -> str:
     meta, rows = result["meta"], result["rows"]
-    out = [f"Mode `{meta['mode']}`, {meta['date']}, `{meta['command']}`", "",
-           f"Machine: {meta['machine']}; torch threads for caskade: {meta['torch_threads']}.",
-           f"Load before: `{meta['uptime_before']}`; after: `{meta['uptime_after']}`.", ""]
+    out = [
+        f"Mode `{meta['mode']}`, {meta['date']}, `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; torch threads for caskade: {meta['torch_threads']}.",
+        f"Load before: `{meta['uptime_before']}`; after: `{meta['uptime_after']}`.",
+        "",
+    ]
     for peer, st in result["workers"].items():
         if st["status"] != "ok":
             out.append(f"* worker `{peer}` {st['status']}: {st.get('reason', '')}")
@@ -270,15 +341,19 @@ def markdown(result) -> str:
     if samp:
         base = {r["peer"]: r["ess_per_s"] for r in samp}
         hb, em = base.get("hand-blackjax"), base.get("caskade-torch+emcee")
-        out += ["### Sampling likelihood3 (11 entries)", "",
-                "ESS: arviz bulk, min over params (emcee: walkers as chains). Time: warm-up "
-                "(burn-in) + draws, compile excluded (cx.nuts: its second call, which "
-                "includes its mode fit and Laplace step but no compile). First call: "
-                "compile included.", "",
-                "| peer | chains x (warm-up + draws) | ESS min | R-hat max | divergences "
-                "| time | ESS/s | x hand-blackjax | x caskade+emcee | first call "
-                "| ESS/s incl. first call |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "### Sampling likelihood3 (11 entries)",
+            "",
+            "ESS: arviz bulk, min over params (emcee: walkers as chains). Time: warm-up "
+            "(burn-in) + draws, compile excluded (cx.nuts: its second call, which "
+            "includes its mode fit and Laplace step but no compile). First call: "
+            "compile included.",
+            "",
+            "| peer | chains x (warm-up + draws) | ESS min | R-hat max | divergences "
+            "| time | ESS/s | x hand-blackjax | x caskade+emcee | first call "
+            "| ESS/s incl. first call |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in samp:
             first = r.get("first_call_s")
             div = r.get("divergences")
@@ -289,7 +364,8 @@ def markdown(result) -> str:
                 f"| {r['ess_min']:.0f} | {r['rhat_max']:.3f} | {'' if div is None else div} "
                 f"| {fmt_time(r['wall_s'])} | {r['ess_per_s']:.1f} | {rh} | {re_} "
                 f"| {fmt_time(first) if first else ''} "
-                f"| {(r['ess_min'] / first) if first else float('nan'):.1f} |")
+                f"| {(r['ess_min'] / first) if first else float('nan'):.1f} |"
+            )
         out.append("")
     for r in rows:
         if r.get("part") == "sampling" and "skipped" in r:
@@ -297,23 +373,29 @@ def markdown(result) -> str:
     fits = [r for r in rows if r.get("part") == "fit"]
     if fits:
         ref = next((r["median"] for r in fits if r["peer"].startswith("cx.fit")), None)
-        out += ["### Fitting the stage-3 joint likelihood (likelihood2 + light-curve pointers, "
-                "11 entries)", "",
-                f"Same start for all: init x (1 + {FIT_JITTER} N(0,1)), seed {FIT_SEED}; "
-                f"log-likelihood there (caskax f): {meta.get('fit_start_loglike', float('nan')):.3f}. "
-                "Wall: median of repeats (min-max), after a first call (compile included). "
-                "logL: each method's own final value; `caskax f(x)`: caskax's float32 "
-                "likelihood at each final x. nfev: scipy's count (value+gradient "
-                "evaluations); cx.fit: forward evaluations counted in an untimed run.", "",
-                "| method | wall median (min-max, n) | x cx.fit | first call | logL (own) "
-                "| caskax f(x) | nfev | iterations | converged |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "### Fitting the stage-3 joint likelihood (likelihood2 + light-curve pointers, "
+            "11 entries)",
+            "",
+            f"Same start for all: init x (1 + {FIT_JITTER} N(0,1)), seed {FIT_SEED}; "
+            f"log-likelihood there (caskax f): {meta.get('fit_start_loglike', float('nan')):.3f}. "
+            "Wall: median of repeats (min-max), after a first call (compile included). "
+            "logL: each method's own final value; `caskax f(x)`: caskax's float32 "
+            "likelihood at each final x. nfev: scipy's count (value+gradient "
+            "evaluations); cx.fit: forward evaluations counted in an untimed run.",
+            "",
+            "| method | wall median (min-max, n) | x cx.fit | first call | logL (own) "
+            "| caskax f(x) | nfev | iterations | converged |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in fits:
             ratio = f"{r['median'] / ref:.1f}x" if ref else ""
             nfev = r["nfev"]
             if r.get("counted_run_steps") is not None:
-                nfev = (f"{nfev} (in the counted run, {r['counted_run_steps']} iterations, "
-                        f"logL {r['counted_run_loglike']:.3f})")
+                nfev = (
+                    f"{nfev} (in the counted run, {r['counted_run_steps']} iterations, "
+                    f"logL {r['counted_run_loglike']:.3f})"
+                )
             conv = str(r.get("converged"))
             if r.get("message"):
                 conv += f" ({r['message']})"
@@ -321,19 +403,25 @@ def markdown(result) -> str:
                 f"| {r['peer']} | {fmt_time(r['median'])} ({fmt_time(r['min'])}-"
                 f"{fmt_time(r['max'])}, {r['n']}) | {ratio} | {fmt_time(r['first_call_s'])} | "
                 f"{r['loglike']:.3f} | {r.get('loglike_caskax_f', float('nan')):.3f} | "
-                f"{nfev} | {r['nit']} | {conv} |")
+                f"{nfev} | {r['nit']} | {conv} |"
+            )
         out.append("")
     return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="inference speed: cx.nuts / blackjax / emcee, "
-                                             "cx.fit / scipy L-BFGS-B (issue 4)")
+    ap = argparse.ArgumentParser(
+        description="inference speed: cx.nuts / blackjax / emcee, cx.fit / scipy L-BFGS-B (issue 4)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: short chains, 2 repeats")
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch.set_num_threads for caskade (0: torch's default)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads for caskade (0: torch's default)",
+    )
     ap.add_argument("--timeout", type=float, default=600, help="seconds per worker process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -360,18 +448,29 @@ def main(argv=None) -> int:
     cfg = CONFIGS[mode]
     for r in rows:
         if r.get("part") == "sampling" and "ess_per_s" in r:
-            r["warmup"] = cfg["emcee"]["burn"] if "emcee" in r["peer"] else cfg["nuts"]["num_warmup"]
+            r["warmup"] = (
+                cfg["emcee"]["burn"] if "emcee" in r["peer"] else cfg["nuts"]["num_warmup"]
+            )
     from .run import _cpu_model, _versions
 
     result = dict(
-        meta=dict(mode=mode, date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  command=" ".join(["python", "benchmarks/inference.py",
-                                    *(argv if argv is not None else sys.argv[1:])]),
-                  machine=f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
-                  versions=_versions(), torch_threads=args.torch_threads,
-                  uptime_before=before, uptime_after=after, fit_start_loglike=start_ll,
-                  wall_s=time.perf_counter() - t_start),
-        workers=workers, rows=rows)
+        meta=dict(
+            mode=mode,
+            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            command=" ".join(
+                ["python", "benchmarks/inference.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            machine=f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
+            versions=_versions(),
+            torch_threads=args.torch_threads,
+            uptime_before=before,
+            uptime_after=after,
+            fit_start_loglike=start_ll,
+            wall_s=time.perf_counter() - t_start,
+        ),
+        workers=workers,
+        rows=rows,
+    )
     write_outputs(args.out, "inference", mode, result, markdown, t_start)
     return 1 if any(w["status"] != "ok" for w in workers.values()) else 0
 

@@ -56,8 +56,13 @@ __all__ = [
 
 # The tutorial's truth and starting values.
 TRUTH = dict(
-    sn_x0=(-0.35, -0.2), sn_q=1.0, sn_phi=0.0, sn_sigma=0.05,
-    t0=-3.0, lc_sigma=2.0, peak_flux=0.25,
+    sn_x0=(-0.35, -0.2),
+    sn_q=1.0,
+    sn_phi=0.0,
+    sn_sigma=0.05,
+    t0=-3.0,
+    lc_sigma=2.0,
+    peak_flux=0.25,
     galaxy=dict(x0=(0.2, 0.2), q=0.6, phi=0.5, sigma=0.3, flux=1.0),
 )
 FLUX0 = 0.2  # stage-2 starting flux of every epoch
@@ -139,8 +144,9 @@ def nodes_data(k: int, n_pix: int = 32, seed: int = 7) -> NodesData:
     clean = np.zeros_like(x)
     for (px, py), f in zip(positions, flux):
         clean = clean + _np_gauss(x, y, (px, py), 1.0, 0.0, PSF0, f)
-    return NodesData(x, y, positions, times, _noisy(rng, clean, SIGMA_READ, EXP_TIME),
-                     SIGMA_READ, EXP_TIME)
+    return NodesData(
+        x, y, positions, times, _noisy(rng, clean, SIGMA_READ, EXP_TIME), SIGMA_READ, EXP_TIME
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,8 +158,9 @@ _LC = ["lightcurve.t0", "lightcurve.sigma", "lightcurve.peak_flux"]
 
 
 def stage2_names(n_epochs: int) -> list[str]:
-    return (["SN0.x0[0]", "SN0.x0[1]", "SN0.flux"] + _GAL
-            + [f"SN{i}.flux" for i in range(1, n_epochs)])
+    return (
+        ["SN0.x0[0]", "SN0.x0[1]", "SN0.flux"] + _GAL + [f"SN{i}.flux" for i in range(1, n_epochs)]
+    )
 
 
 def stage3_names() -> list[str]:
@@ -171,10 +178,16 @@ def nodes_names() -> list[str]:
 def _init_values(names, n_epochs=0):
     g = TRUTH["galaxy"]
     table = {
-        "Galaxy.x0[0]": g["x0"][0], "Galaxy.x0[1]": g["x0"][1], "Galaxy.q": g["q"],
-        "Galaxy.phi": g["phi"], "Galaxy.sigma": g["sigma"], "Galaxy.flux": g["flux"],
-        "lightcurve.t0": TRUTH["t0"], "lightcurve.sigma": LC_SIGMA0,
-        "lightcurve.peak_flux": TRUTH["peak_flux"], "src0.sigma": PSF0,
+        "Galaxy.x0[0]": g["x0"][0],
+        "Galaxy.x0[1]": g["x0"][1],
+        "Galaxy.q": g["q"],
+        "Galaxy.phi": g["phi"],
+        "Galaxy.sigma": g["sigma"],
+        "Galaxy.flux": g["flux"],
+        "lightcurve.t0": TRUTH["t0"],
+        "lightcurve.sigma": LC_SIGMA0,
+        "lightcurve.peak_flux": TRUTH["peak_flux"],
+        "src0.sigma": PSF0,
     }
     out = []
     for n in names:
@@ -195,8 +208,9 @@ def _cx_galaxy():
     from caskax.examples.models import Gaussian
 
     g = TRUTH["galaxy"]
-    return Gaussian("Galaxy", x0=list(g["x0"]), q=g["q"], phi=g["phi"], sigma=g["sigma"],
-                    flux=g["flux"]).to_dynamic()
+    return Gaussian(
+        "Galaxy", x0=list(g["x0"]), q=g["q"], phi=g["phi"], sigma=g["sigma"], flux=g["flux"]
+    ).to_dynamic()
 
 
 def caskax_stage2(data: Data):
@@ -207,13 +221,15 @@ def caskax_stage2(data: Data):
     galaxy = _cx_galaxy()
     images = []
     for i in range(len(data.times)):
-        sn = Gaussian(f"SN{i}", x0=list(TRUTH["sn_x0"]), q=1.0, phi=0.0,
-                      sigma=TRUTH["sn_sigma"], flux=FLUX0).to_dynamic("x0", "flux")
+        sn = Gaussian(
+            f"SN{i}", x0=list(TRUTH["sn_x0"]), q=1.0, phi=0.0, sigma=TRUTH["sn_sigma"], flux=FLUX0
+        ).to_dynamic("x0", "flux")
         if i > 0:
             sn = sn.set("x0", images[0].models[0].x0)
         images.append(Combined(f"image{i}", data.x, data.y, [sn, galaxy]))
-    return Likelihood("likelihood2", Stack("images", images), data.images,
-                      data.sigma_read, data.exp_time)
+    return Likelihood(
+        "likelihood2", Stack("images", images), data.images, data.sigma_read, data.exp_time
+    )
 
 
 def caskax_stage3(data: Data):
@@ -223,11 +239,14 @@ def caskax_stage3(data: Data):
     from caskax.examples.models import Gaussian1D
 
     like = caskax_stage2(data)
-    lc = Gaussian1D("lightcurve", t0=TRUTH["t0"], sigma=LC_SIGMA0,
-                    peak_flux=TRUTH["peak_flux"]).to_dynamic()
+    lc = Gaussian1D(
+        "lightcurve", t0=TRUTH["t0"], sigma=LC_SIGMA0, peak_flux=TRUTH["peak_flux"]
+    ).to_dynamic()
     for i, t in enumerate(data.times):
-        like = like.set(f"model.models[{i}].models[0].flux",
-                        cx.Pointer(lambda lc, t: lc.flux(t), lc, np.float32(t)))
+        like = like.set(
+            f"model.models[{i}].models[0].flux",
+            cx.Pointer(lambda lc, t: lc.flux(t), lc, np.float32(t)),
+        )
     return like
 
 
@@ -237,8 +256,9 @@ def caskax_hier(data: Data):
 
     sn = Gaussian("SN", x0=list(TRUTH["sn_x0"]), q=1.0, phi=0.0, sigma=TRUTH["sn_sigma"])
     sn = sn.to_static("flux").to_dynamic("x0")
-    lc = Gaussian1D("lightcurve", t0=TRUTH["t0"], sigma=LC_SIGMA0,
-                    peak_flux=TRUTH["peak_flux"]).to_dynamic()
+    lc = Gaussian1D(
+        "lightcurve", t0=TRUTH["t0"], sigma=LC_SIGMA0, peak_flux=TRUTH["peak_flux"]
+    ).to_dynamic()
     model = Hierarchical("hierarchical", sn, _cx_galaxy(), lc, data.x, data.y, data.times)
     return Likelihood("likelihood3", model, data.images, data.sigma_read, data.exp_time)
 
@@ -250,8 +270,9 @@ def caskax_nodes(data: NodesData):
     import caskax as cx
     from caskax.examples.models import Combined, Gaussian, Gaussian1D, Likelihood
 
-    lc = Gaussian1D("lightcurve", t0=TRUTH["t0"], sigma=LC_SIGMA0,
-                    peak_flux=TRUTH["peak_flux"]).to_dynamic()
+    lc = Gaussian1D(
+        "lightcurve", t0=TRUTH["t0"], sigma=LC_SIGMA0, peak_flux=TRUTH["peak_flux"]
+    ).to_dynamic()
     sources = []
     for i, ((px, py), t) in enumerate(zip(data.positions, data.times)):
         g = Gaussian(f"src{i}", x0=[float(px), float(py)], q=1.0, phi=0.0, sigma=PSF0, flux=0.0)
@@ -293,8 +314,16 @@ def _jx_loglike(model, data, sigma_read, exp_time):
 
 
 def _jx_galaxy(x, i, X, Y):
-    return _jx_gauss(X, Y, x[i["Galaxy.x0[0]"]], x[i["Galaxy.x0[1]"]], x[i["Galaxy.q"]],
-                     x[i["Galaxy.phi"]], x[i["Galaxy.sigma"]], x[i["Galaxy.flux"]])
+    return _jx_gauss(
+        X,
+        Y,
+        x[i["Galaxy.x0[0]"]],
+        x[i["Galaxy.x0[1]"]],
+        x[i["Galaxy.q"]],
+        x[i["Galaxy.phi"]],
+        x[i["Galaxy.sigma"]],
+        x[i["Galaxy.flux"]],
+    )
 
 
 def hand_stage2(data: Data, order=None):
@@ -310,8 +339,10 @@ def hand_stage2(data: Data, order=None):
 
     def f(x):
         sx, sy = x[i["SN0.x0[0]"]], x[i["SN0.x0[1]"]]
-        imgs = [0 + _jx_gauss(X, Y, sx, sy, 1.0, 0.0, s, x[i[f"SN{e}.flux"]])
-                + _jx_galaxy(x, i, X, Y) for e in range(n)]
+        imgs = [
+            0 + _jx_gauss(X, Y, sx, sy, 1.0, 0.0, s, x[i[f"SN{e}.flux"]]) + _jx_galaxy(x, i, X, Y)
+            for e in range(n)
+        ]
         return _jx_loglike(jnp.stack(imgs), D, sr, et)
 
     return f, jnp.asarray(_init_values(order or names))
@@ -400,8 +431,7 @@ def hand_hier(data: Data, order=None):
         gal = _jx_galaxy(x, i, X, Y)
         t0, ls, pk = x[i["lightcurve.t0"]], x[i["lightcurve.sigma"]], x[i["lightcurve.peak_flux"]]
         flux = pk * jnp.exp(-(((T + t0) / ls) ** 2))
-        sn = _jx_gauss(X, Y, x[i["SN.x0[0]"]], x[i["SN.x0[1]"]], 1.0, 0.0, s,
-                       flux[:, None, None])
+        sn = _jx_gauss(X, Y, x[i["SN.x0[0]"]], x[i["SN.x0[1]"]], 1.0, 0.0, s, flux[:, None, None])
         return _jx_loglike(gal + sn, D, sr, et)
 
     return f, jnp.asarray(_init_values(order or names))
@@ -443,8 +473,16 @@ def hand_nodes_opt(data: NodesData, order=None):
     def f(x):
         t0, ls, pk = x[i["lightcurve.t0"]], x[i["lightcurve.sigma"]], x[i["lightcurve.peak_flux"]]
         flux = pk * jnp.exp(-(((T + t0) / ls) ** 2))
-        img = _jx_gauss(X[None], Y[None], P[:, 0, None, None], P[:, 1, None, None], 1.0, 0.0,
-                        x[i["src0.sigma"]], flux[:, None, None])
+        img = _jx_gauss(
+            X[None],
+            Y[None],
+            P[:, 0, None, None],
+            P[:, 1, None, None],
+            1.0,
+            0.0,
+            x[i["src0.sigma"]],
+            flux[:, None, None],
+        )
         return _jx_loglike(jnp.sum(img, axis=0), D, sr, et)
 
     return f, jnp.asarray(_init_values(order or names))
@@ -480,7 +518,7 @@ def _caskade_classes():
 
         @ck.forward
         def brightness(self, x, y, sigma=None, flux=None):
-            return flux * xp.exp(-self._r(x, y) ** 2 / sigma**2) / xp.sqrt(2 * xp.pi * sigma**2)
+            return flux * xp.exp(-(self._r(x, y) ** 2) / sigma**2) / xp.sqrt(2 * xp.pi * sigma**2)
 
     class Gaussian1D(ck.Module):
         def __init__(self, name, t0=None, sigma=None, peak_flux=None):
@@ -553,8 +591,16 @@ def _caskade_classes():
             sn = self._vmap(self.get_sn_brightness)(self.times)
             return gal + sn
 
-    _CK.update(ck=ck, xp=xp, Gaussian=Gaussian, Gaussian1D=Gaussian1D, Combined=Combined,
-               Stack=Stack, Likelihood=Likelihood, HierarchicalModel=HierarchicalModel)
+    _CK.update(
+        ck=ck,
+        xp=xp,
+        Gaussian=Gaussian,
+        Gaussian1D=Gaussian1D,
+        Combined=Combined,
+        Stack=Stack,
+        Likelihood=Likelihood,
+        HierarchicalModel=HierarchicalModel,
+    )
     return _CK
 
 
@@ -578,29 +624,37 @@ def caskade_stage2(data: Data):
     C = _caskade_classes()
     g = TRUTH["galaxy"]
     X, Y = _ck_array(data.x), _ck_array(data.y)
-    galaxy = C["Gaussian"]("Galaxy", x0=list(g["x0"]), q=g["q"], phi=g["phi"],
-                           sigma=g["sigma"], flux=g["flux"])
+    galaxy = C["Gaussian"](
+        "Galaxy", x0=list(g["x0"]), q=g["q"], phi=g["phi"], sigma=g["sigma"], flux=g["flux"]
+    )
     galaxy.to_dynamic()
     models = []
     for i in range(len(data.times)):
-        sn = C["Gaussian"](f"SN{i}", x0=list(TRUTH["sn_x0"]), q=1.0, phi=0.0,
-                           sigma=TRUTH["sn_sigma"], flux=FLUX0)
+        sn = C["Gaussian"](
+            f"SN{i}", x0=list(TRUTH["sn_x0"]), q=1.0, phi=0.0, sigma=TRUTH["sn_sigma"], flux=FLUX0
+        )
         sn.x0.to_dynamic()
         sn.flux.to_dynamic()
         models.append(C["Combined"](f"image{i}", X, Y, [sn, galaxy]))
         if i > 0:
             sn.x0 = models[0].models[0].x0
     stack = C["Stack"]("secondmodel", models)
-    return C["Likelihood"]("likelihood2", stack, _ck_array(data.images),
-                           sigma_read=data.sigma_read, exp_time=data.exp_time)
+    return C["Likelihood"](
+        "likelihood2",
+        stack,
+        _ck_array(data.images),
+        sigma_read=data.sigma_read,
+        exp_time=data.exp_time,
+    )
 
 
 def caskade_stage3(data: Data):
     """The tutorial's stage 3: each SN flux a function of the light-curve module."""
     C = _caskade_classes()
     like = caskade_stage2(data)
-    lc = C["Gaussian1D"]("lightcurvemodel", t0=TRUTH["t0"], sigma=LC_SIGMA0,
-                         peak_flux=TRUTH["peak_flux"])
+    lc = C["Gaussian1D"](
+        "lightcurvemodel", t0=TRUTH["t0"], sigma=LC_SIGMA0, peak_flux=TRUTH["peak_flux"]
+    )
     lc.to_dynamic()
     for i, t in enumerate(data.times):
         sn = like.model.models[i].models[0]
@@ -616,28 +670,45 @@ def caskade_hier(data: Data):
     sn = C["Gaussian"]("SN", x0=list(TRUTH["sn_x0"]), q=1.0, phi=0.0, sigma=TRUTH["sn_sigma"])
     sn.flux.to_static(None)
     sn.x0.to_dynamic()
-    galaxy = C["Gaussian"]("Galaxy", x0=list(g["x0"]), q=g["q"], phi=g["phi"],
-                           sigma=g["sigma"], flux=g["flux"])
+    galaxy = C["Gaussian"](
+        "Galaxy", x0=list(g["x0"]), q=g["q"], phi=g["phi"], sigma=g["sigma"], flux=g["flux"]
+    )
     galaxy.to_dynamic()
-    lc = C["Gaussian1D"]("lightcurvemodel", t0=TRUTH["t0"], sigma=LC_SIGMA0,
-                         peak_flux=TRUTH["peak_flux"])
+    lc = C["Gaussian1D"](
+        "lightcurvemodel", t0=TRUTH["t0"], sigma=LC_SIGMA0, peak_flux=TRUTH["peak_flux"]
+    )
     lc.to_dynamic()
-    model = C["HierarchicalModel"]("hierarchical", sn, galaxy, lc, _ck_array(data.times),
-                                   _ck_array(data.x), _ck_array(data.y), _ck_vmap())
-    return C["Likelihood"]("likelihood3", model, _ck_array(data.images),
-                           sigma_read=data.sigma_read, exp_time=data.exp_time)
+    model = C["HierarchicalModel"](
+        "hierarchical",
+        sn,
+        galaxy,
+        lc,
+        _ck_array(data.times),
+        _ck_array(data.x),
+        _ck_array(data.y),
+        _ck_vmap(),
+    )
+    return C["Likelihood"](
+        "likelihood3",
+        model,
+        _ck_array(data.images),
+        sigma_read=data.sigma_read,
+        exp_time=data.exp_time,
+    )
 
 
 def caskade_nodes(data: NodesData):
     C = _caskade_classes()
     X, Y = _ck_array(data.x), _ck_array(data.y)
-    lc = C["Gaussian1D"]("lightcurvemodel", t0=TRUTH["t0"], sigma=LC_SIGMA0,
-                         peak_flux=TRUTH["peak_flux"])
+    lc = C["Gaussian1D"](
+        "lightcurvemodel", t0=TRUTH["t0"], sigma=LC_SIGMA0, peak_flux=TRUTH["peak_flux"]
+    )
     lc.to_dynamic()
     sources = []
     for i, ((px, py), t) in enumerate(zip(data.positions, data.times)):
-        g = C["Gaussian"](f"src{i}", x0=[float(px), float(py)], q=1.0, phi=0.0, sigma=PSF0,
-                          flux=0.0)
+        g = C["Gaussian"](
+            f"src{i}", x0=[float(px), float(py)], q=1.0, phi=0.0, sigma=PSF0, flux=0.0
+        )
         if i:
             g.sigma = sources[0].sigma
         else:
@@ -647,5 +718,10 @@ def caskade_nodes(data: NodesData):
         g.flux.eval_t = _ck_array(t)
         sources.append(g)
     image = C["Combined"]("image", X, Y, sources)
-    return C["Likelihood"]("likelihood", image, _ck_array(data.image),
-                           sigma_read=data.sigma_read, exp_time=data.exp_time)
+    return C["Likelihood"](
+        "likelihood",
+        image,
+        _ck_array(data.image),
+        sigma_read=data.sigma_read,
+        exp_time=data.exp_time,
+    )

@@ -52,10 +52,17 @@ VARIANTS = {
 
 
 def _run(chains, warmup, draws, per_device, no_ahead):
-    code = CHILD.format(devices=chains // per_device, no_ahead=no_ahead, warmup=warmup,
-                        draws=draws, chains=chains)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env={"JAX_PLATFORMS": "cpu", **_env()})
+    code = CHILD.format(
+        devices=chains // per_device, no_ahead=no_ahead, warmup=warmup, draws=draws, chains=chains
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"JAX_PLATFORMS": "cpu", **_env()},
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return float(out.stdout.strip().splitlines()[-1])
@@ -80,16 +87,26 @@ def main(argv=None):
     for r in range(args.rounds):
         for name, v in VARIANTS.items():
             runs[name].append(_run(chains, warmup, draws, **v))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]:.2f} s" for n in VARIANTS), flush=True)
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]:.2f} s" for n in VARIANTS), flush=True
+        )
     base = statistics.median(runs["default"])
-    rows = {n: {"seconds": s, "median": statistics.median(s), "x_default": statistics.median(s) / base}
-            for n, s in runs.items()}
+    rows = {
+        n: {"seconds": s, "median": statistics.median(s), "x_default": statistics.median(s) / base}
+        for n, s in runs.items()
+    }
     for n, row in rows.items():
-        print(f"{n:<18s} median {row['median']:.2f} s ({row['x_default']:.2f}x default); "
-              f"runs {', '.join(f'{s:.2f}' for s in row['seconds'])}")
+        print(
+            f"{n:<18s} median {row['median']:.2f} s ({row['x_default']:.2f}x default); "
+            f"runs {', '.join(f'{s:.2f}' for s in row['seconds'])}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"chains": chains, "num_warmup": warmup,
-                                               "num_samples": draws, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"chains": chains, "num_warmup": warmup, "num_samples": draws, "rows": rows},
+                indent=2,
+            )
+        )
     return rows
 
 

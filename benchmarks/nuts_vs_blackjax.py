@@ -70,12 +70,27 @@ from . import models as M  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("cx.nuts", "blackjax (typical)", "blackjax (expert)")
 SETTINGS = {
-    "full": dict(chains=4, warmup=500, draws=1000, rounds=3, sweep=(100, 200, 500),
-                 sweep_repeats=3, sweep_draws=1000),
-    "quick": dict(chains=2, warmup=100, draws=200, rounds=1, sweep=(100, 200),
-                  sweep_repeats=1, sweep_draws=200),
-    "tiny": dict(chains=2, warmup=20, draws=40, rounds=1, sweep=(20, 40), sweep_repeats=1,
-                 sweep_draws=40),  # every code path, for checking the script
+    "full": dict(
+        chains=4,
+        warmup=500,
+        draws=1000,
+        rounds=3,
+        sweep=(100, 200, 500),
+        sweep_repeats=3,
+        sweep_draws=1000,
+    ),
+    "quick": dict(
+        chains=2,
+        warmup=100,
+        draws=200,
+        rounds=1,
+        sweep=(100, 200),
+        sweep_repeats=1,
+        sweep_draws=200,
+    ),
+    "tiny": dict(
+        chains=2, warmup=20, draws=40, rounds=1, sweep=(20, 40), sweep_repeats=1, sweep_draws=40
+    ),  # every code path, for checking the script
 }
 
 
@@ -126,10 +141,16 @@ def _ess(samples, f=None):
     import caskax as cx
 
     s = np.asarray(samples)
-    layout = None if f is not None and hasattr(f, "names") else tuple((f"x[{i}]", ()) for i in range(s.shape[-1]))
+    layout = (
+        None
+        if f is not None and hasattr(f, "names")
+        else tuple((f"x[{i}]", ()) for i in range(s.shape[-1]))
+    )
     rows = cx.Chains.from_arrays(s, layout=layout, f=f if layout is None else None).summary().rows
-    return (float(min(r["ess_bulk"] for r in rows.values())),
-            float(max(r["r_hat"] for r in rows.values())))
+    return (
+        float(min(r["ess_bulk"] for r in rows.values())),
+        float(max(r["r_hat"] for r in rows.values())),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,16 +167,25 @@ def sampler_cx(f, x0, chains, draws):
     import caskax as cx
 
     def run(key, warmup):
-        c = cx.nuts(f, key, x0=None if hasattr(f, "names") else x0, num_warmup=warmup,
-                    num_samples=draws, num_chains=chains, progress=False)
+        c = cx.nuts(
+            f,
+            key,
+            x0=None if hasattr(f, "names") else x0,
+            num_warmup=warmup,
+            num_samples=draws,
+            num_chains=chains,
+            progress=False,
+        )
         steps = np.asarray(c.num_steps, np.float64)
         # leapfrog steps: counted for the draws; for the warmup (same metric, its step
         # size settling near the final one) estimated as warmup x the draws' mean
-        return np.asarray(c.samples), dict(divergences=int(np.sum(c.divergences)),
-                                           step_size=float(np.median(c.step_size)),
-                                           leapfrog_draws=float(steps.sum()),
-                                           leapfrog_warmup=float(warmup * chains * steps.mean()),
-                                           leapfrog_warmup_estimated=True)
+        return np.asarray(c.samples), dict(
+            divergences=int(np.sum(c.divergences)),
+            step_size=float(np.median(c.step_size)),
+            leapfrog_draws=float(steps.sum()),
+            leapfrog_warmup=float(warmup * chains * steps.mean()),
+            leapfrog_warmup_estimated=True,
+        )
 
     return Sampler(run)
 
@@ -228,6 +258,7 @@ def sampler_expert(f, x0, chains, draws):
     from optax import tree_utils as otu
 
     if hasattr(f, "from_valid"):
+
         def logdensity(u):
             return f(f.from_valid(u)) + f.log_det_jacobian(u)
 
@@ -264,7 +295,11 @@ def sampler_expert(f, x0, chains, draws):
             state, info = kernel.step(jax.random.fold_in(k_warm, i), state)
             return state, da_update(da, info.acceptance_rate), n + info.num_integration_steps
 
-        carry = (blackjax.nuts.init(z, logdensity), da_init(jnp.ones((), z.dtype)), jnp.zeros((), jnp.int32))
+        carry = (
+            blackjax.nuts.init(z, logdensity),
+            da_init(jnp.ones((), z.dtype)),
+            jnp.zeros((), jnp.int32),
+        )
         state, da, n_warm = jax.lax.fori_loop(0, warmup, adapt, carry)
         eps = da_final(da)
         kernel = blackjax.nuts(logdensity, eps, imm)
@@ -293,16 +328,22 @@ def sampler_expert(f, x0, chains, draws):
 
     def run(key, warmup):
         xs, div, eps, n_warm, n_draw = call(key, u0, jnp.int32(warmup))
-        return np.asarray(xs), dict(divergences=int(np.sum(div)), step_size=float(np.median(eps)),
-                                    leapfrog_draws=float(np.sum(n_draw)),
-                                    leapfrog_warmup=float(np.sum(n_warm)),
-                                    leapfrog_warmup_estimated=False)
+        return np.asarray(xs), dict(
+            divergences=int(np.sum(div)),
+            step_size=float(np.median(eps)),
+            leapfrog_draws=float(np.sum(n_draw)),
+            leapfrog_warmup=float(np.sum(n_warm)),
+            leapfrog_warmup_estimated=False,
+        )
 
     return Sampler(run, compile)
 
 
-SAMPLERS = {"cx.nuts": sampler_cx, "blackjax (typical)": sampler_typical,
-            "blackjax (expert)": sampler_expert}
+SAMPLERS = {
+    "cx.nuts": sampler_cx,
+    "blackjax (typical)": sampler_typical,
+    "blackjax (expert)": sampler_expert,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,11 +367,29 @@ def worker_peer(peer, seed, cfg, sweep=False, head=True):
 
     def row(kind, key, wall, xs, extra, **more):
         ess, rhat = _ess(xs, f)
-        rows.append(dict(part="head-to-head", model="likelihood3", peer=peer, call=kind, seed=key,
-                         chains=cfg["chains"], warmup=warmup, draws=cfg["draws"], wall_s=wall,
-                         ess_min=ess, rhat_max=rhat, ess_per_s=ess / wall, **extra, **more))
-        print(f"  {peer:20s} {kind}: {wall:6.2f} s  ESS min {ess:7.0f}  ESS/s {ess / wall:7.1f}  "
-              f"R-hat {rhat:.3f}  div {extra['divergences']}", flush=True)
+        rows.append(
+            dict(
+                part="head-to-head",
+                model="likelihood3",
+                peer=peer,
+                call=kind,
+                seed=key,
+                chains=cfg["chains"],
+                warmup=warmup,
+                draws=cfg["draws"],
+                wall_s=wall,
+                ess_min=ess,
+                rhat_max=rhat,
+                ess_per_s=ess / wall,
+                **extra,
+                **more,
+            )
+        )
+        print(
+            f"  {peer:20s} {kind}: {wall:6.2f} s  ESS min {ess:7.0f}  ESS/s {ess / wall:7.1f}  "
+            f"R-hat {rhat:.3f}  div {extra['divergences']}",
+            flush=True,
+        )
 
     if not head:
         sampler.run(jax.random.key(999), min(cfg["sweep"]))  # compile, not timed
@@ -357,18 +416,33 @@ def sweep_runs(sampler, peer, model, f, cfg):
     rows = []
     order = list(cfg["sweep"])
     for rep in range(cfg["sweep_repeats"]):
-        for w in order[rep % len(order):] + order[: rep % len(order)]:
+        for w in order[rep % len(order) :] + order[: rep % len(order)]:
             wall, xs, extra = _timed(sampler.run, jax.random.key(100 + rep), w)
             ess, rhat = _ess(xs, f if hasattr(f, "names") else None)
             leapfrog = extra["leapfrog_warmup"] + extra["leapfrog_draws"]
-            rows.append(dict(part="warmup", model=model, peer=peer, num_warmup=w, repeat=rep,
-                             chains=cfg["chains"], draws=cfg["sweep_draws"], wall_s=wall,
-                             ess_min=ess, rhat_max=rhat, ess_per_s=ess / wall,
-                             ess_per_1k_leapfrog=1000 * ess / leapfrog, **extra))
-            print(f"  {peer:18s} {model:11s} warmup {w:4d}: {wall:6.2f} s  ESS min {ess:7.0f}  "
-                  f"ESS/s {ess / wall:7.1f}  ESS/1k leapfrog {1000 * ess / leapfrog:6.1f}  "
-                  f"R-hat {rhat:.3f}  div {extra['divergences']}  eps {extra['step_size']:.3g}",
-                  flush=True)
+            rows.append(
+                dict(
+                    part="warmup",
+                    model=model,
+                    peer=peer,
+                    num_warmup=w,
+                    repeat=rep,
+                    chains=cfg["chains"],
+                    draws=cfg["sweep_draws"],
+                    wall_s=wall,
+                    ess_min=ess,
+                    rhat_max=rhat,
+                    ess_per_s=ess / wall,
+                    ess_per_1k_leapfrog=1000 * ess / leapfrog,
+                    **extra,
+                )
+            )
+            print(
+                f"  {peer:18s} {model:11s} warmup {w:4d}: {wall:6.2f} s  ESS min {ess:7.0f}  "
+                f"ESS/s {ess / wall:7.1f}  ESS/1k leapfrog {1000 * ess / leapfrog:6.1f}  "
+                f"R-hat {rhat:.3f}  div {extra['divergences']}  eps {extra['step_size']:.3g}",
+                flush=True,
+            )
     return rows
 
 
@@ -391,8 +465,19 @@ def worker_sweep(cfg):
 def _spawn(args, mode, tmp_json):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env["JAX_ENABLE_X64"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "benchmarks.nuts_vs_blackjax", "--mode", mode, "--json", str(tmp_json), *args]
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.nuts_vs_blackjax",
+        "--mode",
+        mode,
+        "--json",
+        str(tmp_json),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args} failed with exit code {proc.returncode}")
@@ -407,25 +492,49 @@ def aggregate(rows):
     head = {}
     for peer in PEERS:
         for call in ("cold", "warm"):
-            sel = [r for r in rows if r["part"] == "head-to-head" and r["peer"] == peer and r["call"] == call]
+            sel = [
+                r
+                for r in rows
+                if r["part"] == "head-to-head" and r["peer"] == peer and r["call"] == call
+            ]
             if sel:
                 head.setdefault(peer, {})[call] = dict(
-                    n=len(sel), wall_s=_median(sel, "wall_s"), ess_min=_median(sel, "ess_min"),
-                    ess_per_s=_median(sel, "ess_per_s"), rhat_max=max(r["rhat_max"] for r in sel),
-                    divergences=_median(sel, "divergences"))
+                    n=len(sel),
+                    wall_s=_median(sel, "wall_s"),
+                    ess_min=_median(sel, "ess_min"),
+                    ess_per_s=_median(sel, "ess_per_s"),
+                    rhat_max=max(r["rhat_max"] for r in sel),
+                    divergences=_median(sel, "divergences"),
+                )
     sweep = {}
     for r in rows:
         if r["part"] == "warmup":
             sweep.setdefault((r["peer"], r["model"], r["num_warmup"]), []).append(r)
-    sweep_out = [dict(peer=p, model=m, num_warmup=w, n=len(sel), wall_s=_median(sel, "wall_s"),
-                      ess_min=_median(sel, "ess_min"), ess_per_s=_median(sel, "ess_per_s"),
-                      rhat_max=max(r["rhat_max"] for r in sel),
-                      divergences=_median(sel, "divergences"), step_size=_median(sel, "step_size"),
-                      ess_per_1k_leapfrog=(_median(sel, "ess_per_1k_leapfrog")
-                                           if all("ess_per_1k_leapfrog" in r for r in sel) else None),
-                      leapfrog_per_draw=(_median(sel, "leapfrog_draws") / (r0["chains"] * r0["draws"])
-                                         if "leapfrog_draws" in (r0 := sel[0]) else None))
-                 for (p, m, w), sel in sorted(sweep.items())]
+    sweep_out = [
+        dict(
+            peer=p,
+            model=m,
+            num_warmup=w,
+            n=len(sel),
+            wall_s=_median(sel, "wall_s"),
+            ess_min=_median(sel, "ess_min"),
+            ess_per_s=_median(sel, "ess_per_s"),
+            rhat_max=max(r["rhat_max"] for r in sel),
+            divergences=_median(sel, "divergences"),
+            step_size=_median(sel, "step_size"),
+            ess_per_1k_leapfrog=(
+                _median(sel, "ess_per_1k_leapfrog")
+                if all("ess_per_1k_leapfrog" in r for r in sel)
+                else None
+            ),
+            leapfrog_per_draw=(
+                _median(sel, "leapfrog_draws") / (r0["chains"] * r0["draws"])
+                if "leapfrog_draws" in (r0 := sel[0])
+                else None
+            ),
+        )
+        for (p, m, w), sel in sorted(sweep.items())
+    ]
     return head, sweep_out
 
 
@@ -436,11 +545,14 @@ def _f(v, width, digits):
 def table(result) -> str:
     head, sweep, s = result["head_to_head"], result["warmup_sweep"], result["settings"]
     meta = result["meta"]
-    out = [f"Head to head on likelihood3: {s['chains']} chains x ({s['warmup']} warmup + "
-           f"{s['draws']} draws), medians of {s['rounds']} rounds ({meta['load_before']} "
-           f"before, {meta['load_after']} after)", "",
-           f"{'sampler':20s} | {'warm s':>7s} | {'ESS min':>7s} | {'ESS/s':>7s} | {'x typical':>9s} "
-           f"| {'x expert':>8s} | {'cold s':>7s} | {'ESS/s cold':>10s} | {'x expert':>8s}"]
+    out = [
+        f"Head to head on likelihood3: {s['chains']} chains x ({s['warmup']} warmup + "
+        f"{s['draws']} draws), medians of {s['rounds']} rounds ({meta['load_before']} "
+        f"before, {meta['load_after']} after)",
+        "",
+        f"{'sampler':20s} | {'warm s':>7s} | {'ESS min':>7s} | {'ESS/s':>7s} | {'x typical':>9s} "
+        f"| {'x expert':>8s} | {'cold s':>7s} | {'ESS/s cold':>10s} | {'x expert':>8s}",
+    ]
     ref_t = head.get("blackjax (typical)", {}).get("warm", {}).get("ess_per_s")
     ref_e = head.get("blackjax (expert)", {}).get("warm", {}).get("ess_per_s")
     ref_ec = head.get("blackjax (expert)", {}).get("cold", {}).get("ess_per_s")
@@ -448,21 +560,29 @@ def table(result) -> str:
         if peer not in head:
             continue
         w, c = head[peer]["warm"], head[peer]["cold"]
-        out.append(f"{peer:20s} | {w['wall_s']:7.2f} | {w['ess_min']:7.0f} | {w['ess_per_s']:7.1f} "
-                   f"| {w['ess_per_s'] / ref_t:8.2f}x | {w['ess_per_s'] / ref_e:7.2f}x "
-                   f"| {c['wall_s']:7.2f} | {c['ess_per_s']:10.1f} | {c['ess_per_s'] / ref_ec:7.2f}x")
+        out.append(
+            f"{peer:20s} | {w['wall_s']:7.2f} | {w['ess_min']:7.0f} | {w['ess_per_s']:7.1f} "
+            f"| {w['ess_per_s'] / ref_t:8.2f}x | {w['ess_per_s'] / ref_e:7.2f}x "
+            f"| {c['wall_s']:7.2f} | {c['ess_per_s']:10.1f} | {c['ess_per_s'] / ref_ec:7.2f}x"
+        )
     load = meta.get("part2", meta)
-    out += ["", f"Warmup length (warm calls, {s['chains']} chains x {s['sweep_draws']} draws, medians "
-            f"of {s['sweep_repeats']}; {load['load_before']} before, {load['load_after']} after). "
-            "lf: leapfrog steps, warmup and draws", "",
-            f"{'sampler':18s} | {'model':11s} | {'warmup':>6s} | {'time s':>6s} | {'ESS min':>7s} "
-            f"| {'ESS/s':>7s} | {'ESS/1k lf':>9s} | {'lf/draw':>7s} | {'R-hat':>5s} | {'div':>4s} "
-            f"| {'step':>6s}"]
+    out += [
+        "",
+        f"Warmup length (warm calls, {s['chains']} chains x {s['sweep_draws']} draws, medians "
+        f"of {s['sweep_repeats']}; {load['load_before']} before, {load['load_after']} after). "
+        "lf: leapfrog steps, warmup and draws",
+        "",
+        f"{'sampler':18s} | {'model':11s} | {'warmup':>6s} | {'time s':>6s} | {'ESS min':>7s} "
+        f"| {'ESS/s':>7s} | {'ESS/1k lf':>9s} | {'lf/draw':>7s} | {'R-hat':>5s} | {'div':>4s} "
+        f"| {'step':>6s}",
+    ]
     for r in sweep:
-        out.append(f"{r['peer']:18s} | {r['model']:11s} | {r['num_warmup']:6d} | {r['wall_s']:6.2f} "
-                   f"| {r['ess_min']:7.0f} | {r['ess_per_s']:7.1f} | {_f(r['ess_per_1k_leapfrog'], 9, 1)} "
-                   f"| {_f(r['leapfrog_per_draw'], 7, 2)} | {r['rhat_max']:5.3f} "
-                   f"| {r['divergences']:4.0f} | {r['step_size']:6.3g}")
+        out.append(
+            f"{r['peer']:18s} | {r['model']:11s} | {r['num_warmup']:6d} | {r['wall_s']:6.2f} "
+            f"| {r['ess_min']:7.0f} | {r['ess_per_s']:7.1f} | {_f(r['ess_per_1k_leapfrog'], 9, 1)} "
+            f"| {_f(r['leapfrog_per_draw'], 7, 2)} | {r['rhat_max']:5.3f} "
+            f"| {r['divergences']:4.0f} | {r['step_size']:6.3g}"
+        )
     return "\n".join(out)
 
 
@@ -477,15 +597,24 @@ def sweep_only(args, argv, mode, cfg, t_start, before) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print("[warmup lengths]", flush=True)
         rows = _spawn(["--sweep"], mode, Path(tmp) / "s.json")
-        rows += _spawn(["--peer", "blackjax (expert)", "--sweep", "--sweep-only"], mode,
-                       Path(tmp) / "e.json")
+        rows += _spawn(
+            ["--peer", "blackjax (expert)", "--sweep", "--sweep-only"], mode, Path(tmp) / "e.json"
+        )
     rows = [r for r in result["rows"] if r["part"] != "warmup"] + rows
     head, sweep = aggregate(rows)
     result.update(rows=rows, head_to_head=head, warmup_sweep=sweep)
     result["meta"]["part2"] = dict(
-        command=" ".join(["python", "benchmarks/nuts_vs_blackjax.py",
-                          *(argv if argv is not None else sys.argv[1:])]),
-        load_before=before, load_after=load(), wall_s=time.perf_counter() - t_start)
+        command=" ".join(
+            [
+                "python",
+                "benchmarks/nuts_vs_blackjax.py",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        load_before=before,
+        load_after=load(),
+        wall_s=time.perf_counter() - t_start,
+    )
     text = table(result)
     result["table"] = text
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
@@ -499,8 +628,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: short chains, one round")
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--sweep-only", action="store_true",
-                    help="rerun part 2 only, replacing its rows in the JSON at --out")
+    ap.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="rerun part 2 only, replacing its rows in the JSON at --out",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "nuts_vs_blackjax.json"))
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -513,7 +645,9 @@ def main(argv=None) -> int:
         if args.sweep and not args.peer:
             rows = worker_sweep(cfg)
         else:
-            rows = worker_peer(args.peer, args.seed, cfg, sweep=args.sweep, head=not args.sweep_only)
+            rows = worker_peer(
+                args.peer, args.seed, cfg, sweep=args.sweep, head=not args.sweep_only
+            )
         Path(args.json).write_text(json.dumps(rows))
         return 0
 
@@ -528,11 +662,13 @@ def main(argv=None) -> int:
         return sweep_only(args, argv, mode, cfg, t_start, before)
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(cfg["rounds"]):
-            peers = PEERS[rnd % 3:] + PEERS[: rnd % 3]
+            peers = PEERS[rnd % 3 :] + PEERS[: rnd % 3]
             for peer in peers:
                 print(f"[round {rnd + 1}/{cfg['rounds']}] {peer}", flush=True)
                 extra = ["--sweep"] if rnd == 0 and peer == "blackjax (expert)" else []
-                rows += _spawn(["--peer", peer, "--seed", str(rnd), *extra], mode, Path(tmp) / "w.json")
+                rows += _spawn(
+                    ["--peer", peer, "--seed", str(rnd), *extra], mode, Path(tmp) / "w.json"
+                )
         print("[warmup lengths]", flush=True)
         rows += _spawn(["--sweep"], mode, Path(tmp) / "s.json")
     after = load()
@@ -540,12 +676,26 @@ def main(argv=None) -> int:
     from .run import _cpu_model, _versions
 
     result = dict(
-        meta=dict(command=" ".join(["python", "benchmarks/nuts_vs_blackjax.py",
-                                    *(argv if argv is not None else sys.argv[1:])]),
-                  mode=mode, machine=f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
-                  versions=_versions(), load_before=before, load_after=after,
-                  wall_s=time.perf_counter() - t_start),
-        settings=dict(cfg, sweep=list(cfg["sweep"])), head_to_head=head, warmup_sweep=sweep, rows=rows)
+        meta=dict(
+            command=" ".join(
+                [
+                    "python",
+                    "benchmarks/nuts_vs_blackjax.py",
+                    *(argv if argv is not None else sys.argv[1:]),
+                ]
+            ),
+            mode=mode,
+            machine=f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
+            versions=_versions(),
+            load_before=before,
+            load_after=after,
+            wall_s=time.perf_counter() - t_start,
+        ),
+        settings=dict(cfg, sweep=list(cfg["sweep"])),
+        head_to_head=head,
+        warmup_sweep=sweep,
+        rows=rows,
+    )
     text = table(result)
     result["table"] = text
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -69,7 +69,8 @@ def table(rows) -> str:
         lines.append(line)
     lines.append(
         f"worst median ratio to hand (jit-program-arg excluded: it is the documented "
-        f"slower path): {worst:.2f}x (target <= {TARGET}x, limit <= {LIMIT}x)")
+        f"slower path): {worst:.2f}x (target <= {TARGET}x, limit <= {LIMIT}x)"
+    )
     return "\n".join(lines)
 
 
@@ -83,8 +84,10 @@ def main(argv=None):
         cfg["budget_s"] = 3.0
     import jax
 
-    print(f"caskax overhead on {args.model} (stage 3 joint model for likelihood2), "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(
+        f"caskax overhead on {args.model} (stage 3 joint model for likelihood2), "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}"
+    )
     rows = jax_core(args.model, cfg, log=lambda *a: None)
     print(table(rows))
     return rows

@@ -51,19 +51,25 @@ def main():
     print(jax.devices())
     for n_pix in (2, 50):
         data = stages.mock_data(n_pix=n_pix)
-        for name, like in (("likelihood2", stages.stage3_model(data)),
-                           ("likelihood3", stages.hierarchical_model(data))):
+        for name, like in (
+            ("likelihood2", stages.stage3_model(data)),
+            ("likelihood3", stages.hierarchical_model(data)),
+        ):
             f = cx.compile(like)
             x = f.init
             as_arg = jax.jit(lambda p, v: p(v))
             compiled = as_arg.lower(f, x).compile()
             static = f._static
             arrays_arg = jax.jit(lambda a, v: P.Program._from_parts(a, static)(v))
-            cases = {"direct": lambda: f(x), "jit_arg": lambda: as_arg(f, x),
-                     "compiled": lambda: compiled(f, x),
-                     "arrays_arg": lambda: arrays_arg(f._arrays, x)}
-            cells = ", ".join(f"{k} {median_us(fn):.1f} / {dispatch_us(fn):.1f}"
-                              for k, fn in cases.items())
+            cases = {
+                "direct": lambda: f(x),
+                "jit_arg": lambda: as_arg(f, x),
+                "compiled": lambda: compiled(f, x),
+                "arrays_arg": lambda: arrays_arg(f._arrays, x),
+            }
+            cells = ", ".join(
+                f"{k} {median_us(fn):.1f} / {dispatch_us(fn):.1f}" for k, fn in cases.items()
+            )
             print(f"{name} {n_pix}x{n_pix} px (median / dispatch, us): {cells}", flush=True)
 
 

@@ -76,19 +76,31 @@ def build_stacked(data):
             return images.sum(axis=0)
 
     t0 = time.perf_counter()
-    lc = Gaussian1D("lightcurve", t0=M.TRUTH["t0"], sigma=M.LC_SIGMA0,
-                    peak_flux=M.TRUTH["peak_flux"]).to_dynamic()
+    lc = Gaussian1D(
+        "lightcurve", t0=M.TRUTH["t0"], sigma=M.LC_SIGMA0, peak_flux=M.TRUTH["peak_flux"]
+    ).to_dynamic()
     width = cx.Param("width", M.PSF0, dynamic=True, valid=(0, None))
     sources = [
-        Gaussian(f"src{i}", x0=[float(px), float(py)], q=1.0, phi=0.0, sigma=width,
-                 flux=cx.Pointer(lambda lc, t: lc.flux(t), lc, np.float32(t)))
+        Gaussian(
+            f"src{i}",
+            x0=[float(px), float(py)],
+            q=1.0,
+            phi=0.0,
+            sigma=width,
+            flux=cx.Pointer(lambda lc, t: lc.flux(t), lc, np.float32(t)),
+        )
         for i, ((px, py), t) in enumerate(zip(data.positions, data.times))
     ]
     t1 = time.perf_counter()
     stacked = cx.stack(sources, name="sources")
     t2 = time.perf_counter()
-    like = Likelihood("likelihood", Sky("image", data.x, data.y, stacked), data.image,
-                      data.sigma_read, data.exp_time)
+    like = Likelihood(
+        "likelihood",
+        Sky("image", data.x, data.y, stacked),
+        data.image,
+        data.sigma_read,
+        data.exp_time,
+    )
     return like, t1 - t0, t2 - t1
 
 
@@ -131,19 +143,22 @@ def measure(k, max_unrolled, hessian_k, budget_s, log=print):
         if not np.isclose(v, ref, rtol=1e-4, atol=1e-2):
             raise AssertionError(f"k={k}: {name} gives {v}, hand-opt {ref}")
 
-    calls = compare({n: (lambda fn=fn: fn(x)) for n, fn in fns.items()}, rounds=ROUNDS,
-                    budget_s=budget_s)
+    calls = compare(
+        {n: (lambda fn=fn: fn(x)) for n, fn in fns.items()}, rounds=ROUNDS, budget_s=budget_s
+    )
     row["call_s"] = {n: s["median"] for n, s in calls.items()}
     row["call"] = calls
     # The unrolled model's grad and hessian take minutes of XLA compile past k = 10.
     grads = {n: jax.jit(jax.grad(fn)) for n, fn in fns.items() if n != "unrolled" or k <= 10}
-    gres = compare({n: (lambda g=g: g(x)) for n, g in grads.items()}, rounds=ROUNDS,
-                   budget_s=budget_s)
+    gres = compare(
+        {n: (lambda g=g: g(x)) for n, g in grads.items()}, rounds=ROUNDS, budget_s=budget_s
+    )
     row["grad_s"] = {n: s["median"] for n, s in gres.items()}
     if k == hessian_k:
         hess = {n: jax.jit(jax.hessian(fn)) for n, fn in fns.items() if n != "unrolled" or k <= 10}
-        hres = compare({n: (lambda h=h: h(x)) for n, h in hess.items()}, rounds=ROUNDS,
-                       budget_s=budget_s)
+        hres = compare(
+            {n: (lambda h=h: h(x)) for n, h in hess.items()}, rounds=ROUNDS, budget_s=budget_s
+        )
         row["hessian_s"] = {n: s["median"] for n, s in hres.items()}
     row["ratio_call_vs_hand_opt"] = row["call_s"]["stacked"] / row["call_s"]["hand-opt"]
     row["ratio_call_vs_hand_opt_min"] = calls["stacked"]["min"] / calls["hand-opt"]["min"]
@@ -153,9 +168,12 @@ def measure(k, max_unrolled, hessian_k, budget_s, log=print):
         row["ratio_hessian_vs_hand_opt"] = hs["stacked"] / hs["hand-opt"]
     if "unrolled" in row["call_s"]:
         row["ratio_unrolled_vs_stacked_call"] = row["call_s"]["unrolled"] / row["call_s"]["stacked"]
-    log(f"k={k}: stack {fmt_time(row['stack_s'])}; compile+first "
+    log(
+        f"k={k}: stack {fmt_time(row['stack_s'])}; compile+first "
         + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["compile_first_s"].items())
-        + "; call " + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["call_s"].items()))
+        + "; call "
+        + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["call_s"].items())
+    )
     return row
 
 
@@ -163,9 +181,11 @@ def table(rows) -> str:
     def cell(d, key):
         return fmt_time(d[key]) if key in d else "-"
 
-    head = ("| k | build k members | cx.stack | compile+first: stacked / hand-opt / unrolled "
-            "| call: stacked / hand-opt / unrolled | call vs hand-opt: median (min) "
-            "| grad vs hand-opt |")
+    head = (
+        "| k | build k members | cx.stack | compile+first: stacked / hand-opt / unrolled "
+        "| call: stacked / hand-opt / unrolled | call vs hand-opt: median (min) "
+        "| grad vs hand-opt |"
+    )
     lines = [head, "|" + "---|" * 7]
     for r in rows:
         c, t = r["compile_first_s"], r["call_s"]
@@ -186,8 +206,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--quick", action="store_true", help="k = 10, 100 and short budgets")
-    parser.add_argument("--max-unrolled", type=int, default=1000,
-                        help="largest k for the unrolled caskax model (~25 s compile at 1000)")
+    parser.add_argument(
+        "--max-unrolled",
+        type=int,
+        default=1000,
+        help="largest k for the unrolled caskax model (~25 s compile at 1000)",
+    )
     parser.add_argument("--hessian-k", type=int, default=100)
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per timing group")
     parser.add_argument("--out", default=str(Path(__file__).with_name("stack.json")))
@@ -207,8 +231,9 @@ def main(argv=None):
     md = table(rows)
     print(md)
     result = {
-        "command": " ".join(["python benchmarks/stack.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            ["python benchmarks/stack.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -216,10 +241,15 @@ def main(argv=None):
             "device": str(jax.devices()[0]),
             "load": uptime(),
         },
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "caskax": cx.__version__},
-        "targets": {"compile_first_s": TARGET_COMPILE_S,
-                    "call_ratio_vs_hand_opt": TARGET_CALL_RATIO},
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "caskax": cx.__version__,
+        },
+        "targets": {
+            "compile_first_s": TARGET_COMPILE_S,
+            "call_ratio_vs_hand_opt": TARGET_CALL_RATIO,
+        },
         "rows": rows,
         "table": md,
         "wall_s": time.perf_counter() - t_start,

@@ -99,7 +99,12 @@ def run_python(code: str, timeout: float = 300, **env) -> str:
     """Run ``code`` in a fresh Python process (for settings that are process-wide, such
     as x64 or the CPU device count), with ``env`` added to the environment; assert it
     exits 0 and return its stdout."""
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout

@@ -33,8 +33,10 @@ class Line(cx.Module):
         return self.weight * jnp.sum(-0.5 * ((self.y - a) / s) ** 2 - jnp.log(s))
 
 
-YS = (np.random.default_rng(0).normal(size=(3, 20)) * np.array([[1.0], [2.0], [0.5]])
-      + np.array([[0.0], [3.0], [-1.0]])).astype(np.float32)
+YS = (
+    np.random.default_rng(0).normal(size=(3, 20)) * np.array([[1.0], [2.0], [0.5]])
+    + np.array([[0.0], [3.0], [-1.0]])
+).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,9 @@ def test_equal_arrays_are_held_once(programs):
     same = [cx.compile(Line(YS[0]), "loglike") for _ in range(4)]
     G = cx.batch(same)
     assert all(ax is None for ax in G.in_axes)  # every array equal: nothing stacked
-    np.testing.assert_allclose(G(np.ones((4, 2), np.float32)), float(same[0](np.ones(2, np.float32))))
+    np.testing.assert_allclose(
+        G(np.ones((4, 2), np.float32)), float(same[0](np.ones(2, np.float32)))
+    )
 
 
 def test_new_data_reuses_the_compiled_call(programs, F):
@@ -77,7 +81,9 @@ def test_new_data_reuses_the_compiled_call(programs, F):
 
     X = np.ones((3, 2), np.float32)
     run(F, X)
-    G = cx.batch([cx.compile(Line(y + 1.0, a0=0.2 * k, weight=2.0 + k), "loglike") for k, y in enumerate(YS)])
+    G = cx.batch(
+        [cx.compile(Line(y + 1.0, a0=0.2 * k, weight=2.0 + k), "loglike") for k, y in enumerate(YS)]
+    )
     np.testing.assert_allclose(run(G, X), G(X))
     assert len(traces) == 1
 
@@ -85,9 +91,18 @@ def test_new_data_reuses_the_compiled_call(programs, F):
 @pytest.mark.parametrize(
     "other, match",
     [
-        (lambda: cx.compile(Line(YS[0]).to_static("s"), "loglike"), r"programs\[0\] has 2 dynamic params, programs\[1\] has 1 \(first unmatched: 's'\)"),
-        (lambda: cx.compile(Line(YS[0, :10]), "loglike"), r"'y' has shape \(20,\) float32 in programs\[0\] and \(10,\)"),
-        (lambda: cx.compile(Line(YS[0], name="other"), "loglike"), r"'line\.a' at 'a'.*'other\.a' at 'a'"),
+        (
+            lambda: cx.compile(Line(YS[0]).to_static("s"), "loglike"),
+            r"programs\[0\] has 2 dynamic params, programs\[1\] has 1 \(first unmatched: 's'\)",
+        ),
+        (
+            lambda: cx.compile(Line(YS[0, :10]), "loglike"),
+            r"'y' has shape \(20,\) float32 in programs\[0\] and \(10,\)",
+        ),
+        (
+            lambda: cx.compile(Line(YS[0], name="other"), "loglike"),
+            r"'line\.a' at 'a'.*'other\.a' at 'a'",
+        ),
     ],
     ids=["dynamic params", "data shape", "module name"],
 )
@@ -112,8 +127,11 @@ def test_swapping_arrays_equals_building_each_program(programs, F):
     np.testing.assert_allclose(G(X), F(X), rtol=1e-6)
     np.testing.assert_allclose(G.init, F.init)
     H = cx.batch(programs[0], y=YS)  # keywords for plain field names
-    np.testing.assert_allclose(H(X), [float(cx.compile(Line(y, weight=1.0), "loglike")(x)) for y, x in zip(YS, X)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        H(X),
+        [float(cx.compile(Line(y, weight=1.0), "loglike")(x)) for y, x in zip(YS, X)],
+        rtol=1e-6,
+    )
 
 
 def test_swapping_a_shared_param_changes_every_copy():
@@ -152,9 +170,11 @@ def test_ten_thousand_datasets_build_well_under_a_second(programs):
     G = cx.batch(programs[0], y=ys)
     took = time.perf_counter() - start
     assert len(G) == 10_000 and took < 0.25, took
-    np.testing.assert_allclose(G[9_999](G.init[9_999]),
-                               cx.compile(Line(ys[9_999]), "loglike")(np.array([0.0, 1.0], np.float32)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        G[9_999](G.init[9_999]),
+        cx.compile(Line(ys[9_999]), "loglike")(np.array([0.0, 1.0], np.float32)),
+        rtol=1e-6,
+    )
 
 
 # -- inference -----------------------------------------------------------------------------------------
@@ -197,7 +217,9 @@ def test_laplace_equals_separate_laplace(programs, F):
     assert lap.cov.shape == (3, 2, 2) and lap.sigma.shape == (3, 2)
     for k, f in enumerate(programs):
         alone = cx.laplace(f, X[k])
-        np.testing.assert_allclose(lap.cov[k], alone.cov, rtol=1e-4, atol=1e-4 * float(alone.cov.max()))
+        np.testing.assert_allclose(
+            lap.cov[k], alone.cov, rtol=1e-4, atol=1e-4 * float(alone.cov.max())
+        )
     sub = cx.laplace(F, X, subset=["line.s"])
     np.testing.assert_allclose(sub.sigma[:, 0], lap.sigma[:, 1], rtol=1e-6)
     assert lap.sample(jax.random.key(0), (7,)).shape == (7, 3, 2)
@@ -243,7 +265,9 @@ def test_nuts_resumes_a_batched_run(F, batched_chains):
     np.testing.assert_array_equal(more.samples[:, :, :100], batched_chains.samples)
     np.testing.assert_array_equal(more.step_size, batched_chains.step_size)
     with pytest.raises(cx.InferenceError, match="num_chains=3"):
-        cx.nuts(F, jax.random.key(1), num_samples=5, num_chains=3, progress=False, resume=batched_chains)
+        cx.nuts(
+            F, jax.random.key(1), num_samples=5, num_chains=3, progress=False, resume=batched_chains
+        )
     with pytest.raises(cx.InferenceError, match=r"needs Chains with samples \[3, chains"):
         cx.nuts(F, jax.random.key(1), num_samples=5, progress=False, resume=batched_chains[0])
 
@@ -283,8 +307,11 @@ def test_nuts_equals_separate_runs_with_split_keys():
     import os
 
     tests = os.path.dirname(__file__)
-    assert "ok" in run_python(EQUAL_RUNS, JAX_ENABLE_X64="1",
-                              PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    assert "ok" in run_python(
+        EQUAL_RUNS,
+        JAX_ENABLE_X64="1",
+        PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 # -- chunks, devices, files ------------------------------------------------------------------------------
@@ -358,8 +385,13 @@ def test_resume_after_sigkill_loses_no_chunk_and_redoes_none(tmp_path):
     path = str(tmp_path / "fits.h5")
 
     def run(mode):
-        return subprocess.run([sys.executable, "-c", KILLED, path, mode], env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", KILLED, path, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     killed = run("kill")
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -400,8 +432,11 @@ def test_chunks_spread_over_local_devices():
     import os
 
     tests = os.path.dirname(__file__)
-    out = run_python(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                     PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    out = run_python(
+        SHARDED,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+    )
     assert "ok" in out
 
 
@@ -410,7 +445,10 @@ def test_resume_refuses_a_file_of_other_settings(F, tmp_path):
     cx.fit(F, batch_size=2, out=path)
     again = cx.fit(F, batch_size=2, out=path, resume=True)  # the finished file is read back
     np.testing.assert_array_equal(again.x, cx.batch_results(path)["x"])
-    with pytest.raises(cx.StateFileError, match=r"other settings \(tol, batch_size: \[1e-06, 2\] there, \[0.0001, 3\] now"):
+    with pytest.raises(
+        cx.StateFileError,
+        match=r"other settings \(tol, batch_size: \[1e-06, 2\] there, \[0.0001, 3\] now",
+    ):
         cx.fit(F, batch_size=3, tol=1e-4, out=path, resume=True)
 
 
@@ -432,8 +470,11 @@ def test_ctrl_c_in_batched_nuts_keeps_every_dataset_draws(F, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(nuts_module, "_progress_bar",
-                        lambda enabled, total, desc: Bar(total) if desc == "sampling" else None)
+    monkeypatch.setattr(
+        nuts_module,
+        "_progress_bar",
+        lambda enabled, total, desc: Bar(total) if desc == "sampling" else None,
+    )
     with pytest.raises(KeyboardInterrupt) as info:
         cx.nuts(F, jax.random.key(0), **{**RUN, "progress": True})
     partial = info.value.chains
@@ -489,11 +530,21 @@ def test_two_processes_share_the_chunks(tmp_path):
     tests = os.path.dirname(__file__)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
     path = str(tmp_path / "fits.h5")
-    procs = [subprocess.Popen([sys.executable, "-c", DISTRIBUTED, str(port), str(rank), path], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DISTRIBUTED, str(port), str(rank), path],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for rank, (p, (out, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"rank {rank} of 2 solved 2" in out, err[-3000:]  # 2 chunks each
+        assert p.returncode == 0 and f"rank {rank} of 2 solved 2" in out, err[
+            -3000:
+        ]  # 2 chunks each
     ys = np.random.default_rng(4).normal(size=(7, 20)).astype(np.float32) + np.arange(7)[:, None]
     one_process = cx.fit(cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys), batch_size=2)
     for rank in (0, 1):
@@ -511,5 +562,6 @@ def test_swapping_an_argument_of_the_compiled_method():
     f = cx.compile(lc, "flux", 0.0)  # flux at time 0.0: the method's first argument
     G = cx.batch(f, {"args[0]": [0.0, 1.0, 2.0]})
     x = np.zeros((3, 1), np.float32)
-    np.testing.assert_allclose(G(x), [float(cx.compile(lc, "flux", t)(x[0])) for t in (0.0, 1.0, 2.0)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        G(x), [float(cx.compile(lc, "flux", t)(x[0])) for t in (0.0, 1.0, 2.0)], rtol=1e-6
+    )

@@ -28,9 +28,19 @@ SAMPLING = {"ess_min", "rhat_max", "wall_s", "ess_per_s", "chains", "draws"}
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--jobs", "3",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--tiny",
+            "--jobs",
+            "3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     result_file = out / "results.json"
     if proc.returncode != 0:
@@ -38,8 +48,10 @@ def tiny_run(tmp_path_factory):
         if result_file.exists():
             peers = json.loads(result_file.read_text())["peers"]
             failed = {p: s.get("reason") for p, s in peers.items() if s["status"] == "failed"}
-        pytest.fail(f"run.py --tiny exited with {proc.returncode}; failed peers: {failed}\n"
-                    f"{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"run.py --tiny exited with {proc.returncode}; failed peers: {failed}\n"
+            f"{proc.stderr[-3000:]}"
+        )
     return json.loads(result_file.read_text()), (out / "results.md").read_text()
 
 
@@ -78,12 +90,15 @@ def test_row_schema(tiny_run):
             assert r["ess_min"] > 0 and math.isfinite(r["rhat_max"])
 
 
-@pytest.mark.parametrize("figure,cases", [
-    ("1-call", {"jit", "direct", "jit-program-arg"}),
-    ("2-deriv", {"grad", "hessian"}),
-    ("3-vmap", {"vmap4"}),
-    ("4-compile", {"compile+first", "build"}),
-])
+@pytest.mark.parametrize(
+    "figure,cases",
+    [
+        ("1-call", {"jit", "direct", "jit-program-arg"}),
+        ("2-deriv", {"grad", "hessian"}),
+        ("3-vmap", {"vmap4"}),
+        ("4-compile", {"compile+first", "build"}),
+    ],
+)
 def test_core_figures(tiny_run, figure, cases):
     result, _ = tiny_run
     for model in ("likelihood2", "likelihood3"):
@@ -98,12 +113,16 @@ def test_core_figures(tiny_run, figure, cases):
 
 def test_scaling_figures(tiny_run):
     result, _ = tiny_run
-    for figure, model, sizes in (("5-epochs", "likelihood2-stage2", {2, 3}),
-                                 ("5-epochs", "likelihood3", {2, 3}),
-                                 ("5-nodes", "nodes", {1, 2})):
+    for figure, model, sizes in (
+        ("5-epochs", "likelihood2-stage2", {2, 3}),
+        ("5-epochs", "likelihood3", {2, 3}),
+        ("5-nodes", "nodes", {1, 2}),
+    ):
         for case in ("call", "compile+first"):
-            got = {r["param"] for r in _rows(result, figure=figure, model=model, case=case,
-                                             peer="caskax")}
+            got = {
+                r["param"]
+                for r in _rows(result, figure=figure, model=model, case=case, peer="caskax")
+            }
             assert got == sizes, (figure, model, case, got)
 
 
@@ -132,8 +151,17 @@ def test_markdown(tiny_run):
 def test_compile_options_quick(tmp_path):
     out = tmp_path / "co.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compile_options.py"), "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compile_options.py"),
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -146,9 +174,19 @@ def test_compile_options_quick(tmp_path):
 def test_nuts_first_call_quick(tmp_path):
     out = tmp_path / "nuts.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "nuts_first_call.py"), "--rounds", "1",
-         "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "nuts_first_call.py"),
+            "--rounds",
+            "1",
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -161,18 +199,35 @@ def test_published_page_is_rendered_from_the_committed_json(tmp_path):
     """benchmarks/RESULTS.md and docs/performance.md are what `run.py --render-only` makes
     of benchmarks/results-*.json: edit the JSON (or rerun), never the page."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--render-only", "--render-to",
-         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--render-only",
+            "--render-to",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (tmp_path / "RESULTS.md").read_text()
-    assert page == (ROOT / "benchmarks" / "RESULTS.md").read_text(), \
+    assert page == (ROOT / "benchmarks" / "RESULTS.md").read_text(), (
         "benchmarks/RESULTS.md is stale: run python benchmarks/run.py --render-only"
-    assert (tmp_path / "performance.md").read_text() == \
-        (ROOT / "docs" / "performance.md").read_text()
+    )
+    assert (tmp_path / "performance.md").read_text() == (
+        ROOT / "docs" / "performance.md"
+    ).read_text()
     assert len(page.splitlines()) <= 400
-    for title in ("## Headlines", "## CPU", "## GPU", "### 1. One likelihood call",
-                  "### 5b. Scaling with node count", "### 6. Sampling"):
+    for title in (
+        "## Headlines",
+        "## CPU",
+        "## GPU",
+        "### 1. One likelihood call",
+        "### 5b. Scaling with node count",
+        "### 6. Sampling",
+    ):
         assert title in page, title
     # a page about the software: machine, versions and command, never the time of day
     assert not re.search(r"\b\d{1,2}:\d{2}\b|UTC|session", page)
@@ -195,8 +250,12 @@ def test_headline_ratios_come_from_the_rows():
     ratios = run._ratios(cpu["rows"], ("1-call", "3-vmap"))
     assert f"{min(ratios):.2f}x" in calls and f"{max(ratios):.2f}x" in calls
     for r in cpu["rows"]:
-        if (r["figure"], r["model"], r["case"], r["peer"]) == ("1-call", "likelihood2", "jit",
-                                                               "caskax"):
+        if (r["figure"], r["model"], r["case"], r["peer"]) == (
+            "1-call",
+            "likelihood2",
+            "jit",
+            "caskax",
+        ):
             r["median"] *= 3
     run._add_ratios(cpu["rows"])
     calls = next(line for line in run._headlines(cpu, None, None) if "calls, vmap" in line)
@@ -210,7 +269,7 @@ def test_readme_speed_table_quotes_the_results_page():
     readme = (ROOT / "README.md").read_text()
     page = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert "(benchmarks/RESULTS.md)" in readme
-    speed = readme[readme.index("## Speed"):]
+    speed = readme[readme.index("## Speed") :]
     quoted = re.findall(r"\d+\.\d\dx–\d+\.\d\dx", speed)
     assert len(quoted) >= 4
     for span in quoted:

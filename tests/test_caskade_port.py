@@ -546,8 +546,13 @@ class HSimulator(cx.Module):
 
 def make_hsim(h1_group=0, w2_group=0):
     H = Helper(name="helper", h1_group=h1_group)
-    W = Worker(H, w1=4 * np.ones(5), w2=np.array([[5.0, 6.0], [7.0, 8.0]]) * np.ones((5, 2, 2)),
-               name="worker", w2_group=w2_group)
+    W = Worker(
+        H,
+        w1=4 * np.ones(5),
+        w2=np.array([[5.0, 6.0], [7.0, 8.0]]) * np.ones((5, 2, 2)),
+        name="worker",
+        w2_group=w2_group,
+    )
     sim = HSimulator(H, W, name="hsim")
     assert sim.worker.w1.batched and sim.worker.w2.batched
     return sim
@@ -603,8 +608,13 @@ def test_module__input_methods_multi_hierarchical():
     # test_notebook_hierarchical_multiblob_outer_sigma_vmap)
     def member(h1, sw2):
         H = Helper(h1=h1, name="helper")
-        W = HWorker(H, SubWorker(H, sw2=sw2, name="subworker"), w1=4 * np.ones(5),
-                    w2=np.array([[5.0, 6.0], [7.0, 8.0]]) * np.ones((5, 2, 2)), name="worker")
+        W = HWorker(
+            H,
+            SubWorker(H, sw2=sw2, name="subworker"),
+            w1=4 * np.ones(5),
+            w2=np.array([[5.0, 6.0], [7.0, 8.0]]) * np.ones((5, 2, 2)),
+            name="worker",
+        )
         return HSimulator(H, W, name="hsim").to_dynamic(children_only=False)
 
     sw2 = np.ones((6, 5, 4, 3))
@@ -787,15 +797,25 @@ def test_module__module_and_collection():
 
 def test_module__module_and_collection_nested_dict():
     M = _nodetuple_model()
-    params = {"p": 1.0, "lp": {"a": 2.0, "b": 3.0, "c": 4.0,
-                               "S": {"p": 5.0, "d": {"p": 5.5, "p2": 5.75}}, "N": {"c": 6.0}}}
+    params = {
+        "p": 1.0,
+        "lp": {
+            "a": 2.0,
+            "b": 3.0,
+            "c": 4.0,
+            "S": {"p": 5.0, "d": {"p": 5.5, "p2": 5.75}},
+            "N": {"c": 6.0},
+        },
+    }
     assert allclose(M.total(params), 1 + 2 + 3 + 4 + 5 + 5.5 + 5.75 + 6)
 
 
 def test_module__module_and_collection_module_to_list():
     M = _nodetuple_model()
-    params = {"p": 1.0, "lp": {"a": 2.0, "b": 3.0, "c": 4.0, "S": [5.0, 5.5, 5.75],
-                               "N": {"c": 6.0}}}
+    params = {
+        "p": 1.0,
+        "lp": {"a": 2.0, "b": 3.0, "c": 4.0, "S": [5.0, 5.5, 5.75], "N": {"c": 6.0}},
+    }
     assert allclose(M.total(params), 1 + 2 + 3 + 4 + 5 + 5.5 + 5.75 + 6)
 
 
@@ -1055,7 +1075,11 @@ def test_base__linking():
     a_print = str(a)
     assert all(ch in a_print for ch in "abcdefg")
     # a shared node is one node: e reached from a, b and g is the same uid
-    assert a.kids["e"].uid == a.kids["b"].kids["e"].uid == a.kids["c"].kids["eff"].kids["g"].kids["e"].uid
+    assert (
+        a.kids["e"].uid
+        == a.kids["b"].kids["e"].uid
+        == a.kids["c"].kids["eff"].kids["g"].kids["e"].uid
+    )
     # unlink: a new tree without the child; e is still reachable through b
     a2 = a.set(kids={k: v for k, v in a.kids.items() if k != "e"})
     assert "e" not in a2.kids
@@ -1216,8 +1240,9 @@ class Outer(cx.Module):
 
 def grouped(ga=0, gb=0, gc=1, gd=1, valid=None, **kw):
     inner = Inner(ga=ga, gb=gb, valid=valid, **{k: v for k, v in kw.items() if k in "ab"})
-    outer = Outer(inner, name="outer", gc=gc, gd=gd, valid=valid,
-                  **{k: v for k, v in kw.items() if k in "cd"})
+    outer = Outer(
+        inner, name="outer", gc=gc, gd=gd, valid=valid, **{k: v for k, v in kw.items() if k in "cd"}
+    )
     return outer.to_dynamic(children_only=False)
 
 
@@ -1750,11 +1775,20 @@ def _bad_pointer_fn():
 
 def _build_save_module(blank=False, array_bounds=True):
     p1 = cx.Param("p1", None if blank else 1.0, valid=(0.0, 2.0), units="arcsec")
-    p2 = cx.Param("p2", None if blank else (2.0, 2.5), shape=(2,),
-                  valid=(None, (5.0, 6.0)) if array_bounds else (None, 5.0))
-    p3 = cx.Param("p3", None if blank else np.ones((2, 3, 4)), shape=(2, 3, 4), cyclic=True,
-                  valid=(np.zeros((2, 3, 4)), 2 * np.ones((2, 3, 4))) if array_bounds else (0, 2),
-                  units="m")
+    p2 = cx.Param(
+        "p2",
+        None if blank else (2.0, 2.5),
+        shape=(2,),
+        valid=(None, (5.0, 6.0)) if array_bounds else (None, 5.0),
+    )
+    p3 = cx.Param(
+        "p3",
+        None if blank else np.ones((2, 3, 4)),
+        shape=(2, 3, 4),
+        cyclic=True,
+        valid=(np.zeros((2, 3, 4)), 2 * np.ones((2, 3, 4))) if array_bounds else (0, 2),
+        units="m",
+    )
     p4 = cx.Param("p4", p2)
     p5 = cx.Param("p5")
     bad = cx.Param("badpointer", cx.Pointer(_bad_pointer_fn))
@@ -1844,7 +1878,9 @@ def test_save__caskade_file_loads(tmp_path):
     m1.p1 = ck.Param("p1", 1.0, valid=(0.0, 2.0), units="arcsec")
     m1.p2 = p2
     p4, p5 = ck.Param("p4", p2), ck.Param("p5")
-    m2.p3 = ck.Param("p3", np.ones((2, 3, 4)), shape=(2, 3, 4), cyclic=True, valid=(0, 2), units="m")
+    m2.p3 = ck.Param(
+        "p3", np.ones((2, 3, 4)), shape=(2, 3, 4), cyclic=True, valid=(0, 2), units="m"
+    )
     m2.link("p4_param", p4)
     m2.p5_param = p5
     m3.p4, m3.p5 = p4, p5
@@ -1898,8 +1934,8 @@ class ISim(cx.Module):
 def test_integration__full_integration():
     sub1 = ISub(d=1.0, f=None)
     main1 = ISim(a=2.0, b=None, c=None, c_shape=(), m1=sub1)
-    main1 = main1.set("c", main1.b)          # main1.c = main1.b
-    main1 = main1.set("m1.f", main1.c)       # sub1.f = main1.c  (e -> f -> c -> b)
+    main1 = main1.set("c", main1.b)  # main1.c = main1.b
+    main1 = main1.set("m1.f", main1.c)  # sub1.f = main1.c  (e -> f -> c -> b)
     res = main1.testfun(1.0, params=[jnp.asarray(3.0)])
     assert float(res) == 13.0
 
@@ -1962,8 +1998,10 @@ def test_integration__full_integration_v2():
     util = MyUtilitySim("util", 1.0)
     actions = [MyActionSim(f"action_{i}", util, a=float(i), b=float(i + 1)) for i in range(3)]
     main = MyMainSim("main", util, actions)
-    main = main.set("d_param", cx.Pointer(lambda ut, c: ut.myutilityfunction(c) * 2,
-                                          main.a_utility, main.c_param))
+    main = main.set(
+        "d_param",
+        cx.Pointer(lambda ut, c: ut.myutilityfunction(c) * 2, main.a_utility, main.c_param),
+    )
     main = main.set("c_param", 3.0)
     assert float(main.mymainfunction(1.0, main.get_values())) == 558.0
     main = main.set("c_param", [[1.0, 2.0], [1.0, 3.0]])
@@ -2031,7 +2069,7 @@ def _ck_gaussian_class(ck, xy_separate=False):
 
         @ck.forward
         def brightness(self, x, y, sigma=None, I0=None):
-            return I0 * jnp.exp(-self._r(x, y) ** 2 / sigma**2)
+            return I0 * jnp.exp(-(self._r(x, y) ** 2) / sigma**2)
 
     return CkGaussian
 
@@ -2062,7 +2100,7 @@ class NbGaussian(cx.Module):
 
     @cx.forward
     def brightness(self, x, y, sigma, I0):
-        return I0 * jnp.exp(-self._r(x, y) ** 2 / sigma**2)
+        return I0 * jnp.exp(-(self._r(x, y) ** 2) / sigma**2)
 
 
 class NbGaussianXY(cx.Module):
@@ -2093,7 +2131,7 @@ class NbGaussianXY(cx.Module):
 
     @cx.forward
     def brightness(self, x, y, sigma, I0):
-        return I0 * jnp.exp(-self._r(x, y) ** 2 / sigma**2)
+        return I0 * jnp.exp(-(self._r(x, y) ** 2) / sigma**2)
 
 
 class NbCombined(cx.Module):
@@ -2137,7 +2175,9 @@ def test_notebook_beginners_guide(ck):
     assert cx2.find_param(1)[1] == ck2.find_param(1)[1] == (1,)
     assert cx2.find_index(cx2.q) == ck2.find_index(ck2.q) == 2
     assert cx2.find_index(cx2.x0) == ck2.find_index(ck2.x0) == slice(0, 2)
-    assert [p.name for p, _ in cx2.find_param([0, 1, 2])] == [p.name for p, _ in ck2.find_param([0, 1, 2])]
+    assert [p.name for p, _ in cx2.find_param([0, 1, 2])] == [
+        p.name for p, _ in ck2.find_param([0, 1, 2])
+    ]
     # all static: same image
     assert allclose(cx2.to_static().brightness(x, y), ref, atol=1e-6)
     # set_values(get_values()) is a no-op
@@ -2150,8 +2190,9 @@ def test_notebook_beginners_guide(ck):
     cx3 = NbGaussian("my_third_module", **kw3).set("x0", cx2.x0)
     cxc = NbCombined("my_combined_module", cx2, cx3)
     assert_order(cxc, ckc)
-    assert allclose(cxc.brightness(x, y, cxc.get_values()), ckc.brightness(x, y, ckc.get_values()),
-                    atol=1e-6)
+    assert allclose(
+        cxc.brightness(x, y, cxc.get_values()), ckc.brightness(x, y, ckc.get_values()), atol=1e-6
+    )
     # a time param drives both positions (function pointers)
     simtime = ck.Param("time")
     ck2.x0 = lambda p: (-p.time.value + 0.5) * jnp.array((1.0, -1.0))
@@ -2315,7 +2356,9 @@ def test_notebook_advanced_dynamic_static(ck):
     c = c.to_dynamic("first.x0", "first.q", "second.phi", "second.sigma")
     assert_order(c, C)
     x, y = _grid(0, 10, 50)
-    assert allclose(c.brightness(x, y, c.get_values()), C.brightness(x, y, C.get_values()), atol=1e-6)
+    assert allclose(
+        c.brightness(x, y, c.get_values()), C.brightness(x, y, C.get_values()), atol=1e-6
+    )
 
 
 def test_notebook_advanced_override(ck):
@@ -2380,8 +2423,12 @@ def test_notebook_advanced_polar_pointers_and_state(ck, tmp_path):
         g.append_state(path)
     with h5py.File(path, "r") as f:
         assert f["G"]["q"]["value"].shape == (6,)
-    loaded = NbGaussianXY("G", **_GKW).set("x0", cx.Pointer(lambda r, t: r * jnp.cos(t), cr, ct)).set(
-        "y0", cx.Pointer(lambda r, t: r * jnp.sin(t), cr, ct)).load_state(path, 3)
+    loaded = (
+        NbGaussianXY("G", **_GKW)
+        .set("x0", cx.Pointer(lambda r, t: r * jnp.cos(t), cr, ct))
+        .set("y0", cx.Pointer(lambda r, t: r * jnp.sin(t), cr, ct))
+        .load_state(path, 3)
+    )
     assert float(loaded.q.value) == pytest.approx(qs[3])
     assert float(loaded.sigma.value) == pytest.approx(1.2)
 
@@ -2455,8 +2502,14 @@ def test_notebook_advanced_wildcard_shape():
 
 def test_notebook_advanced_groups_grad(ck):
     CkG = _ck_gaussian_class(ck, xy_separate=True)
-    kw = dict(x0=np.linspace(-1, 1, 5), y0=0.0, q=np.linspace(0.3, 0.9, 5),
-              phi=np.linspace(0, 3, 5), sigma=np.linspace(0.1, 5, 5), I0=1.0)
+    kw = dict(
+        x0=np.linspace(-1, 1, 5),
+        y0=0.0,
+        q=np.linspace(0.3, 0.9, 5),
+        phi=np.linspace(0, 3, 5),
+        sigma=np.linspace(0.1, 5, 5),
+        I0=1.0,
+    )
     Gg = CkG("Gg", **kw)
     Gg.to_dynamic()
     Gg.sigma.group = 1
@@ -2465,7 +2518,9 @@ def test_notebook_advanced_groups_grad(ck):
     x, y = _grid(0, 10, 30)
     ck_params = Gg.get_values()
     assert len(ck_params) == 2
-    ref = jax.vmap(jax.grad(lambda a, b: Gg.brightness(x, y, (a, b)).sum()), in_axes=(0, 0))(*ck_params)
+    ref = jax.vmap(jax.grad(lambda a, b: Gg.brightness(x, y, (a, b)).sum()), in_axes=(0, 0))(
+        *ck_params
+    )
 
     class GgX(NbGaussianXY):
         def __init__(self, name, **kw):
@@ -2508,7 +2563,10 @@ def test_notebook_advanced_collections_and_links(ck):
     gc = gc.to_dynamic(*gc.position)  # caskade: gc.position.to_dynamic()
     assert gc.param_order() == "G2: x0, G2: y0"
     # the list holds the same params as the module: one entry each
-    assert allclose(gc(1.0, 2.0, jnp.array([1.0, 2.0])), NbGaussianXY("G2", **{**_GKW, "x0": 1.0, "y0": 2.0}).brightness(1.0, 2.0))
+    assert allclose(
+        gc(1.0, 2.0, jnp.array([1.0, 2.0])),
+        NbGaussianXY("G2", **{**_GKW, "x0": 1.0, "y0": 2.0}).brightness(1.0, 2.0),
+    )
     # G2.x0 = G1.x0
     CkG = _ck_gaussian_class(ck, xy_separate=True)
     G1 = CkG("G1", **{**_GKW, "x0": None})
@@ -2579,7 +2637,8 @@ def test_notebook_advanced_live_param():
             live = self.set(static_param=jnp.asarray(42.0))  # caskade: self.static_param = 42
             value2 = live.downstream_function()
             value3 = jax.vmap(lambda sp: self.downstream_function(static_param=sp))(
-                jnp.array([1.0, 2.0, 3.0]))
+                jnp.array([1.0, 2.0, 3.0])
+            )
             return value1, value2, value3
 
     E = ExampleLiveParam()
@@ -2749,7 +2808,8 @@ def test_notebook_hierarchical_blob_population_v2(ck):
         @cx.forward
         def brightness(self, x, y, x0s, sigmas, pop_sigma_high):
             return jax.vmap(lambda a, s: self.sub_brightness(x, y, a, s * pop_sigma_high))(
-                x0s, sigmas).sum(axis=0)
+                x0s, sigmas
+            ).sum(axis=0)
 
     G = NbGaussian("G", q=1.0, phi=0.0, I0=1.0).to_static("x0", "sigma")
     pop = Pop(G).to_dynamic()
@@ -2785,7 +2845,7 @@ class SNGaussian(cx.Module):
 
     @cx.forward
     def brightness(self, x, y, sigma, flux):
-        return flux * jnp.exp(-self._r(x, y) ** 2 / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+        return flux * jnp.exp(-(self._r(x, y) ** 2) / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
 
 
 class SNGaussian1D(cx.Module):
@@ -2872,7 +2932,9 @@ def _ck_sn_classes(ck):
 
         @ck.forward
         def brightness(self, x, y, sigma=None, flux=None):
-            return flux * jnp.exp(-self._r(x, y) ** 2 / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+            return (
+                flux * jnp.exp(-(self._r(x, y) ** 2) / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+            )
 
     class Gaussian1D(ck.Module):
         def __init__(self, name, t0=None, sigma=None, peak_flux=None):
@@ -2943,7 +3005,14 @@ def _sn_data(ck):
         img = np.asarray(run(t))
         noise = rng.normal(size=(2,) + img.shape)
         imgs.append(img + 0.1 * noise[0] + np.sqrt(np.clip(img, 0, None) * 25) / 25 * noise[1])
-    return x, y, times, jnp.asarray(np.stack(imgs), dtype=jnp.float32), np.asarray(lc.flux(times)), sim
+    return (
+        x,
+        y,
+        times,
+        jnp.asarray(np.stack(imgs), dtype=jnp.float32),
+        np.asarray(lc.flux(times)),
+        sim,
+    )
 
 
 def test_notebook_worked_example_truth(ck):
@@ -2971,7 +3040,9 @@ def test_notebook_worked_example_stage1(ck):
         Gm = G("Galaxy", **_GAL)
         Gm.to_dynamic()
         ck_like = L("likelihood", C("firstmodel", x, y, [SNm, Gm]), data[i])
-        sn = SNGaussian("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2).to_dynamic("x0", "flux")
+        sn = SNGaussian("SN", x0=[-0.35, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2).to_dynamic(
+            "x0", "flux"
+        )
         gal = SNGaussian("Galaxy", **_GAL).to_dynamic()
         like = SNLikelihood("likelihood", SNCombined("firstmodel", x, y, [sn, gal]), data[i])
         assert_order(like, ck_like)
@@ -3025,7 +3096,9 @@ def _cx_stage2(x, y, data, lightcurve=False):
     if lightcurve:
         lcm = SNGaussian1D("lightcurvemodel", t0=-3.0, sigma=2.5, peak_flux=0.25).to_dynamic()
         times = jnp.linspace(0, 6, _NOBS)
-        sns = [sn.set("flux", cx.Pointer(lambda lc, t=t: lc.flux(t), lcm)) for sn, t in zip(sns, times)]
+        sns = [
+            sn.set("flux", cx.Pointer(lambda lc, t=t: lc.flux(t), lcm)) for sn, t in zip(sns, times)
+        ]
     imgs = [SNCombined(f"image{i}", x, y, [sn, gal]) for i, sn in enumerate(sns)]
     return SNLikelihood("likelihood2", SNStack("secondmodel", imgs), data)
 
@@ -3195,8 +3268,11 @@ def _ck_sim(ck):
 
         @ck.forward
         def run_sim(self, helper, a):
-            return self.sub_sim() + self.helper.get_help(helper) + sum(
-                w.do_work(a) for w in self.workers)
+            return (
+                self.sub_sim()
+                + self.helper.get_help(helper)
+                + sum(w.do_work(a) for w in self.workers)
+            )
 
     H = CkHelper(name="helper")
     sim = CkSimulator(H, [CkWorker(H, name=f"worker_{i}") for i in range(5)], name="sim")
@@ -3210,7 +3286,9 @@ def test_ck_sim__layout_and_finders(ck):
     sim = make_sim().to_dynamic(children_only=False)
     assert_order(sim, C)
     assert allclose(sim.get_values(), C.get_values())
-    assert allclose(sim.run_sim(10.0, 11.0, sim.get_values()), C.run_sim(10.0, 11.0, C.get_values()))
+    assert allclose(
+        sim.run_sim(10.0, 11.0, sim.get_values()), C.run_sim(10.0, 11.0, C.get_values())
+    )
     for i in range(28):
         (p, idx), (q, jdx) = sim.find_param(i), C.find_param(i)
         assert (p.name, idx) == (q.name, jdx)
@@ -3218,7 +3296,8 @@ def test_ck_sim__layout_and_finders(ck):
         assert sim.find_index(p) == C.find_index(q)
     ours, theirs = sim.get_values("dict"), C.get_values("dict")
     assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(
-        jax.tree_util.tree_map(jnp.asarray, theirs))
+        jax.tree_util.tree_map(jnp.asarray, theirs)
+    )
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
         assert allclose(a, b)
     assert len(sim.get_values("list")) == len(C.get_values("list")) == 12
@@ -3227,11 +3306,19 @@ def test_ck_sim__layout_and_finders(ck):
 def _h5_tree(path):
     out = {}
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                attrs = {k: (v.decode() if isinstance(v, bytes) else
-                             (v.tolist() if hasattr(v, "tolist") else v)) for k, v in obj.attrs.items()}
+                attrs = {
+                    k: (
+                        v.decode()
+                        if isinstance(v, bytes)
+                        else (v.tolist() if hasattr(v, "tolist") else v)
+                    )
+                    for k, v in obj.attrs.items()
+                }
                 out[name] = (obj.shape, attrs)
+
         f.visititems(visit)
     return out
 
@@ -3262,7 +3349,9 @@ def test_ck_sim__state_file_matches_caskade(ck, tmp_path):
     C.append_state(b)
     loaded = sim.load_state(b)
     assert allclose(loaded.helper.h2.value, [-1.0, -2.0])
-    assert allclose(loaded.run_sim(10.0, 11.0, loaded.get_values()), C.run_sim(10.0, 11.0, C.get_values()))
+    assert allclose(
+        loaded.run_sim(10.0, 11.0, loaded.get_values()), C.run_sim(10.0, 11.0, C.get_values())
+    )
 
 
 def _ck_save_module(ck, blank=False):
@@ -3274,8 +3363,14 @@ def _ck_save_module(ck, blank=False):
     m1.p1 = ck.Param("p1", None if blank else 1.0, valid=(0.0, 2.0), units="arcsec")
     m1.p2 = p2
     p4, p5 = ck.Param("p4", p2), ck.Param("p5")
-    m2.p3 = ck.Param("p3", None if blank else np.ones((2, 3, 4)), shape=(2, 3, 4), cyclic=True,
-                     valid=(0, 2), units="m")
+    m2.p3 = ck.Param(
+        "p3",
+        None if blank else np.ones((2, 3, 4)),
+        shape=(2, 3, 4),
+        cyclic=True,
+        valid=(0, 2),
+        units="m",
+    )
     m2.link("p4_param", p4)
     m2.p5_param = p5
     m3.p4, m3.p5 = p4, p5
@@ -3298,8 +3393,16 @@ def test_save__layout_matches_caskade(ck, tmp_path, appendable):
             assert ours[k][1].get(attr) == theirs[k][1].get(attr), (k, attr)
     # every path caskade can open (hard links included) opens in the caskax file too
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for path in ("main/m1/p1", "main/m1/p2", "main/m2/p3", "main/m2/p4_param",
-                     "main/m2/p5_param", "main/m1/m3/p4", "main/m2/m3/p5", "main/m1/m3/badpointer"):
+        for path in (
+            "main/m1/p1",
+            "main/m1/p2",
+            "main/m2/p3",
+            "main/m2/p4_param",
+            "main/m2/p5_param",
+            "main/m1/m3/p4",
+            "main/m2/m3/p5",
+            "main/m1/m3/badpointer",
+        ):
             assert (path in fa) == (path in fb), path
 
 
@@ -3343,7 +3446,11 @@ def _outcome(fn):
         out = fn()
     except cx.GraphError:
         return "GraphError"
-    return tuple(np.ravel(np.asarray(jnp.concatenate([jnp.ravel(v) for v in jax.tree_util.tree_leaves(out)]))).tolist())
+    return tuple(
+        np.ravel(
+            np.asarray(jnp.concatenate([jnp.ravel(v) for v in jax.tree_util.tree_leaves(out)]))
+        ).tolist()
+    )
 
 
 def test_shared_link_after_edit_is_consistent(tmp_path):
@@ -3394,7 +3501,9 @@ class GaussianBatched(cx.Module):
         shape = x.shape
         B = sigma.shape[0]
         x, y = x.flatten(), y.flatten()
-        return (I0[..., None] * jnp.exp(-self._r(x, y) ** 2 / sigma[..., None] ** 2)).reshape(B, *shape)
+        return (I0[..., None] * jnp.exp(-(self._r(x, y) ** 2) / sigma[..., None] ** 2)).reshape(
+            B, *shape
+        )
 
 
 def _ck_gaussian_batched(ck):
@@ -3417,7 +3526,10 @@ def _ck_gaussian_batched(ck):
             shape = x.shape
             B = sigma.shape[0]
             x, y = x.flatten(), y.flatten()
-            return (jnp.expand_dims(I0, -1) * jnp.exp(-self._r(x, y) ** 2 / jnp.expand_dims(sigma, -1) ** 2)).reshape(B, *shape)
+            return (
+                jnp.expand_dims(I0, -1)
+                * jnp.exp(-(self._r(x, y) ** 2) / jnp.expand_dims(sigma, -1) ** 2)
+            ).reshape(B, *shape)
 
     return CkGB
 
@@ -3442,7 +3554,14 @@ def test_notebook_advanced_gaussian_batched_shapes_and_list(ck):
     got = g.brightness(x, y, params=rows.T.flatten())
     assert allclose(got, ref, atol=1e-6)
     # a list in which only phi and sigma are batched
-    lst = [jnp.asarray(5.0), jnp.asarray(5.0), jnp.asarray(0.5), rows[:, 3], rows[:, 4], jnp.asarray(1.0)]
+    lst = [
+        jnp.asarray(5.0),
+        jnp.asarray(5.0),
+        jnp.asarray(0.5),
+        rows[:, 3],
+        rows[:, 4],
+        jnp.asarray(1.0),
+    ]
     g2 = GaussianBatched("G").to_dynamic()
     got2 = g2.brightness(x, y, params=lst)
     ref2 = G.brightness(x, y, params=lst)
@@ -3452,7 +3571,9 @@ def test_notebook_advanced_gaussian_batched_shapes_and_list(ck):
 def test_notebook_advanced_gaussian_batched_params_array(ck):
     # documented difference: the 5 rows are mapped, each param keeping its shape (1,)
     x, y = _grid(0, 10, 30)
-    g = GaussianBatched("G", x0=[5.0], y0=[5.0], q=[0.5], phi=[0.0], sigma=[1.0], I0=[1.0]).to_dynamic()
+    g = GaussianBatched(
+        "G", x0=[5.0], y0=[5.0], q=[0.5], phi=[0.0], sigma=[1.0], I0=[1.0]
+    ).to_dynamic()
     rows = _gb_rows()
     out = g.brightness(x, y, params=rows)
     assert out.shape == (5, 1, 30, 30)
@@ -3496,7 +3617,9 @@ def test_valid__full_range_is_a_documented_difference(ck):
     cp.to_dynamic()
     C = ck.Module("m")
     C.p = cp
-    f = cx.compile(One(cx.Param("p", np.array([0.25, 0.5]), shape=(2,), valid=(0.0, 1.0), dynamic=True)))
+    f = cx.compile(
+        One(cx.Param("p", np.array([0.25, 0.5]), shape=(2,), valid=(0.0, 1.0), dynamic=True))
+    )
     assert allclose(C.to_valid(C.get_values()), [0.25, 0.5])  # caskade: identity
     assert allclose(f.to_valid(f.init), [np.log(1 / 3), 0.0], atol=1e-6)  # caskax: logit
     assert allclose(f.from_valid(f.to_valid(f.init)), C.from_valid(C.to_valid(C.get_values())))
@@ -3557,14 +3680,22 @@ _CASKADE_NAMES = {
     "Param.is_valid": (lambda s: s.helper.h1.is_valid() is True, "test_param_creation"),
     "Param.node_str": (lambda s: s.s1.node_str == "s1|dynamic: 9", "test_node_str"),
     "Module.topological_ordering": (
-        lambda s: [n.name for n in s.topological_ordering()][0] == "sim", "test_module_print"),
+        lambda s: [n.name for n in s.topological_ordering()][0] == "sim",
+        "test_module_print",
+    ),
     "Module.__getitem__": (lambda s: s["helper"].uid == s.helper.uid, "test_module_creation"),
     "find_param(scheme='list')": (
-        lambda s: s.find_param(0, scheme="list").uid == s.workers[0].w2.uid, "test_finders"),
+        lambda s: s.find_param(0, scheme="list").uid == s.workers[0].w2.uid,
+        "test_finders",
+    ),
     "find_index(scheme='list')": (
-        lambda s: s.find_index(s.workers[0].w2, scheme="list") == 0, "test_finders"),
+        lambda s: s.find_index(s.workers[0].w2, scheme="list") == 0,
+        "test_finders",
+    ),
     "Module.to(dtype=)": (
-        lambda s: s.to(dtype=jnp.float32).s1.value.dtype == jnp.float32, "test_full_integration"),
+        lambda s: s.to(dtype=jnp.float32).s1.value.dtype == jnp.float32,
+        "test_full_integration",
+    ),
 }
 
 
@@ -3599,11 +3730,19 @@ def _dlt_pair(ck):
             for k, v in items.items():
                 setattr(self, k, v)
 
-    C = CkBox("top", d={"a": ck.Param("a", 2.0), "m": CkBox("inner", p=ck.Param("p", 1.0))},
-              l=[ck.Param("b", 3.0), ck.Param("c", 4.0)], t=(ck.Param("e", 5.0),))
+    C = CkBox(
+        "top",
+        d={"a": ck.Param("a", 2.0), "m": CkBox("inner", p=ck.Param("p", 1.0))},
+        l=[ck.Param("b", 3.0), ck.Param("c", 4.0)],
+        t=(ck.Param("e", 5.0),),
+    )
     C.to_dynamic(False)
-    c = DLT("top", d={"a": cx.Param("a", 2.0), "m": PBox("inner", cx.Param("p", 1.0))},
-            l=[cx.Param("b", 3.0), cx.Param("c", 4.0)], t=(cx.Param("e", 5.0),))
+    c = DLT(
+        "top",
+        d={"a": cx.Param("a", 2.0), "m": PBox("inner", cx.Param("p", 1.0))},
+        l=[cx.Param("b", 3.0), cx.Param("c", 4.0)],
+        t=(cx.Param("e", 5.0),),
+    )
     return c.to_dynamic(children_only=False), C
 
 
@@ -3671,7 +3810,9 @@ def test_param_groups__groups_with_node_list_and_tuple():
     assert isinstance(params, (list, tuple)) and len(params) == 2
     # p + 2 * (sum(1 + 1 + [2, 3])) = 1 + 2 * 9
     assert allclose(listed.run(1.0, params), 19.0)
-    tup = Coll((cx.Param("p1", 1.0, dynamic=True, group=0), cx.Param("p2", 2.0, dynamic=True, group=1)))
+    tup = Coll(
+        (cx.Param("p1", 1.0, dynamic=True, group=0), cx.Param("p2", 2.0, dynamic=True, group=1))
+    )
     assert groups_of(tup) == (0, 1)
     assert cx.compile(tup, "values").groups == (0, 1)
 
@@ -3701,7 +3842,9 @@ class ParamU(cx.Param):
 
     def __init__(self, *args, uncertainty=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.uncertainty = jnp.zeros_like(self.value) if uncertainty is None else jnp.asarray(uncertainty)
+        self.uncertainty = (
+            jnp.zeros_like(self.value) if uncertainty is None else jnp.asarray(uncertainty)
+        )
 
 
 def test_notebook_advanced_param_subclass():

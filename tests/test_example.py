@@ -17,9 +17,16 @@ def run(tmp_path_factory):
 
 def test_figures_and_results_written(run):
     out, _ = run
-    for name in ["simulator.gif", "fit_stage1.png", "fit_stage2.png", "fit_stage3.png",
-                 "lightcurve.png", "laplace_sigma_peak.png", "corner_stage4.png",
-                 "trace_stage4.png"]:
+    for name in [
+        "simulator.gif",
+        "fit_stage1.png",
+        "fit_stage2.png",
+        "fit_stage3.png",
+        "lightcurve.png",
+        "laplace_sigma_peak.png",
+        "corner_stage4.png",
+        "trace_stage4.png",
+    ]:
         path = out / name
         assert path.exists() and path.stat().st_size > 1000, name
     assert (out / "graph_stage3.png").exists() or (out / "graph_stage3.txt").exists()
@@ -65,4 +72,6 @@ def test_chains_sharded_over_the_cpu_cores_in_a_fresh_process():
     out = run_python(code, timeout=120, JAX_PLATFORMS="cpu")
     assert out.split() == ["3", "sharded", "vectorized"]
     sn_lightcurve._host_devices(4)  # JAX already runs here: no error, no change
-    assert sn_lightcurve._chain_method(jax, 4) == ("sharded" if len(jax.devices()) > 1 else "vectorized")
+    assert sn_lightcurve._chain_method(jax, 4) == (
+        "sharded" if len(jax.devices()) > 1 else "vectorized"
+    )

@@ -121,8 +121,9 @@ def test_inference_joins_param_groups():
     lap = cx.laplace(f, fit.x)
     np.testing.assert_allclose(lap.sigma, [0.5, 1.0, 0.5], rtol=1e-3)
     np.testing.assert_allclose(cx.laplace(f, fit.x, subset=["gg.m"]).sigma, [1.0, 0.5], rtol=1e-3)
-    chains = cx.nuts(f, jax.random.key(0), num_warmup=100, num_samples=300, num_chains=2,
-                     progress=False)
+    chains = cx.nuts(
+        f, jax.random.key(0), num_warmup=100, num_samples=300, num_chains=2, progress=False
+    )
     post = chains.by_name()
     assert post["gg.m"].shape == (2, 300, 2) and np.all(post["gg.s"] > 0)
     np.testing.assert_allclose(post["gg.m"].mean(axis=(0, 1)), [1.0, -2.0], atol=0.2)

@@ -38,8 +38,11 @@ def gauss():
     return cx.compile(GaussLike(), "loglike")
 
 
-@pytest.mark.parametrize("method, kwargs", [("lbfgs", {}), ("adam", dict(maxiter=3000, learning_rate=0.05))],
-                         ids=["lbfgs", "adam"])
+@pytest.mark.parametrize(
+    "method, kwargs",
+    [("lbfgs", {}), ("adam", dict(maxiter=3000, learning_rate=0.05))],
+    ids=["lbfgs", "adam"],
+)
 def test_fit_gaussian_exact(gauss, method, kwargs):
     res = cx.fit(gauss, method=method, tol=1e-5, **kwargs)
     assert bool(res.converged)
@@ -73,7 +76,9 @@ def test_laplace_gaussian_exact(gauss):
     assert lap.names == tuple(gauss.names)
 
 
-@pytest.mark.parametrize("subset", [["gauss.mu[0]", "gauss.mu[2]"], [0, 2]], ids=["names", "indices"])
+@pytest.mark.parametrize(
+    "subset", [["gauss.mu[0]", "gauss.mu[2]"], [0, 2]], ids=["names", "indices"]
+)
 def test_laplace_subset(gauss, subset):
     lap = cx.laplace(gauss, jnp.asarray(np.r_[MEAN, 1.0], jnp.float32), subset=subset)
     np.testing.assert_allclose(lap.cov, COV[np.ix_([0, 2], [0, 2])], atol=2e-5)
@@ -90,7 +95,7 @@ def test_laplace_subset_by_param(gauss):
 
 def test_laplace_not_definite_names_entries():
     with pytest.raises(cx.InferenceError, match=r"x\[1\]"):
-        cx.laplace(lambda x: -x[0] ** 2 + x[1] ** 2, jnp.zeros(2))
+        cx.laplace(lambda x: -(x[0] ** 2) + x[1] ** 2, jnp.zeros(2))
     # A saddle although every d2f/dx2 < 0: named through the bad eigenvector.
     with pytest.raises(cx.InferenceError, match=r"x\[0\].*x\[1\].*saddle"):
         cx.laplace(lambda x: -(x[0] ** 2 + x[1] ** 2) + 3 * x[0] * x[1] - x[2] ** 2, jnp.zeros(3))
@@ -158,7 +163,9 @@ def test_laplace_stage3_matches_finite_difference_newton(stage3, stage3_fit):
     hess = np.zeros((n, n))
     for i in range(n):
         e = jnp.zeros(n).at[i].set(steps[i])
-        hess[i] = (np.asarray(grad(x + e), np.float64) - np.asarray(grad(x - e), np.float64)) / (2 * steps[i])
+        hess[i] = (np.asarray(grad(x + e), np.float64) - np.asarray(grad(x - e), np.float64)) / (
+            2 * steps[i]
+        )
     hess = 0.5 * (hess + hess.T)
     sigma_ref = np.sqrt(np.diag(np.linalg.inv(-hess)))
     np.testing.assert_allclose(lap.sigma, sigma_ref, rtol=0.02)
@@ -189,7 +196,9 @@ def test_program_as_emcee_log_prob(gauss):
     walkers = 16
     p0 = np.r_[MEAN, 1.0] + 0.1 * rng.normal(size=(walkers, 4))
     sampler = emcee.EnsembleSampler(
-        walkers, 4, lambda xs: np.asarray(logp(np.asarray(xs, np.float32)), np.float64),
+        walkers,
+        4,
+        lambda xs: np.asarray(logp(np.asarray(xs, np.float32)), np.float64),
         vectorize=True,
     )
     sampler.random_state = np.random.RandomState(3).get_state()
@@ -294,6 +303,9 @@ def test_fit_non_finite_start_names_param(method):
         cx.fit(cx.compile(Root(-1.0, 1.0), "loglike"), method=method)
     with pytest.raises(cx.InferenceError, match=r"root\.b = 0\.0 \(gradient not finite\)"):
         cx.fit(cx.compile(Root(1.0, 0.0), "loglike"), method=method)
-    res = cx.fit(cx.compile(Root(0.5, 0.5), "loglike"), method=method,
-                 **({"maxiter": 3000, "learning_rate": 0.02} if method == "adam" else {}))
+    res = cx.fit(
+        cx.compile(Root(0.5, 0.5), "loglike"),
+        method=method,
+        **({"maxiter": 3000, "learning_rate": 0.02} if method == "adam" else {}),
+    )
     np.testing.assert_allclose(res.x, [1.0, 0.25], atol=2e-2)

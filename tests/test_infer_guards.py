@@ -11,7 +11,9 @@ import pytest
 
 import caskax as cx
 
-nuts_module = importlib.import_module("caskax.infer.nuts")  # the module, not the function it exports
+nuts_module = importlib.import_module(
+    "caskax.infer.nuts"
+)  # the module, not the function it exports
 
 BETA_MEAN = 2 / 7  # posterior of Coin: Beta(2, 5)
 BETA_SD = np.sqrt(2 * 5 / (7**2 * 8))
@@ -39,8 +41,9 @@ def coin():
 
 @pytest.fixture(scope="module")
 def coin_chains(coin):
-    return cx.nuts(coin, jax.random.key(2), num_warmup=200, num_samples=400, num_chains=2,
-                   progress=False)
+    return cx.nuts(
+        coin, jax.random.key(2), num_warmup=200, num_samples=400, num_chains=2, progress=False
+    )
 
 
 def gauss2(x):
@@ -92,30 +95,45 @@ def test_nuts_refuses_a_resumed_kernel_that_cannot_sample(coin, coin_chains):
     imm = np.array(coin_chains.inverse_mass_matrix)
     imm[1] = -imm[1]
     bad = dataclasses.replace(coin_chains, inverse_mass_matrix=imm)
-    with pytest.raises(cx.InferenceError, match="resumed Chains' inverse_mass_matrix is not positive"):
+    with pytest.raises(
+        cx.InferenceError, match="resumed Chains' inverse_mass_matrix is not positive"
+    ):
         cx.nuts(coin, jax.random.key(1), num_samples=10, progress=False, resume=bad)
 
 
 def test_nuts_num_chains_must_match_the_resumed_chains(coin, coin_chains):
     with pytest.raises(cx.InferenceError, match=r"num_chains=4 but the resumed Chains hold 2"):
-        cx.nuts(coin, jax.random.key(1), num_samples=10, num_chains=4, progress=False,
-                resume=coin_chains)
-    same = cx.nuts(coin, jax.random.key(1), num_samples=10, num_chains=2, progress=False,
-                   resume=coin_chains)
+        cx.nuts(
+            coin,
+            jax.random.key(1),
+            num_samples=10,
+            num_chains=4,
+            progress=False,
+            resume=coin_chains,
+        )
+    same = cx.nuts(
+        coin, jax.random.key(1), num_samples=10, num_chains=2, progress=False, resume=coin_chains
+    )
     assert same.samples.shape == (2, 410, 1)
 
 
 # -- Chains.from_arrays -----------------------------------------------------------------------------
 def test_from_arrays_puts_last_position_in_the_sampled_space(coin, coin_chains):
-    c = cx.Chains.from_arrays(coin_chains.samples, f=coin, step_size=coin_chains.step_size,
-                              inverse_mass_matrix=coin_chains.inverse_mass_matrix)
+    c = cx.Chains.from_arrays(
+        coin_chains.samples,
+        f=coin,
+        step_size=coin_chains.step_size,
+        inverse_mass_matrix=coin_chains.inverse_mass_matrix,
+    )
     assert c.layout == coin_chains.layout and c.unconstrained
     # nuts keeps u = logit(p) of the last draw: from_arrays must agree with it
     np.testing.assert_allclose(c.last_position, coin_chains.last_position, rtol=1e-5, atol=1e-6)
     # the continuation samples Beta(2, 5) from its first draw on: no transient
     more = cx.nuts(coin, jax.random.key(5), num_samples=400, progress=False, resume=c)
     new = more.samples[:, 400:, 0]
-    ess = cx.Chains.from_arrays(more.samples[:, 400:], unconstrained=False).summary()["x[0]"]["ess_bulk"]
+    ess = cx.Chains.from_arrays(more.samples[:, 400:], unconstrained=False).summary()["x[0]"][
+        "ess_bulk"
+    ]
     assert abs(new.mean() - BETA_MEAN) < 4 * BETA_SD / np.sqrt(ess)
     np.testing.assert_allclose(new[:, 0], more.samples[:, 400, 0])
     # the first new draw is one NUTS step from the last old one, never from p = sigmoid(p)
@@ -167,8 +185,12 @@ def test_ctrl_c_during_draws_keeps_the_finished_blocks(coin, monkeypatch):
     # the same draws as an uninterrupted run, and the kernel to resume with
     np.testing.assert_array_equal(partial.samples, full.samples[:, : 3 * block])
     np.testing.assert_array_equal(partial.step_size, full.step_size)
-    np.testing.assert_allclose(partial.last_position, np.asarray(jax.vmap(coin.to_valid)(partial.samples[:, -1])),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        partial.last_position,
+        np.asarray(jax.vmap(coin.to_valid)(partial.samples[:, -1])),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     monkeypatch.undo()
     more = cx.nuts(coin, jax.random.key(8), num_samples=50, progress=False, resume=partial)
     assert more.samples.shape == (2, 3 * block + 50, 1)
@@ -181,7 +203,9 @@ def test_ctrl_c_during_warmup_has_no_chains(coin, monkeypatch):
 
     monkeypatch.setattr(nuts_module, "_progress_bar", bar)
     with pytest.raises(KeyboardInterrupt) as info:
-        cx.nuts(coin, jax.random.key(7), num_warmup=100, num_samples=50, num_chains=2, progress=True)
+        cx.nuts(
+            coin, jax.random.key(7), num_warmup=100, num_samples=50, num_chains=2, progress=True
+        )
     assert info.value.chains is None
 
 
@@ -195,7 +219,9 @@ def test_ctrl_c_before_the_first_block_keeps_the_adapted_kernel(coin, monkeypatc
 
     monkeypatch.setattr(nuts_module, "_map_chains", interrupted_draws)
     with pytest.raises(KeyboardInterrupt) as info:
-        cx.nuts(coin, jax.random.key(7), num_warmup=100, num_samples=200, num_chains=2, progress=False)
+        cx.nuts(
+            coin, jax.random.key(7), num_warmup=100, num_samples=200, num_chains=2, progress=False
+        )
     partial = info.value.chains
     assert partial.samples.shape == (2, 0, 1)
     assert np.all(np.isfinite(partial.step_size)) and np.all(partial.step_size > 0)

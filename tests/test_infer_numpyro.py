@@ -38,8 +38,11 @@ def program():
 
 def test_sites_named_and_shaped_like_params(program):
     model = cx.numpyro_model(program)
-    values = {"normal.mu": jnp.array(0.3), "normal.scale": jnp.array(0.9),
-              "normal.shift": jnp.array([1.0, -1.0])}
+    values = {
+        "normal.mu": jnp.array(0.3),
+        "normal.scale": jnp.array(0.9),
+        "normal.shift": jnp.array([1.0, -1.0]),
+    }
     trace = handlers.trace(handlers.substitute(model, values)).get_trace()
     assert list(trace) == ["normal.mu", "normal.scale", "normal.shift", "loglike"]
     assert trace["normal.shift"]["value"].shape == (2,)
@@ -58,8 +61,11 @@ def test_numpyro_model_needs_program():
 def test_numpyro_model_for_valid_program():
     f = cx.compile(Normal(), "loglike", valid=True)
     model = cx.numpyro_model(f)
-    values = {"normal.mu": jnp.array(0.3), "normal.scale": jnp.array(0.9),
-              "normal.shift": jnp.array([1.0, -1.0])}
+    values = {
+        "normal.mu": jnp.array(0.3),
+        "normal.scale": jnp.array(0.9),
+        "normal.shift": jnp.array([1.0, -1.0]),
+    }
     trace = handlers.trace(handlers.substitute(model, values)).get_trace()
     x = jnp.array([0.3, 0.9, 1.0, -1.0])
     np.testing.assert_allclose(trace["loglike"]["fn"].log_factor, f(f.to_valid(x)), rtol=1e-5)

@@ -121,8 +121,13 @@ def test_average_ranks_match_scipy():
     from caskax.infer.chains import _average_ranks
 
     rng = np.random.default_rng(0)
-    draws = np.concatenate([rng.integers(0, 7, size=(300, 3)).astype(float),  # many ties
-                            rng.normal(size=(300, 2))], axis=1)
+    draws = np.concatenate(
+        [
+            rng.integers(0, 7, size=(300, 3)).astype(float),  # many ties
+            rng.normal(size=(300, 2)),
+        ],
+        axis=1,
+    )
     np.testing.assert_array_equal(_average_ranks(draws), rankdata(draws, axis=0, method="average"))
 
 
@@ -149,8 +154,17 @@ def test_a_longer_run_extends_a_shorter_one(corr, corr_chains):
 def test_sequential_thinned_in_x_space(coin):
     # valid=False samples x directly: the prior's support keeps p in (0, 1) (the
     # log-density is -inf outside), and thinning keeps num_samples draws.
-    c = cx.nuts(coin, jax.random.key(3), num_warmup=300, num_samples=300, num_chains=2,
-                progress=False, valid=False, thin=2, chain_method="sequential")
+    c = cx.nuts(
+        coin,
+        jax.random.key(3),
+        num_warmup=300,
+        num_samples=300,
+        num_chains=2,
+        progress=False,
+        valid=False,
+        thin=2,
+        chain_method="sequential",
+    )
     assert c.samples.shape == (2, 300, 1) and not c.unconstrained
     assert np.all(c.num_steps > 0)
     summary = c.summary()["coin.p"]
@@ -159,8 +173,9 @@ def test_sequential_thinned_in_x_space(coin):
 
 
 def test_laplace_seeded_mass_matrix(corr):
-    c = cx.nuts(corr, jax.random.key(5), **{**RUN, "num_warmup": 150},
-                inverse_mass_matrix="laplace")
+    c = cx.nuts(
+        corr, jax.random.key(5), **{**RUN, "num_warmup": 150}, inverse_mass_matrix="laplace"
+    )
     assert c.inverse_mass_matrix.shape == (4, 2, 2)  # dense for small n
     summary = c.summary()
     ess = np.array([summary[n]["ess_bulk"] for n in c.names])
@@ -181,8 +196,16 @@ def test_save_load_round_trip(corr_chains, tmp_path):
     path = tmp_path / "chains.h5"
     corr_chains.save(path)
     loaded = cx.Chains.load(path)
-    for field in ("samples", "log_density", "divergences", "step_size", "inverse_mass_matrix",
-                  "last_position", "num_steps", "acceptance_rate"):
+    for field in (
+        "samples",
+        "log_density",
+        "divergences",
+        "step_size",
+        "inverse_mass_matrix",
+        "last_position",
+        "num_steps",
+        "acceptance_rate",
+    ):
         np.testing.assert_array_equal(getattr(loaded, field), getattr(corr_chains, field))
     assert loaded.layout == corr_chains.layout
     assert loaded.unconstrained == corr_chains.unconstrained
@@ -191,14 +214,21 @@ def test_save_load_round_trip(corr_chains, tmp_path):
 
 def test_resume_continues(coin, coin_chains, tmp_path):
     coin_chains.save(tmp_path / "c.h5")
-    more = cx.nuts(coin, jax.random.key(9), num_samples=500, progress=False,
-                   resume=cx.Chains.load(tmp_path / "c.h5"))
+    more = cx.nuts(
+        coin,
+        jax.random.key(9),
+        num_samples=500,
+        progress=False,
+        resume=cx.Chains.load(tmp_path / "c.h5"),
+    )
     assert more.samples.shape == (4, 1000, 1)
     np.testing.assert_array_equal(more.samples[:, :500], coin_chains.samples)
     np.testing.assert_array_equal(more.step_size, coin_chains.step_size)
     # The continuation starts where the chains stopped: no burn-in transient.
     new = more.samples[:, 500:]
-    assert abs(new.mean() - BETA_MEAN) < 4 * BETA_SD / np.sqrt(cx.Chains.from_arrays(new).summary()["x[0]"]["ess_bulk"])
+    assert abs(new.mean() - BETA_MEAN) < 4 * BETA_SD / np.sqrt(
+        cx.Chains.from_arrays(new).summary()["x[0]"]["ess_bulk"]
+    )
     assert not np.array_equal(new, coin_chains.samples)
 
 
@@ -213,8 +243,14 @@ def test_numpyro_nuts_agrees_with_cx_nuts(coin, coin_chains):
     # likelihood as a factor.
     from numpyro.infer import MCMC, NUTS
 
-    mcmc = MCMC(NUTS(cx.numpyro_model(coin)), num_warmup=300, num_samples=500, num_chains=2,
-                chain_method="vectorized", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(cx.numpyro_model(coin)),
+        num_warmup=300,
+        num_samples=500,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.key(0))
     theirs = np.asarray(mcmc.get_samples()["coin.p"])
     ours = coin_chains.samples[..., 0].ravel()
@@ -261,7 +297,9 @@ def test_start_outside_support_falls_back_to_the_mode():
     z = jnp.array([[0.5, 0.2], [3.0, 0.0], [-0.9, 0.1]])
     fallback = jnp.zeros_like(z)
     state = jax.jit(jax.vmap(lambda a, b: _start_state(target, a, b)))(z, fallback)
-    np.testing.assert_allclose(np.asarray(state.position), [[0.5, 0.2], [0.0, 0.0], [-0.9, 0.1]], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(state.position), [[0.5, 0.2], [0.0, 0.0], [-0.9, 0.1]], rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(state.logdensity), [-0.145, 0.0, -0.41], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(state.logdensity_grad), -np.asarray(state.position))
 
@@ -272,17 +310,32 @@ def test_nuts_with_a_hard_wall_starts_inside(recwarn):
     def logp(x):
         return jnp.where(jnp.all(jnp.abs(x) < 0.3), -0.5 * jnp.sum(x**2), -jnp.inf)
 
-    c = cx.nuts(logp, jax.random.key(3), jnp.zeros(1), num_warmup=20, num_samples=20,
-                num_chains=4, progress=False)
+    c = cx.nuts(
+        logp,
+        jax.random.key(3),
+        jnp.zeros(1),
+        num_warmup=20,
+        num_samples=20,
+        num_chains=4,
+        progress=False,
+    )
     assert np.all(np.abs(c.samples) < 0.3) and np.all(np.isfinite(c.log_density))
 
 
 def test_wrong_x0_length(corr):
     with pytest.raises(cx.ShapeError, match=r"corr\.z"):
-        cx.nuts(corr, jax.random.key(0), x0=jnp.zeros(3), num_warmup=10, num_samples=10, progress=False)
+        cx.nuts(
+            corr, jax.random.key(0), x0=jnp.zeros(3), num_warmup=10, num_samples=10, progress=False
+        )
     with pytest.raises(cx.InferenceError, match="num_chains"):
-        cx.nuts(corr, jax.random.key(0), x0=jnp.zeros((3, 2)), num_warmup=10, num_samples=10,
-                progress=False)
+        cx.nuts(
+            corr,
+            jax.random.key(0),
+            x0=jnp.zeros((3, 2)),
+            num_warmup=10,
+            num_samples=10,
+            progress=False,
+        )
 
 
 def test_no_dynamic_params():
@@ -347,8 +400,9 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_over_four_host_devices():
-    out = run_python(SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                     JAX_PLATFORMS="cpu")
+    out = run_python(
+        SHARDED, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     assert out.strip().endswith("ok")
 
 
@@ -389,8 +443,15 @@ def test_window_adaptation_compiles_the_runner_ahead(corr):
     # runner in the background one, once: the warmup's outputs (a weak-typed step size
     # from blackjax) must match what the runner was compiled for.
     with CompileLog() as log:
-        cx.nuts(corr, jax.random.key(5), num_warmup=31, num_samples=23, num_chains=2,
-                progress=False, inverse_mass_matrix=None)
+        cx.nuts(
+            corr,
+            jax.random.key(5),
+            num_warmup=31,
+            num_samples=23,
+            num_chains=2,
+            progress=False,
+            inverse_mass_matrix=None,
+        )
     mapped = [t for n, t in zip(log.names, log.threads) if n == "jit(_vectorized)"]
     assert sorted(mapped) == ["MainThread", "caskax-nuts-compile"], mapped
 

@@ -17,7 +17,9 @@ fit_module = importlib.import_module("caskax.infer.fit")  # caskax.infer.fit is 
 
 from helpers import CompileLog
 
-pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are for XLA:CPU")
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the options are for XLA:CPU"
+)
 
 
 def _program():

@@ -180,20 +180,23 @@ def sim_model(shift=0.0, time_value=1.5):
     t = cx.Param("time", time_value, shape=())
     sn = Gaussian("SN", x0=[-0.35 + shift, -0.2], q=1.0, phi=0.0, sigma=0.05)
     sn = sn.set("flux", cx.Pointer(lambda lc, t: lc.flux(t), lc, t))
-    galaxy = Gaussian("Galaxy", x0=[0.2, 0.2 + shift], q=0.6, phi=0.5, sigma=0.3,
-                      flux=1.0 + shift).to_dynamic()
+    galaxy = Gaussian(
+        "Galaxy", x0=[0.2, 0.2 + shift], q=0.6, phi=0.5, sigma=0.3, flux=1.0 + shift
+    ).to_dynamic()
     return Combined("sim", x, y, [sn, galaxy])
 
 
 def like2_model(n=5, shift=0.0):
     """likelihood2: n images sharing one galaxy; SN x0 of images 1.. linked to image 0's."""
     x, y = grid()
-    galaxy = Gaussian("Galaxy", x0=[0.2, 0.2], q=0.6, phi=0.5 + shift, sigma=0.3,
-                      flux=1.0).to_dynamic()
+    galaxy = Gaussian(
+        "Galaxy", x0=[0.2, 0.2], q=0.6, phi=0.5 + shift, sigma=0.3, flux=1.0
+    ).to_dynamic()
     images = []
     for i in range(n):
-        sn = Gaussian(f"SN{i}", x0=[-0.35 + shift, -0.2], q=1.0, phi=0.0, sigma=0.05,
-                      flux=0.2 + shift * i).to_dynamic("x0", "flux")
+        sn = Gaussian(
+            f"SN{i}", x0=[-0.35 + shift, -0.2], q=1.0, phi=0.0, sigma=0.05, flux=0.2 + shift * i
+        ).to_dynamic("x0", "flux")
         if i > 0:
             sn = sn.set("x0", images[0].models[0].x0)
         images.append(Combined(f"image{i}", x, y, [sn, galaxy]))
@@ -218,8 +221,10 @@ class Holder(cx.Module):
         self.live = cx.Param("live", None, shape=(), dynamic=False)
         self.ptr = cx.Param("ptr", self.a)
         self.fptr = cx.Param("fptr", cx.Pointer(lambda a, b: a * b, self.a, self.b))
-        self.items = [Gaussian1D("one", t0=1.0, sigma=2.0, peak_flux=3.0),
-                      Gaussian1D("two", t0=4.0, sigma=5.0, peak_flux=6.0)]
+        self.items = [
+            Gaussian1D("one", t0=1.0, sigma=2.0, peak_flux=3.0),
+            Gaussian1D("two", t0=4.0, sigma=5.0, peak_flux=6.0),
+        ]
         self.table = {"first": cx.Param("first", [[1.0, 2.0]]), "second": cx.Param("second")}
 
 
@@ -322,7 +327,9 @@ def test_shared_nodes_load_as_one_node(tmp_path):
     f = cx.compile(loaded.model)
     img = f(loaded.get_values())
     assert img.shape == (5, 4, 4)
-    assert float(imgs[3].models[0].x0.ptr.inputs[0].value[0]) == float(imgs[0].models[0].x0.value[0])
+    assert float(imgs[3].models[0].x0.ptr.inputs[0].value[0]) == float(
+        imgs[0].models[0].x0.value[0]
+    )
 
 
 def test_appendable_sample_axis_and_index(tmp_path):
@@ -467,7 +474,9 @@ def test_append_refusals_leave_file_untouched(tmp_path):
     with pytest.raises(cx.ShapeError, match="sim/models/Galaxy/x0"):
         sim.set("models[1].x0", jnp.zeros((3, 2))).append_state(chain)  # batched now
     x, y = grid()
-    bigger = Combined("sim", x, y, sim.models + [Gaussian1D("extra", t0=1.0, sigma=1.0, peak_flux=1.0)])
+    bigger = Combined(
+        "sim", x, y, sim.models + [Gaussian1D("extra", t0=1.0, sigma=1.0, peak_flux=1.0)]
+    )
     with pytest.raises(cx.GraphError, match="missing from the file, first 'sim/models/extra'"):
         bigger.append_state(chain)
     with pytest.raises(cx.StateFileError, match="root group"):
@@ -478,8 +487,15 @@ def test_append_refusals_leave_file_untouched(tmp_path):
 
 def test_name_collision_is_refused_before_writing(tmp_path):
     x, y = grid()
-    twins = Combined("twins", x, y, [Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0),
-                                     Gaussian1D("lc", t0=2.0, sigma=1.0, peak_flux=1.0)])
+    twins = Combined(
+        "twins",
+        x,
+        y,
+        [
+            Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0),
+            Gaussian1D("lc", t0=2.0, sigma=1.0, peak_flux=1.0),
+        ],
+    )
     with pytest.raises(cx.GraphError, match="twins/models/lc"):
         twins.save_state(tmp_path / "t.h5")
     assert not os.listdir(tmp_path)
@@ -490,7 +506,10 @@ def _caskade(mode, folder):
     env = {**os.environ, "CASKADE_BACKEND": "numpy"}
     out = subprocess.run(
         [sys.executable, "-c", CASKADE_SCRIPT, mode, str(folder)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

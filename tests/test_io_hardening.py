@@ -46,7 +46,10 @@ def leftovers(folder, keep=("chain.h5",)):
 def run(script, *args, timeout=120):
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-        capture_output=True, text=True, env=ENV, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
     )
     return out
 
@@ -70,8 +73,11 @@ def test_concurrent_appenders_lose_nothing(tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(APPENDER), str(path), str(base), "50"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
         )
         for base in (1000.0, 2000.0)
     ]
@@ -116,7 +122,9 @@ HOLD_OPEN = """
 def _hold(script, target, seconds):
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), str(target), str(seconds)],
-        stdout=subprocess.PIPE, text=True, env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     assert proc.stdout.readline().strip() in ("locked", "open")
     return proc
@@ -187,7 +195,8 @@ def test_repeated_sigkill_mid_append_keeps_every_committed_sample(tmp_path):
     for _ in range(10):
         proc = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(KILL_SCRIPT), str(path)],
-            stdout=subprocess.PIPE, env=ENV,
+            stdout=subprocess.PIPE,
+            env=ENV,
         )
         try:
             assert proc.stdout.readline().strip() == b"ready"
@@ -355,8 +364,12 @@ def test_truncated_file_is_a_state_file_error(tmp_path, cut):
     raw = path.read_bytes()
     size = int(len(raw) * cut) if isinstance(cut, float) else cut
     bad = _damaged(tmp_path, raw[:size])
-    for call in (lambda: lc_model().load_state(bad), lambda: cx.io.count_samples(bad),
-                 lambda: lc_model().append_state(bad), lambda: cx.Chains.load(bad)):
+    for call in (
+        lambda: lc_model().load_state(bad),
+        lambda: cx.io.count_samples(bad),
+        lambda: lc_model().append_state(bad),
+        lambda: cx.Chains.load(bad),
+    ):
         with pytest.raises(cx.StateFileError) as err:
             call()
         assert str(bad) in str(err.value)
@@ -469,4 +482,3 @@ def test_lock_files_do_not_accumulate(tmp_path):
     cx.Chains.from_arrays(np.zeros((1, 2, 1))).save(tmp_path / "c.h5")
     cx.Chains.load(tmp_path / "c.h5")
     assert sorted(os.listdir(tmp_path)) == ["c.h5", "chain.h5"]
-

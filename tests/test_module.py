@@ -117,7 +117,7 @@ def test_module_level_edits_skip_pointers_but_named_pointer_converts():
     assert sn.to_dynamic().flux.pointer
     direct = sn.to_dynamic("flux")
     assert direct.flux.kind == "dynamic"
-    assert float(direct.flux.value) == pytest.approx(0.25 * np.exp(-(3.0 / 2.0) ** 2))
+    assert float(direct.flux.value) == pytest.approx(0.25 * np.exp(-((3.0 / 2.0) ** 2)))
 
 
 def test_set_variants():

@@ -38,11 +38,26 @@ def test_pointer_kinds():
 
 def test_every_keyword_is_kept():
     p = cx.Param(
-        "flux", 2.0, (), dynamic=True, valid=(0, None), cyclic=False, units="Jy",
-        description="total flux", group=1, batch_shape=None, dtype=jnp.float32, prior=None,
+        "flux",
+        2.0,
+        (),
+        dynamic=True,
+        valid=(0, None),
+        cyclic=False,
+        units="Jy",
+        description="total flux",
+        group=1,
+        batch_shape=None,
+        dtype=jnp.float32,
+        prior=None,
     )
     assert (p.name, p.units, p.description, p.group, p.valid) == (
-        "flux", "Jy", "total flux", 1, (0.0, None))
+        "flux",
+        "Jy",
+        "total flux",
+        1,
+        (0.0, None),
+    )
     assert p.shape == () and p.dtype == jnp.float32
 
 

@@ -233,8 +233,9 @@ def test_array_valued_valid_bounds_and_infinite_bounds():
 
         def __init__(self):
             super().__init__("m")
-            self.x = cx.Param("x", [0.5, 5.0], valid=(jnp.array([0.0, 1.0]), np.array([1.0, 10.0])),
-                              dynamic=True)
+            self.x = cx.Param(
+                "x", [0.5, 5.0], valid=(jnp.array([0.0, 1.0]), np.array([1.0, 10.0])), dynamic=True
+            )
             self.s = cx.Param("s", 2.0, valid=(0, np.inf), dynamic=True)
 
         @cx.forward
@@ -387,8 +388,12 @@ def test_siblings_with_one_name_are_refused_by_the_dict_scheme():
             super().__init__("many")
             self.curves = curves
 
-    twins = Many([Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0"),
-                  Gaussian1D("lc", t0=2.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0")])
+    twins = Many(
+        [
+            Gaussian1D("lc", t0=1.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0"),
+            Gaussian1D("lc", t0=2.0, sigma=1.0, peak_flux=1.0).to_dynamic("t0"),
+        ]
+    )
     assert twins.get_values().tolist() == [1.0, 2.0]  # the array scheme has no keys
     with pytest.raises(cx.GraphError, match="curves\\[0\\].*curves\\[1\\].*same name"):
         twins.get_values("dict")

@@ -42,8 +42,9 @@ def test_lightcurve_samples_and_fit(tmp_path):
     curves = truth + 0.02 * np.random.default_rng(1).normal(size=(200, 5))
     fig = cx.plot.lightcurve(t, curves, truth=truth, points=(t, truth, 0.01 * np.ones(5)))
     _save(fig, tmp_path / "samples.png")
-    fig = cx.plot.lightcurve(t, (truth, 0.02 * np.ones(5)),
-                             truth=lambda s: 0.25 * np.exp(-(((s - 3) / 2) ** 2)))
+    fig = cx.plot.lightcurve(
+        t, (truth, 0.02 * np.ones(5)), truth=lambda s: 0.25 * np.exp(-(((s - 3) / 2) ** 2))
+    )
     _save(fig, tmp_path / "fit.png")
     with pytest.raises(ValueError, match=r"\[n, len\(t\)\]"):
         cx.plot.lightcurve(t, np.zeros((10, 4)))
@@ -118,7 +119,7 @@ def _check_layout(fig):
     assert tight.x1 <= width + 0.02 and tight.y1 <= height + 0.02, (tight, width, height)
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _texts(fig)]
     for k, (a, ba) in enumerate(boxes):
-        for b, bb in boxes[k + 1:]:
+        for b, bb in boxes[k + 1 :]:
             w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
             h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
             assert w <= 1 or h <= 1, f"texts {a!r} and {b!r} overlap"
@@ -147,8 +148,14 @@ def _asymmetric(nx=12, ny=8):
 
 def test_images_picture_orientation_and_labels(tmp_path):
     img = _asymmetric()
-    fig = cx.plot.images(img, 0 * img, titles=["t = 0"], suptitle="Stage 1: a test",
-                         residual_label="(data − model)/σ", label="brightness")
+    fig = cx.plot.images(
+        img,
+        0 * img,
+        titles=["t = 0"],
+        suptitle="Stage 1: a test",
+        residual_label="(data − model)/σ",
+        label="brightness",
+    )
     pixels = _render(fig, tmp_path / "images.png", dpi=60)
     _check_layout(fig)
     data_ax = fig.axes[0]
@@ -190,12 +197,21 @@ def test_animation_shares_the_orientation_and_has_a_colour_bar_and_time(tmp_path
 
 
 def _eleven(seed=0):
-    names = ["SN.x0[0]", "SN.x0[1]", "Galaxy.x0[0]", "Galaxy.x0[1]", "Galaxy.q", "Galaxy.phi",
-             "Galaxy.sigma", "Galaxy.flux", "lightcurve.t0", "lightcurve.sigma",
-             "lightcurve.peak_flux"]
+    names = [
+        "SN.x0[0]",
+        "SN.x0[1]",
+        "Galaxy.x0[0]",
+        "Galaxy.x0[1]",
+        "Galaxy.q",
+        "Galaxy.phi",
+        "Galaxy.sigma",
+        "Galaxy.flux",
+        "lightcurve.t0",
+        "lightcurve.sigma",
+        "lightcurve.peak_flux",
+    ]
     mean = np.array([-0.35, -0.2, 0.2, 0.2, 0.6, 0.49, 0.3, 1.0, -2.93, 1.95, 0.285])
-    sd = np.array([0.0023, 0.002, 0.0016, 0.0022, 0.005, 0.008, 0.0018, 0.007, 0.085, 0.11,
-                   0.019])
+    sd = np.array([0.0023, 0.002, 0.0016, 0.0022, 0.005, 0.008, 0.0018, 0.007, 0.085, 0.11, 0.019])
     samples = mean + sd * np.random.default_rng(seed).normal(size=(4, 500, 11))
     return SimpleNamespace(samples=samples, names=names), mean
 
@@ -226,8 +242,9 @@ def test_trace_picture_has_a_chain_legend(tmp_path):
 
 def test_ellipse_picture_has_a_legend_and_uncut_labels(tmp_path):
     cov = np.array([[0.0117, 0.0015], [0.0015, 0.00036]])
-    fig = cx.plot.ellipse([1.94, 0.286], cov, truth=[2.0, 0.25],
-                          names=["lightcurve.sigma", "lightcurve.peak_flux"])
+    fig = cx.plot.ellipse(
+        [1.94, 0.286], cov, truth=[2.0, 0.25], names=["lightcurve.sigma", "lightcurve.peak_flux"]
+    )
     assert min(fig.get_size_inches()) >= 4.5
     _render(fig, tmp_path / "ellipse.png", dpi=80)
     _check_layout(fig)
@@ -258,15 +275,22 @@ def test_graph_picture_without_graphviz(tmp_path):
     lc = Gaussian1D("lightcurve", t0=-3.0, sigma=2.0, peak_flux=0.25)
     galaxy = Gaussian("galaxy", x0=[0.2, 0.2], q=0.6, phi=0.5, sigma=0.3, flux=1.0)
     grid = np.zeros((4, 4))
-    sn = Gaussian("sn", x0=[0.0, 0.0], q=1.0, phi=0.0, sigma=0.05,
-                  flux=cx.Pointer(lambda m: m.peak_flux, lc))
+    sn = Gaussian(
+        "sn", x0=[0.0, 0.0], q=1.0, phi=0.0, sigma=0.05, flux=cx.Pointer(lambda m: m.peak_flux, lc)
+    )
     model = Combined("image", grid, grid, [sn, galaxy])
     fig = cx.plot.graph(model)
     _render(fig, tmp_path / "graph.png", dpi=60)
     _check_layout(fig)
     texts = [t.get_text() for t in fig.axes[0].texts]
-    for label in ("Combined(image)", "Gaussian(sn)", "Gaussian(galaxy)", "Gaussian1D\n(lightcurve)",
-                  "peak_flux", "flux"):
+    for label in (
+        "Combined(image)",
+        "Gaussian(sn)",
+        "Gaussian(galaxy)",
+        "Gaussian1D\n(lightcurve)",
+        "peak_flux",
+        "flux",
+    ):
         assert label in texts, (label, texts)
     # one arrow per pointer input or shared node; the lists under modules are lines
     assert len(fig.axes[0].patches) >= 1

@@ -13,8 +13,13 @@ def test_program_basics(data):
     like = stage3_model(data)
     f = cx.compile(like)
     assert f.size == 11 and f.init.shape == (11,)
-    assert f.names[:5] == ["SN0.x0[0]", "SN0.x0[1]", "lightcurve.t0", "lightcurve.sigma",
-                           "lightcurve.peak_flux"]
+    assert f.names[:5] == [
+        "SN0.x0[0]",
+        "SN0.x0[1]",
+        "lightcurve.t0",
+        "lightcurve.sigma",
+        "lightcurve.peak_flux",
+    ]
     rows = f.layout
     assert rows[0].path == "model.models[0].models[0].x0" and rows[0].shape == (2,)
     assert rows[0].slice == slice(0, 2) and rows[2].valid == (0.0, None)
@@ -175,7 +180,9 @@ def test_hierarchical_equals_joint(data):
 # -- bad input -------------------------------------------------------------------------------
 def test_wrong_vector_length_and_dtype(data):
     f = cx.compile(stage3_model(data))
-    with pytest.raises(cx.ShapeError, match=r"shape \(11,\).*model.models\[0\].models\[0\].x0\[2\]"):
+    with pytest.raises(
+        cx.ShapeError, match=r"shape \(11,\).*model.models\[0\].models\[0\].x0\[2\]"
+    ):
         f(jnp.zeros(10))
     with pytest.raises(cx.ShapeError, match="floating-point"):
         f(jnp.zeros(11, dtype=jnp.int32))

@@ -82,8 +82,9 @@ def _models(k, time_param=False):
     members = _sources(k, time_param)
     data = _image(k)
     unrolled = Likelihood("like", Combined("image", X, Y, members), data, 0.1, 25.0)
-    stacked = Likelihood("like", Sky("image", X, Y, cx.stack(members, name="sources")),
-                         data, 0.1, 25.0)
+    stacked = Likelihood(
+        "like", Sky("image", X, Y, cx.stack(members, name="sources")), data, 0.1, 25.0
+    )
     return members, unrolled, stacked
 
 
@@ -138,8 +139,9 @@ def test_vmap_with_batch_axes_and_stack_map_see_one_member_each():
     want = np.stack([np.asarray(jax.jit(lambda m: m.brightness(X, Y))(m)) for m in members])
     got = jax.vmap(lambda s: s.brightness(X, Y), in_axes=(cx.batch_axes(S),))(S)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(cx.stack_map(S, lambda s: s.brightness(X, Y))),
-                               want, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(cx.stack_map(S, lambda s: s.brightness(X, Y))), want, rtol=1e-5, atol=1e-9
+    )
     assert cx.stack_size(S) == 3
 
 
@@ -176,8 +178,11 @@ def _g(name, **kw):
 
 def test_mismatch_in_static_dynamic_status_names_param_and_members():
     a, b = _g("a"), _g("b").to_dynamic("flux")
-    with pytest.raises(cx.GraphError, match=r"param 'flux' is static in member 0 \('a'\) but "
-                       r"dynamic in member 1 \('b'\).*static/dynamic status"):
+    with pytest.raises(
+        cx.GraphError,
+        match=r"param 'flux' is static in member 0 \('a'\) but "
+        r"dynamic in member 1 \('b'\).*static/dynamic status",
+    ):
         cx.stack([a, b])
 
 
@@ -248,10 +253,12 @@ def test_unstack_carries_edits_back_into_the_unrolled_model():
     edited = stacked.set_values(xs).model.sources
     back = cx.unstack(edited)
     rebuilt = Likelihood("like", Combined("image", X, Y, back), unrolled.data, 0.1, 25.0)
-    np.testing.assert_allclose(np.asarray(rebuilt.get_values()), np.asarray(xs)[np.argsort(perm)],
-                               rtol=1e-6)
-    np.testing.assert_allclose(float(cx.compile(rebuilt)(xs[np.argsort(perm)])), float(fs(xs)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(rebuilt.get_values()), np.asarray(xs)[np.argsort(perm)], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(cx.compile(rebuilt)(xs[np.argsort(perm)])), float(fs(xs)), rtol=1e-5
+    )
 
 
 def test_unstack_of_a_module_not_made_by_stack():
@@ -304,8 +311,14 @@ def test_permutation_labels_and_errors():
     members, unrolled, stacked = _models(3, time_param=True)
     fu, fs = cx.compile(unrolled), cx.compile(stacked)
     # unrolled: member by member (a node read by a pointer after every parent of it)
-    assert fu.names[:6] == ["src0.x0[0]", "src0.x0[1]", "timed0.t",
-                            "src1.x0[0]", "src1.x0[1]", "timed1.t"]
+    assert fu.names[:6] == [
+        "src0.x0[0]",
+        "src0.x0[1]",
+        "timed0.t",
+        "src1.x0[0]",
+        "src1.x0[1]",
+        "timed1.t",
+    ]
     # stacked: one block per param, member 0's entries first, then member 1's, ...;
     # a stacked (k, 2) param is labelled [member, entry]
     assert fs.names[:3] == ["src.x0[0, 0]", "src.x0[0, 1]", "src.x0[1, 0]"]
@@ -314,8 +327,12 @@ def test_permutation_labels_and_errors():
     labels = np.asarray(fu.names)[perm].tolist()
     assert labels[:3] == ["src0.x0[0]", "src0.x0[1]", "src1.x0[0]"]
     assert labels[-3:] == ["timed0.t", "timed1.t", "timed2.t"]
-    assert labels[6:10] == ["sigma.width", "lightcurve.t0", "lightcurve.sigma",
-                            "lightcurve.peak_flux"]  # the shared width and light curve
+    assert labels[6:10] == [
+        "sigma.width",
+        "lightcurve.t0",
+        "lightcurve.sigma",
+        "lightcurve.peak_flux",
+    ]  # the shared width and light curve
     x = np.arange(fu.size, dtype=np.float32)
     np.testing.assert_array_equal(x[perm][np.argsort(perm)], x)
     # from modules as well as Programs
@@ -348,8 +365,9 @@ def test_pointer_closing_over_member_values_is_refused_with_a_hint():
         return lambda lc: lc.flux(t)
 
     members = [_g(f"s{i}").set("flux", cx.Pointer(at(float(i)), lc)) for i in range(2)]
-    with pytest.raises(cx.GraphError, match="closes over differ: pass per-member values as "
-                       "pointer inputs"):
+    with pytest.raises(
+        cx.GraphError, match="closes over differ: pass per-member values as pointer inputs"
+    ):
         cx.stack(members)
 
 
@@ -390,8 +408,9 @@ def test_dynamic_params_without_values_get_the_member_axis():
     # what the Program computes is what each member computes with its own slice
     x = jnp.arange(9.0)
     got = jax.vmap(lambda s: s(2.0), in_axes=(cx.batch_axes(f.unflatten(x)),))(f.unflatten(x))
-    want = [float(a) * 2.0 + float(b0) - float(b1)
-            for a, (b0, b1) in zip(x[:3], x[3:].reshape(3, 2))]
+    want = [
+        float(a) * 2.0 + float(b0) - float(b1) for a, (b0, b1) in zip(x[:3], x[3:].reshape(3, 2))
+    ]
     np.testing.assert_allclose(np.asarray(got), want)
 
 

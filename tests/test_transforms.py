@@ -29,7 +29,9 @@ def test_log_det_jacobian_is_exact(valid):
     u = jnp.linspace(-2.0, 2.0, 5)
     jac = jax.jacobian(lambda v: transforms.from_valid(v, valid))(u)
     _, logdet = jnp.linalg.slogdet(jac)
-    assert float(transforms.log_det_jacobian(u, valid)) == pytest.approx(float(logdet), rel=1e-5, abs=1e-5)
+    assert float(transforms.log_det_jacobian(u, valid)) == pytest.approx(
+        float(logdet), rel=1e-5, abs=1e-5
+    )
 
 
 def test_cyclic_wraps_without_jacobian():

@@ -103,7 +103,9 @@ class BatchedProgram:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size == 0 or np.any((idx < -self._n) | (idx >= self._n)):
-            raise ParamIndexError(f"take: indices must be non-empty and within [-{self._n}, {self._n}), got {idx.tolist()}.")
+            raise ParamIndexError(
+                f"take: indices must be non-empty and within [-{self._n}, {self._n}), got {idx.tolist()}."
+            )
         arrays = [a[idx] if ax == 0 else a for a, ax in zip(self._arrays, self._axes)]
         return BatchedProgram(arrays, self._axes, self._static, idx.size)
 
@@ -163,7 +165,9 @@ class BatchedProgram:
     def _check(self, xs):
         sizes = self.size if isinstance(self.size, tuple) else (self.size,)
         if len(xs) != len(sizes):
-            raise ShapeError(f"this batched Program takes {len(sizes)} array(s) of shape (N, n), got {len(xs)}.")
+            raise ShapeError(
+                f"this batched Program takes {len(sizes)} array(s) of shape (N, n), got {len(xs)}."
+            )
         out = []
         for x, n in zip(xs, sizes):
             x = jnp.asarray(x)
@@ -250,7 +254,9 @@ def batch(programs, arrays: dict | None = None, /, **named) -> BatchedProgram:
             )
         return _swap(programs, by_path)
     if by_path:
-        raise GraphError("cx.batch: paths to swap go with one Program, not with a list of Programs.")
+        raise GraphError(
+            "cx.batch: paths to swap go with one Program, not with a list of Programs."
+        )
     programs = list(programs)
     if not programs:
         raise GraphError("cx.batch needs at least one Program.")
@@ -267,7 +273,10 @@ def _leaves(p: Program) -> list:
 
 def _paths(p: Program) -> list:
     """``keystr`` of each leaf of the Program's tree, as `_leaves` orders them."""
-    return [_user_path(jax.tree_util.keystr(k)) for k, _ in jax.tree_util.tree_flatten_with_path(p._tree)[0]]
+    return [
+        _user_path(jax.tree_util.keystr(k))
+        for k, _ in jax.tree_util.tree_flatten_with_path(p._tree)[0]
+    ]
 
 
 def _user_path(keystr: str) -> str:
@@ -299,20 +308,26 @@ def _first_difference(p0: Program, p: Program, k: int) -> str:
     r1 = [(r.name, r.path, tuple(r.shape), r.valid, r.group) for r in s.rows]
     for a, b in zip(r0, r1):
         if a != b:
-            return (f"dynamic param {a[0]!r} at {a[1]!r} (shape {a[2]}, valid {a[3]}) in "
-                    f"programs[0] is {b[0]!r} at {b[1]!r} (shape {b[2]}, valid {b[3]}) in programs[{k}]")
+            return (
+                f"dynamic param {a[0]!r} at {a[1]!r} (shape {a[2]}, valid {a[3]}) in "
+                f"programs[0] is {b[0]!r} at {b[1]!r} (shape {b[2]}, valid {b[3]}) in programs[{k}]"
+            )
     if len(r0) != len(r1):
         extra = (r0 if len(r0) > len(r1) else r1)[min(len(r0), len(r1))]
-        return (f"programs[0] has {len(r0)} dynamic params, programs[{k}] has {len(r1)} "
-                f"(first unmatched: {extra[1]!r})")
+        return (
+            f"programs[0] has {len(r0)} dynamic params, programs[{k}] has {len(r1)} "
+            f"(first unmatched: {extra[1]!r})"
+        )
     paths0, paths1 = _paths(p0), _paths(p)
     for a, b in zip(paths0, paths1):
         if a != b:
             return f"the trees differ at {a!r} (programs[0]) / {b!r} (programs[{k}])"
     if len(paths0) != len(paths1):
         return f"programs[0]'s tree has {len(paths0)} leaves, programs[{k}]'s {len(paths1)}"
-    return (f"programs[0] and programs[{k}] differ in a non-array part of the model "
-            "(a param's kind, a pointer function, a static field)")
+    return (
+        f"programs[0] and programs[{k}] differ in a non-array part of the model "
+        "(a param's kind, a pointer function, a static field)"
+    )
 
 
 def _stack(programs) -> BatchedProgram:
@@ -320,8 +335,10 @@ def _stack(programs) -> BatchedProgram:
     s0 = p0._static
     for k, p in enumerate(programs[1:], 1):
         if p._static._cmp != s0._cmp or p._static.treedef.num_leaves != s0.treedef.num_leaves:
-            raise GraphError(f"cx.batch: the Programs differ in structure: {_first_difference(p0, p, k)}. "
-                             "Batch Programs compiled from one model with different values only.")
+            raise GraphError(
+                f"cx.batch: the Programs differ in structure: {_first_difference(p0, p, k)}. "
+                "Batch Programs compiled from one model with different values only."
+            )
     leaves = [_leaves(p) for p in programs]
     paths = None
     slots_of = {}  # the members' slot indices at a leaf -> the batched leaf index
@@ -349,8 +366,10 @@ def _stack(programs) -> BatchedProgram:
         if not all(is_array):
             paths = paths or _paths(p0)
             k = is_array.index(not is_array[0])
-            raise GraphError(f"cx.batch: {paths[j]!r} is {_describe(column[0])} in programs[0] and "
-                             f"{_describe(column[k])} in programs[{k}].")
+            raise GraphError(
+                f"cx.batch: {paths[j]!r} is {_describe(column[0])} in programs[0] and "
+                f"{_describe(column[k])} in programs[{k}]."
+            )
         key = tuple(p._static.leaves[j].index for p in programs)
         if key not in slots_of:
             for k, c in enumerate(column[1:], 1):
@@ -428,7 +447,9 @@ def _swap(f: Program, by_path: dict) -> BatchedProgram:
         if n is None:
             n = value.shape[0]
         elif value.shape[0] != n:
-            raise ShapeError(f"cx.batch: {path!r} stacks {value.shape[0]} datasets, the paths before it {n}.")
+            raise ShapeError(
+                f"cx.batch: {path!r} stacks {value.shape[0]} datasets, the paths before it {n}."
+            )
         slot = _Slot(len(arrays))
         arrays.append(value)
         axes.append(0)
@@ -468,7 +489,9 @@ def _positions(f: Program, path: str, index: dict, paths: list) -> list:
         return [j]
     suffix = jax.tree_util.keystr(tuple(key_path[owner_depth:]))
     uid = owner.uid
-    copies = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: getattr(x, "uid", None) == uid)[0]
+    copies = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: getattr(x, "uid", None) == uid
+    )[0]
     out = []
     for k, leaf in copies:
         if getattr(leaf, "uid", None) == uid:
@@ -531,14 +554,26 @@ def _on_devices(F: "BatchedProgram", *xs):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.array(devices), ("datasets",))
-    split, whole = NamedSharding(mesh, PartitionSpec("datasets")), NamedSharding(mesh, PartitionSpec())
+    split, whole = (
+        NamedSharding(mesh, PartitionSpec("datasets")),
+        NamedSharding(mesh, PartitionSpec()),
+    )
     arrays = [jax.device_put(a, split if ax == 0 else whole) for a, ax in zip(F.arrays, F.in_axes)]
     G = BatchedProgram(arrays, F.in_axes, F._static, len(F))
     return (G, *(None if x is None else jax.device_put(x, split) for x in xs))
 
 
-def _run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=False, out=None,
-                  resume=False, what="fit", meta=None) -> dict:
+def _run_in_chunks(
+    F: "BatchedProgram",
+    solve,
+    *,
+    batch_size=None,
+    progress=False,
+    out=None,
+    resume=False,
+    what="fit",
+    meta=None,
+) -> dict:
     """Solve ``F``'s datasets chunk by chunk: ``solve(F_chunk, indices)`` returns a dict
     of arrays with a leading axis over the chunk's datasets. Chunks are padded to one
     size (one compile; ``solve`` may spread a chunk over the devices with
@@ -557,7 +592,12 @@ def _run_in_chunks(F: "BatchedProgram", solve, *, batch_size=None, progress=Fals
             f"batched {what} over {nproc} processes shares its chunks through files: give "
             "out=path.h5 on a file system every process can reach."
         )
-    if out is not None and resume and os.path.exists(os.fspath(out)) and not os.path.exists(parts_dir):
+    if (
+        out is not None
+        and resume
+        and os.path.exists(os.fspath(out))
+        and not os.path.exists(parts_dir)
+    ):
         _check_same_run(os.fspath(out), what, meta)
         return _read_results(os.fspath(out), what)
     if parts_dir is not None:
@@ -620,7 +660,9 @@ def _gather_parts(parts_dir, chunks, what, meta, rank, nproc) -> list:
         _check_same_run(path, what, meta)
         got = _read_results(path, what)
         if not np.array_equal(got["index"], real):
-            raise StateFileError(f"'{path}' holds datasets {got['index'].tolist()}, expected {real.tolist()}.")
+            raise StateFileError(
+                f"'{path}' holds datasets {got['index'].tolist()}, expected {real.tolist()}."
+            )
         results.append(got)
     if rank:
         open(os.path.join(parts_dir, f".read-{rank}"), "w").close()
@@ -695,7 +737,9 @@ def read_results(path) -> dict:
     with h5py.File(path, "r") as h5:
         kinds = [k for k in ("fit", "laplace", "nuts") if k in h5]
     if not kinds:
-        raise GraphError(f"'{path}' holds no batched results (no 'fit', 'laplace' or 'nuts' group).")
+        raise GraphError(
+            f"'{path}' holds no batched results (no 'fit', 'laplace' or 'nuts' group)."
+        )
     out = _read_results(path, kinds[0])
     out["kind"] = kinds[0]
     return out

@@ -18,8 +18,7 @@ def _check_nodes(cls_name, items):
     for i, item in enumerate(items):
         if not is_node(item):
             raise ModuleError(
-                f"{cls_name} holds Params and Modules only; item {i} is a "
-                f"{type(item).__name__}."
+                f"{cls_name} holds Params and Modules only; item {i} is a {type(item).__name__}."
             )
 
 

@@ -40,7 +40,8 @@ def describe_param(p: Param, w=None, shown_under=frozenset()) -> str:
     parts = [p.kind]
     if p.pointer:
         ins = [
-            _target(w, i, i.uid in shown_under) if (w is not None and graph.is_node(i))
+            _target(w, i, i.uid in shown_under)
+            if (w is not None and graph.is_node(i))
             else getattr(i, "name", None) or _target(None, i, True)
             for i in p.ptr.inputs
         ]
@@ -109,7 +110,11 @@ def tree_str(root) -> str:
     for depth, label, node, first, w, shown_under in _rows(root):
         pad = "    " * depth
         if isinstance(node, Param):
-            desc = describe_param(node, w, shown_under) if first else f"shared, see {_node_path(w, node)}"
+            desc = (
+                describe_param(node, w, shown_under)
+                if first
+                else f"shared, see {_node_path(w, node)}"
+            )
             out.append(f"{pad}{label}: {desc}")
         elif depth == 0:
             out.append(f"{node.name} ({type(node).__name__})")
@@ -147,7 +152,9 @@ def tree_html(root) -> str:
         if isinstance(node, Param):
             path = html.escape(_node_path(w, node), quote=True)
             if not first:
-                parts.append(f'<li data-path="{path}">{esc_label}: <em>shared, see {path}</em></li>')
+                parts.append(
+                    f'<li data-path="{path}">{esc_label}: <em>shared, see {path}</em></li>'
+                )
                 continue
             colour = _COLOURS[node.kind]
             style = f"color:{colour}"
@@ -170,9 +177,13 @@ def tree_html(root) -> str:
         kind = html.escape(type(node).__name__)
         path = html.escape(_node_path(w, node) if depth else node.name, quote=True)
         if not first:
-            parts.append(f'<li data-path="{path}">{esc_label} <em>{kind}: shared, see {path}</em></li>')
+            parts.append(
+                f'<li data-path="{path}">{esc_label} <em>{kind}: shared, see {path}</em></li>'
+            )
             continue
-        title = esc_label if depth == 0 else f"{esc_label} <em>{kind}</em> '{html.escape(node.name)}'"
+        title = (
+            esc_label if depth == 0 else f"{esc_label} <em>{kind}</em> '{html.escape(node.name)}'"
+        )
         if depth == 0:
             title = f"<b>{esc_label}</b> <em>{kind}</em>"
         opener = "<details open>" if depth < 2 else "<details>"
@@ -190,7 +201,12 @@ def tree_html(root) -> str:
 # caskade's graphviz styles (Module, Param kinds, NodeList/NodeTuple/NodeDict).
 _MODULE_STYLE = {"style": "solid", "color": "black", "shape": "ellipse"}
 _PARAM_STYLES = {
-    "pointer": {"style": "filled", "color": "lightgrey", "fillcolor": "lightgrey", "shape": "rarrow"},
+    "pointer": {
+        "style": "filled",
+        "color": "lightgrey",
+        "fillcolor": "lightgrey",
+        "shape": "rarrow",
+    },
     "dynamic": {"style": "solid", "color": "black", "fillcolor": "white", "shape": "box"},
     "live": {"style": "filled", "color": "black", "fillcolor": "grey90", "shape": "box"},
     "static": {"style": "filled", "color": "lightgrey", "fillcolor": "lightgrey", "shape": "box"},

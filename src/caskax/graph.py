@@ -130,7 +130,11 @@ def walk(root, check: bool = True) -> Walk:
             nodes[uid], paths[uid], copies[uid] = node, path, [node]
             owner[uid], keys[uid] = parent, key
         else:
-            if check and stale is None and not _same_state(_own_state(copies[uid][0]), _own_state(node)):
+            if (
+                check
+                and stale is None
+                and not _same_state(_own_state(copies[uid][0]), _own_state(node))
+            ):
                 stale = (nodes[uid], paths[uid], path)
             copies[uid].append(node)
         for child in reversed(children(node)):
@@ -291,8 +295,11 @@ def nesting_depth(root) -> int:
             if id(obj) in seen:
                 continue
             seen.add(id(obj))
-            items = [getattr(obj, f.name) for f in dataclasses.fields(obj)
-                     if not f.metadata.get("static", False)]
+            items = [
+                getattr(obj, f.name)
+                for f in dataclasses.fields(obj)
+                if not f.metadata.get("static", False)
+            ]
         else:
             continue
         deepest = max(deepest, d)
@@ -361,9 +368,7 @@ def resolve(root, target, w: Walk | None = None) -> int:
             "path string like 'models[0].x0', or a function like lambda m: m.models[0].x0."
         )
     if not is_node(node):
-        raise GraphError(
-            f"target {target!r} is a {type(node).__name__}, not a Param or Module."
-        )
+        raise GraphError(f"target {target!r} is a {type(node).__name__}, not a Param or Module.")
     if node.uid not in w.nodes:
         raise GraphError(
             f"{type(node).__name__} '{node.name}' is not in the tree of '{root.name}'. "
@@ -509,7 +514,9 @@ def _checked_pointer_value(p: Param, value, label):
     if p.shape is None or shape is None:
         return value
     n = len(p.shape)
-    if len(shape) < n or any(s is not None and s != v for s, v in zip(p.shape, shape[len(shape) - n :])):
+    if len(shape) < n or any(
+        s is not None and s != v for s, v in zip(p.shape, shape[len(shape) - n :])
+    ):
         raise ShapeError(
             f"pointer '{label or p.name}' computed a value of shape {tuple(shape)}, but the "
             f"param declares shape={p.shape} (extra leading axes are batch axes)."

@@ -128,7 +128,9 @@ def save_state(module, path, appendable: bool = False) -> None:
                 path.attrs.create(_PENDING, np.int64(-1))
         return
     path = os.fspath(path)
-    need = sum(_chunk_nbytes(v) if appendable else v.nbytes for v in values.values() if v is not None)
+    need = sum(
+        _chunk_nbytes(v) if appendable else v.nbytes for v in values.values() if v is not None
+    )
 
     def write(f):
         _write_tree(f, module, values, appendable)
@@ -303,7 +305,9 @@ def _locked(path: str, exclusive: bool):
         except OSError as err:
             os.close(fd)
             if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise StateFileError(f"cannot lock '{lock}' for '{path}': {err.strerror}.") from None
+                raise StateFileError(
+                    f"cannot lock '{lock}' for '{path}': {err.strerror}."
+                ) from None
             if time.monotonic() > deadline:
                 raise StateFileError(
                     f"'{path}' stayed locked by another process for {_LOCK_TIMEOUT_S:g} s "
@@ -527,7 +531,8 @@ def _plan_appends(f, module, values, path):
     if pending >= 0:
         n = min(n, pending)
     ready = _PENDING in f.attrs and all(
-        ds.chunks is not None and ds.maxshape[0] is None
+        ds.chunks is not None
+        and ds.maxshape[0] is None
         and not ds.id.get_create_plist().get_nfilters()
         for ds in data
     )
@@ -582,8 +587,12 @@ def _convert(path: str, n: int) -> None:
     unfiltered chunks, every other object, attr and hard link as it was."""
     need = os.path.getsize(path)
     with _open(path, "r") as src:
-        need += sum(_chunk_rows(ds.dtype.itemsize * int(np.prod(ds.shape[1:]))) * ds.dtype.itemsize
-                    * int(np.prod(ds.shape[1:])) for ds in _numeric_values(src))
+        need += sum(
+            _chunk_rows(ds.dtype.itemsize * int(np.prod(ds.shape[1:])))
+            * ds.dtype.itemsize
+            * int(np.prod(ds.shape[1:]))
+            for ds in _numeric_values(src)
+        )
     _check_space(path, need, "append_state")
     tmp = _tmp_name(path)
     try:
@@ -623,14 +632,22 @@ def _copy_group(src, dst, copied, n):
                 row = obj.shape[1:]
                 rows = _chunk_rows(obj.dtype.itemsize * int(np.prod(row)))
                 new = dst.create_dataset(
-                    key, data=obj[:n], chunks=(rows,) + row, maxshape=(None,) + row,
+                    key,
+                    data=obj[:n],
+                    chunks=(rows,) + row,
+                    maxshape=(None,) + row,
                     fillvalue=np.zeros((), obj.dtype),
                 )
             else:
                 new = dst.create_dataset(
-                    key, data=obj[()], dtype=obj.dtype, chunks=obj.chunks,
-                    maxshape=obj.maxshape, compression=obj.compression,
-                    compression_opts=obj.compression_opts, shuffle=obj.shuffle,
+                    key,
+                    data=obj[()],
+                    dtype=obj.dtype,
+                    chunks=obj.chunks,
+                    maxshape=obj.maxshape,
+                    compression=obj.compression,
+                    compression_opts=obj.compression_opts,
+                    shuffle=obj.shuffle,
                 )
             copied[obj.id] = new
             _copy_attrs(obj, new)
@@ -719,7 +736,9 @@ def _write_saveattrs(group, node):
         except (TypeError, ValueError) as err:
             warnings.warn(
                 f"'{node.name}.{attr}' of type {type(value).__name__} cannot be saved as an "
-                f"HDF5 attribute ({err}); it is left out.", CaskaxWarning, stacklevel=4,
+                f"HDF5 attribute ({err}); it is left out.",
+                CaskaxWarning,
+                stacklevel=4,
             )
 
 
@@ -754,9 +773,7 @@ def _module_layout(module) -> dict:
     list field), along every path through the tree, in visiting order."""
     out: dict = {}
     if "/" in module.name or module.name in ("", ".", ".."):
-        raise GraphError(
-            f"cannot name an HDF5 root group {module.name!r}: rename the root module."
-        )
+        raise GraphError(f"cannot name an HDF5 root group {module.name!r}: rename the root module.")
 
     def visit(node, prefix):
         for child in graph.children(node):
@@ -816,7 +833,9 @@ def _check_structure(root, module, path) -> dict:
         if missing:
             parts.append(f"{len(missing)} missing from the file, first '{name}/{missing[0]}'")
         if extra:
-            parts.append(f"{len(extra)} in the file but not in the model, first '{name}/{extra[0]}'")
+            parts.append(
+                f"{len(extra)} in the file but not in the model, first '{name}/{extra[0]}'"
+            )
         raise GraphError(
             f"'{path}' does not match the structure of '{name}': " + "; ".join(parts) + ". "
             "Files are keyed as caskade keys children (field names, list members by name, "
@@ -845,7 +864,9 @@ def _check_is_hdf5(path):
     if not os.path.exists(path):
         raise StateFileError(f"no such file: '{path}'. Write one first with save_state(path).")
     if os.path.isdir(path) or not h5py.is_hdf5(path):
-        raise StateFileError(f"'{path}' is not an HDF5 file (state files are written by save_state).")
+        raise StateFileError(
+            f"'{path}' is not an HDF5 file (state files are written by save_state)."
+        )
 
 
 def _root_group(f, module, path):
@@ -925,7 +946,9 @@ def _read_value(ds, row, where, path):
         raw = ds[()]
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         if text != "None":
-            raise StateFileError(f"'{path}': '{where}/value' holds the string {text!r}, not a value.")
+            raise StateFileError(
+                f"'{path}': '{where}/value' holds the string {text!r}, not a value."
+            )
         return None
     if bool(ds.attrs.get("appendable", False)):
         return np.asarray(ds[row])
@@ -963,8 +986,10 @@ def _loaded_changes(ds, p: Param, index, where, path) -> dict:
     valid = None
     if left is not None or right is not None:
         # scalars or arrays (caskade writes array bounds as arrays)
-        valid = (None if left is None else np.asarray(left, dtype=np.float64),
-                 None if right is None else np.asarray(right, dtype=np.float64))
+        valid = (
+            None if left is None else np.asarray(left, dtype=np.float64),
+            None if right is None else np.asarray(right, dtype=np.float64),
+        )
     cyclic = bool(ds.attrs.get("cyclic", False))
     valid = _normalise_valid(p.name, valid, cyclic)
     changes = dict(units=None if units == "None" else units, valid=valid, cyclic=cyclic)

@@ -17,10 +17,23 @@ import numpy as np
 
 from . import graph, transforms
 from .errors import (
-    DepthError, FillError, GraphError, ModuleError, ParamError, ParamIndexError, depth_error,
+    DepthError,
+    FillError,
+    GraphError,
+    ModuleError,
+    ParamError,
+    ParamIndexError,
+    depth_error,
 )
 from .param import (
-    Param, Pointer, _check_valid, check_name, frozen_delattr, frozen_setattr, link, new_uid,
+    Param,
+    Pointer,
+    _check_valid,
+    check_name,
+    frozen_delattr,
+    frozen_setattr,
+    link,
+    new_uid,
 )
 
 __all__ = ["Module", "forward", "batch_axes"]
@@ -210,7 +223,9 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
         w = graph.walk(self)
         node = w.nodes[graph.resolve(self, target, w)]
         if not isinstance(node, Param):
-            raise GraphError(f"set_attrs: '{w.paths[node.uid] or node.name}' is a module, not a param.")
+            raise GraphError(
+                f"set_attrs: '{w.paths[node.uid] or node.name}' is a module, not a param."
+            )
         return graph.replace(self, {node.uid: node.with_attrs(**attrs)})
 
     def set_values(self, values, group: int | None = None) -> "Module":
@@ -450,7 +465,9 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
             try:
                 items = list(i)
             except TypeError:
-                raise ParamIndexError(f"find_param takes an int or a sequence of ints, got {i!r}.") from None
+                raise ParamIndexError(
+                    f"find_param takes an int or a sequence of ints, got {i!r}."
+                ) from None
             return tuple(self.find_param(k, group) for k in items)
         g = _one_group(layout, group)
         params = layout.get(g, [])
@@ -484,8 +501,11 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
         node = w.nodes[uid]
         if not isinstance(node, Param):
             # a module: its own dynamic params, as caskade gives them
-            return tuple(self.find_index(c.node, scheme) for c in graph.children(node)
-                         if isinstance(c.node, Param) and c.node.dynamic)
+            return tuple(
+                self.find_index(c.node, scheme)
+                for c in graph.children(node)
+                if isinstance(c.node, Param) and c.node.dynamic
+            )
         layout = dynamic_layout(self, w)
         if scheme == "list":
             for g, params in layout.items():
@@ -653,9 +673,7 @@ def params_to_values(root, values, w=None, group=None, check=False) -> dict:
         )
     if len(groups) > 1:
         if not isinstance(values, (list, tuple)) or len(values) != len(groups):
-            raise FillError(
-                f"'{root.name}' has param groups {groups}: give one entry per group."
-            )
+            raise FillError(f"'{root.name}' has param groups {groups}: give one entry per group.")
         per_group = values
     else:
         per_group = [values]
@@ -667,6 +685,7 @@ def params_to_values(root, values, w=None, group=None, check=False) -> dict:
 
 def _group_values(root, params, vals, w, check):
     if isinstance(vals, dict):
+
         def fill_sub(node, below, value):
             return _group_values(node, below, value, w, check)
 
@@ -798,7 +817,9 @@ def _set_one(root, target, value):
             raise GraphError(f"param '{w.paths[uid] or node.name}' cannot point to itself.")
         value = link(_current(w, value))
     elif isinstance(value, Pointer):
-        value = graph.copy_with(value, inputs=tuple(_pointer_input(root, w, i) for i in value.inputs))
+        value = graph.copy_with(
+            value, inputs=tuple(_pointer_input(root, w, i) for i in value.inputs)
+        )
     return graph.replace(root, {uid: node.with_value(value)})
 
 
@@ -807,7 +828,9 @@ def _pointer_input(root, w, x):
     if isinstance(x, str):
         node = graph.lookup(root, x)
         if not graph.is_node(node):
-            raise GraphError(f"pointer input {x!r} is a {type(node).__name__}, not a Param or Module.")
+            raise GraphError(
+                f"pointer input {x!r} is a {type(node).__name__}, not a Param or Module."
+            )
         return w.nodes[node.uid]
     return _current(w, x)
 
@@ -941,7 +964,12 @@ def _memoised(method, module, args, kwargs, compute):
     memo = _MEMO.get()
     if memo is None:
         return compute()
-    key = (id(module), id(method), tuple(map(id, args)), tuple((k, id(v)) for k, v in kwargs.items()))
+    key = (
+        id(module),
+        id(method),
+        tuple(map(id, args)),
+        tuple((k, id(v)) for k, v in kwargs.items()),
+    )
     state = _trace_state()
     entries = memo.setdefault(key, [])
     for entry in entries:
@@ -978,7 +1006,9 @@ def forward(method):
     kinds = inspect.Parameter
     has_varargs = any(p.kind is kinds.VAR_POSITIONAL for p in plist)
     has_varkw = any(p.kind is kinds.VAR_KEYWORD for p in plist)
-    positional = [p.name for p in plist if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)]
+    positional = [
+        p.name for p in plist if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+    ]
     names = [p.name for p in plist]
 
     def wrapper(self, *args, params=None, **kwargs):
@@ -1010,9 +1040,7 @@ def forward(method):
     def _call(module, args, kwargs):
         own = own_params(module)
         overrides = {own[k].uid: v for k, v in kwargs.items() if k in own}
-        overrides.update(
-            (own[k].uid, v) for k, v in zip(positional, args) if k in own
-        )
+        overrides.update((own[k].uid, v) for k, v in zip(positional, args) if k in own)
         if overrides:
             # An override holds for the whole call: pointers that read the param (in
             # this module or below it) are computed again from the new value.
@@ -1076,7 +1104,9 @@ def batch_axes(module, internal=()):
         if isinstance(x, Pointer):
             return graph.copy_with(x, inputs=tuple(_spec_value(i, spec) for i in x.inputs))
         if graph.is_node(x):
-            return graph.copy_with(x, **{n: _spec_value(getattr(x, n), spec) for n in graph.node_fields(x)})
+            return graph.copy_with(
+                x, **{n: _spec_value(getattr(x, n), spec) for n in graph.node_fields(x)}
+            )
         return jax.tree_util.tree_map(lambda _: None, x)
 
     return spec(module)

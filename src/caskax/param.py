@@ -57,11 +57,15 @@ def frozen_error(node, name, deleting=False) -> ModuleError:
         )
     verb = "deleted" if deleting else "assigned"
     if isinstance(node, Param):
-        how = ("params are immutable: edit them through the module that holds them, "
-               "e.g. m = m.set('path.to.param', value) or m.set_attrs('path', valid=...)")
+        how = (
+            "params are immutable: edit them through the module that holds them, "
+            "e.g. m = m.set('path.to.param', value) or m.set_attrs('path', valid=...)"
+        )
     else:
-        how = (f"modules are immutable: m = m.set({name!r}, value) returns a new module "
-               "with the field changed")
+        how = (
+            f"modules are immutable: m = m.set({name!r}, value) returns a new module "
+            "with the field changed"
+        )
     return ModuleError(f"{cls}.{name} cannot be {verb} after construction; caskax {how}.")
 
 
@@ -168,7 +172,11 @@ def _coerce(name, value, shape, dtype):
     """Turn user input into an inexact jax array with a checked shape."""
     if value is None:
         return None
-    if isinstance(value, (str, bytes)) or getattr(getattr(value, "dtype", None), "kind", None) in ("U", "S", "O"):
+    if isinstance(value, (str, bytes)) or getattr(getattr(value, "dtype", None), "kind", None) in (
+        "U",
+        "S",
+        "O",
+    ):
         raise ParamError(
             f"Param '{name}': value {value!r} is text, not a number; give a number, list or "
             "array (convert strings yourself, e.g. float(s))."
@@ -586,7 +594,9 @@ class Param(eqx.Module):
         return new
 
     def _no_pointer(self, value, how):
-        if isinstance(value, (Param, Pointer)) or (callable(value) and not hasattr(value, "__array__")):
+        if isinstance(value, (Param, Pointer)) or (
+            callable(value) and not hasattr(value, "__array__")
+        ):
             raise ParamError(
                 f"Param '{self.name}': {how} takes an array value, not a "
                 f"{type(value).__name__}; to make a pointer, use module.set(target, other_param) "
@@ -653,7 +663,11 @@ class Param(eqx.Module):
             return f"{self.name}|{kind}: live" if self.kind == "live" else f"{self.name}|{kind}"
         arr = np.asarray(value)
         if arr.size <= 1:
-            return f"{self.name}|{kind}: {arr.reshape(()).item():.3g}" if arr.size else f"{self.name}|{kind}"
+            return (
+                f"{self.name}|{kind}: {arr.reshape(()).item():.3g}"
+                if arr.size
+                else f"{self.name}|{kind}"
+            )
         if arr.size <= 4:
             return f"{self.name}|{kind}: " + str(np.char.mod("%.3g", arr).tolist()).replace("'", "")
         return f"{self.name}|{kind}: {self.value_shape}"

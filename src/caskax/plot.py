@@ -38,8 +38,9 @@ def _oriented(img, indexing):
         return img.T
     if indexing == "xy":
         return img
-    raise ShapeError(f"indexing must be 'ij' (arrays [x, y]) or 'xy' (arrays [y, x]), "
-                     f"got {indexing!r}.")
+    raise ShapeError(
+        f"indexing must be 'ij' (arrays [x, y]) or 'xy' (arrays [y, x]), got {indexing!r}."
+    )
 
 
 def _show(ax, img, indexing, **kw):
@@ -76,8 +77,19 @@ def _truth(truth, d):
     return t
 
 
-def images(data, model, residual=None, titles=None, vmin=None, vmax=None, cmap="viridis",
-           suptitle=None, label=None, residual_label=None, indexing="ij"):
+def images(
+    data,
+    model,
+    residual=None,
+    titles=None,
+    vmin=None,
+    vmax=None,
+    cmap="viridis",
+    suptitle=None,
+    label=None,
+    residual_label=None,
+    indexing="ij",
+):
     """Data, model and residual images side by side: one column per image, rows data /
     model / residual (``data - model`` when ``residual`` is None), the residuals on a
     symmetric colour scale, each scale with a labelled colour bar.
@@ -116,9 +128,13 @@ def images(data, model, residual=None, titles=None, vmin=None, vmax=None, cmap="
     _, nx, ny = data.shape
     aspect = (ny / nx) if indexing == "ij" else (nx / ny)  # height / width of one image
     panel = 1.9
-    fig, axes = plt.subplots(3, n, figsize=(panel * n + 1.3, 3 * panel * aspect + 0.5
-                                            + (0.35 if suptitle else 0.0)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        3,
+        n,
+        figsize=(panel * n + 1.3, 3 * panel * aspect + 0.5 + (0.35 if suptitle else 0.0)),
+        squeeze=False,
+        layout="constrained",
+    )
     rows = ((data, "data"), (model, "model"), (res, "residual"))
     for i in range(n):
         for row, (imgs, name) in enumerate(rows):
@@ -142,8 +158,20 @@ def images(data, model, residual=None, titles=None, vmin=None, vmax=None, cmap="
     return fig
 
 
-def animate(frames, times=None, vmin=None, vmax=None, cmap="viridis", label="brightness",
-            time_label="t", indexing="ij", interval=60, saveto=None, fps=15, dpi=None):
+def animate(
+    frames,
+    times=None,
+    vmin=None,
+    vmax=None,
+    cmap="viridis",
+    label="brightness",
+    time_label="t",
+    indexing="ij",
+    interval=60,
+    saveto=None,
+    fps=15,
+    dpi=None,
+):
     """An animation of images (a simulator over time): one frame per image, a colour
     bar, and the time of each frame above it.
 
@@ -221,8 +249,12 @@ def _write_gif(fig, ax, artists, update, n, path, fps, cmap):
     background = canvas.copy_from_bbox(fig.bbox)
     for a in artists:
         a.set_visible(True)
-    colours = np.concatenate([np.asarray(cmap(np.linspace(0, 1, 200)))[:, :3] * 255,
-                              np.repeat(np.linspace(0, 255, 56)[:, None], 3, axis=1)])
+    colours = np.concatenate(
+        [
+            np.asarray(cmap(np.linspace(0, 1, 200)))[:, :3] * 255,
+            np.repeat(np.linspace(0, 255, 56)[:, None], 3, axis=1),
+        ]
+    )
     palette = Image.new("P", (1, 1))
     palette.putpalette(np.round(colours).astype(np.uint8).ravel().tolist())
     images = []
@@ -232,15 +264,16 @@ def _write_gif(fig, ax, artists, update, n, path, fps, cmap):
         for a in artists:
             ax.draw_artist(a)
         w, h = canvas.get_width_height()
-        rgb = Image.frombuffer("RGBA", (w, h), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0,
-                               1).convert("RGB")
+        rgb = Image.frombuffer(
+            "RGBA", (w, h), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0, 1
+        ).convert("RGB")
         images.append(rgb.quantize(palette=palette, dither=Image.Dither.NONE))
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps),
-                   loop=0)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 
-def lightcurve(t, samples_or_fit, truth=None, points=None, ax=None, xlabel="time",
-               ylabel="flux", label="model"):
+def lightcurve(
+    t, samples_or_fit, truth=None, points=None, ax=None, xlabel="time", ylabel="flux", label="model"
+):
     """A light curve with its uncertainty.
 
     ``samples_or_fit`` is either an array of curve samples ``[n, len(t)]`` (drawn as the
@@ -259,12 +292,17 @@ def lightcurve(t, samples_or_fit, truth=None, points=None, ax=None, xlabel="time
     """
     plt = _plt()
     t = np.asarray(t, dtype=float)
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.2),
-                                                                  layout="constrained")
+    fig, ax = (
+        (ax.figure, ax)
+        if ax is not None
+        else plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    )
     if isinstance(samples_or_fit, (tuple, list)) and len(samples_or_fit) == 2:
         mean, sigma = (np.asarray(v, dtype=float).reshape(t.shape) for v in samples_or_fit)
         ax.errorbar(t, mean, yerr=2 * sigma, fmt="none", ecolor="C0", alpha=0.4, capsize=0, lw=1)
-        ax.errorbar(t, mean, yerr=sigma, fmt="o", color="C0", capsize=3, lw=2, label=f"{label}, 1σ and 2σ")
+        ax.errorbar(
+            t, mean, yerr=sigma, fmt="o", color="C0", capsize=3, lw=2, label=f"{label}, 1σ and 2σ"
+        )
     else:
         curves = np.asarray(samples_or_fit, dtype=float)
         if curves.ndim == 3:  # [chains, draws, len(t)]
@@ -335,13 +373,17 @@ def _few_ticks(ax, x=True, y=True, size=7, n=(3, 4)):
     (so that the labels of neighbouring panels never meet), without an offset."""
     from matplotlib.ticker import FixedLocator, MaxNLocator, ScalarFormatter
 
-    for on, axis, limits, bins in ((x, ax.xaxis, ax.get_xlim(), n[0]),
-                                   (y, ax.yaxis, ax.get_ylim(), n[1])):
+    for on, axis, limits, bins in (
+        (x, ax.xaxis, ax.get_xlim(), n[0]),
+        (y, ax.yaxis, ax.get_ylim(), n[1]),
+    ):
         if not on:
             continue
         lo, hi = sorted(limits)
         margin = 0.1 * (hi - lo)
-        ticks = [t for t in MaxNLocator(bins).tick_values(lo, hi) if lo + margin <= t <= hi - margin]
+        ticks = [
+            t for t in MaxNLocator(bins).tick_values(lo, hi) if lo + margin <= t <= hi - margin
+        ]
         axis.set_major_locator(FixedLocator(ticks))
         fmt = ScalarFormatter(useOffset=False)
         fmt.set_powerlimits((-3, 4))
@@ -353,8 +395,9 @@ def _grid_margins(fig, d, panel):
     """Margins (in figure fractions) that leave room for the labels of a corner grid."""
     w = panel * d
     left, bottom, top = 1.05 / (w + 1.3), 1.05 / (w + 1.5), 0.45 / (w + 1.5)
-    fig.subplots_adjust(left=left, right=1 - 0.15 / (w + 1.3), bottom=bottom, top=1 - top,
-                        wspace=0.08, hspace=0.08)
+    fig.subplots_adjust(
+        left=left, right=1 - 0.15 / (w + 1.3), bottom=bottom, top=1 - top, wspace=0.08, hspace=0.08
+    )
 
 
 def corner(chains_or_samples, names=None, truth=None, bins=30):
@@ -398,8 +441,10 @@ def corner(chains_or_samples, names=None, truth=None, bins=30):
             q = np.percentile(x[:, i], [16, 50, 84])
             for v in q:
                 ax.axvline(v, color="k", ls="--", lw=0.8)
-            ax.set_title(f"{names[i]}\n{q[1]:.3g}$^{{+{q[2] - q[1]:.2g}}}_{{-{q[1] - q[0]:.2g}}}$",
-                         fontsize=9)
+            ax.set_title(
+                f"{names[i]}\n{q[1]:.3g}$^{{+{q[2] - q[1]:.2g}}}_{{-{q[1] - q[0]:.2g}}}$",
+                fontsize=9,
+            )
             if truth is not None:
                 ax.axvline(truth[i], color="C3")
         else:
@@ -443,21 +488,26 @@ def trace(chains_or_samples, names=None, truth=None):
     arr, names = _chains(chains_or_samples, names)
     n_chains, n_draws, d = arr.shape
     truth = _truth(truth, d)
-    fig, axes = plt.subplots(d, 1, figsize=(8, 1.25 * d + 1.0), sharex=True, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        d, 1, figsize=(8, 1.25 * d + 1.0), sharex=True, squeeze=False, layout="constrained"
+    )
     draws = np.arange(n_draws)
     for k in range(d):
         ax = axes[k, 0]
         for c in range(n_chains):
-            ax.plot(draws, arr[c, :, k], lw=0.6, alpha=0.8, color=f"C{c % 10}",
-                    label=f"chain {c}")
+            ax.plot(draws, arr[c, :, k], lw=0.6, alpha=0.8, color=f"C{c % 10}", label=f"chain {c}")
         if truth is not None:
             ax.axhline(truth[k], color="k", ls="--", lw=1, label="truth")
         ax.set_ylabel(_short(names[k]), fontsize=9)
         _few_ticks(ax, x=False, size=8)
     axes[-1, 0].set_xlabel("draw")
-    leg = fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center",
-                     ncols=min(n_chains + (truth is not None), 8), frameon=False, fontsize=9)
+    leg = fig.legend(
+        *axes[0, 0].get_legend_handles_labels(),
+        loc="outside upper center",
+        ncols=min(n_chains + (truth is not None), 8),
+        frameon=False,
+        fontsize=9,
+    )
     for handle in leg.legend_handles:
         handle.set_linewidth(2.0)
         handle.set_alpha(1.0)
@@ -510,8 +560,11 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
     def pair(ax, i, j):  # x: param j, y: param i
         sub = cov[np.ix_([j, i], [j, i])]
         for n, alpha in ((2, 0.25), (1, 0.5)):
-            ax.add_patch(_ellipse_patch((mean[j], mean[i]), sub, n, color="C0", alpha=alpha,
-                                        lw=0, label=f"{n}σ"))
+            ax.add_patch(
+                _ellipse_patch(
+                    (mean[j], mean[i]), sub, n, color="C0", alpha=alpha, lw=0, label=f"{n}σ"
+                )
+            )
         ax.plot(mean[j], mean[i], "+", color="C0", ms=10, mew=2, label="mode")
         if truth is not None:
             ax.plot(truth[j], truth[i], "x", color="C3", ms=8, mew=2, label="truth")
@@ -526,14 +579,19 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
 
     def legend(ax, **kw):
         handles, labels = ax.get_legend_handles_labels()
-        order = sorted(range(len(labels)), key=lambda k: ["mode", "truth", "1σ", "2σ"].index(labels[k]))
+        order = sorted(
+            range(len(labels)), key=lambda k: ["mode", "truth", "1σ", "2σ"].index(labels[k])
+        )
         return ax.legend([handles[k] for k in order], [labels[k] for k in order], **kw)
 
     if d == 2 or ax is not None:
         if d != 2:
             raise ShapeError("ax= is for 2 parameters only; with more, a grid is drawn.")
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 5),
-                                                                      layout="constrained")
+        fig, ax = (
+            (ax.figure, ax)
+            if ax is not None
+            else plt.subplots(figsize=(5.5, 5), layout="constrained")
+        )
         pair(ax, 1, 0)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
@@ -564,13 +622,21 @@ def ellipse(mean, cov=None, ax=None, truth=None, names=None):
             ax.set_ylabel(_short(names[i]), fontsize=9)
         else:
             ax.tick_params(labelleft=False)
-    legend(fig.axes[1], loc="upper left", bbox_to_anchor=(1.05 + d // 2, 1.0), fontsize=9,
-           frameon=False)
+    legend(
+        fig.axes[1],
+        loc="upper left",
+        bbox_to_anchor=(1.05 + d // 2, 1.0),
+        fontsize=9,
+        frameon=False,
+    )
     return fig
 
 
 _KIND_STYLE = {  # face colour of each kind of node
-    "module": "#dbe8f6", "dynamic": "white", "static": "#d3d3d3", "pointer": "#f6dfb0",
+    "module": "#dbe8f6",
+    "dynamic": "white",
+    "static": "#d3d3d3",
+    "pointer": "#f6dfb0",
     "live": "#eeeeee",
 }
 
@@ -639,10 +705,11 @@ def graph(root, max_width=6):
     pos, y = {}, 0.0
     for depth in sorted(layers):
         row = [u for u in layers[depth] if u not in listed]
-        row.sort(key=lambda u: np.mean([pos[p][0] for p in parents.get(u, []) if p in pos]
-                                       or [0.0]))
+        row.sort(
+            key=lambda u: np.mean([pos[p][0] for p in parents.get(u, []) if p in pos] or [0.0])
+        )
         for start in range(0, len(row), max_width):
-            chunk = row[start:start + max_width]
+            chunk = row[start : start + max_width]
             longest = 0
             for k, uid in enumerate(chunk):
                 x = (k - (len(chunk) - 1) / 2) * dx
@@ -653,8 +720,9 @@ def graph(root, max_width=6):
             y += 1.0 + step * (longest + 0.6 if longest else 0)
     xs = [x for x, _ in pos.values()]
     span = max(xs) - min(xs) + 2.4
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.95 * span), max(2.5, 0.72 * y + 0.4)),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, 0.95 * span), max(2.5, 0.72 * y + 0.4)), layout="constrained"
+    )
     for a, b in edges:
         if b in listed and owned.get(a) and b in owned[a]:
             (xa, ya), (xb, yb) = pos[a], pos[b]  # the list's bracket
@@ -662,25 +730,56 @@ def graph(root, max_width=6):
             continue
         (xa, ya), (xb, yb) = pos[a], pos[b]
         start = (xa + 0.2, ya) if a in listed else (xa, ya - 0.2)
-        ax.add_patch(FancyArrowPatch(start, (xb, yb + 0.2), arrowstyle="-|>", mutation_scale=10,
-                                     color="0.35", lw=0.8, connectionstyle="arc3,rad=0.08"))
+        ax.add_patch(
+            FancyArrowPatch(
+                start,
+                (xb, yb + 0.2),
+                arrowstyle="-|>",
+                mutation_scale=10,
+                color="0.35",
+                lw=0.8,
+                connectionstyle="arc3,rad=0.08",
+            )
+        )
     for uid, (label, kind) in nodes.items():
         x, yy = pos[uid]
         if uid in listed:
-            ax.text(x, yy, label, ha="left", va="center", fontsize=8,
-                    bbox=dict(boxstyle="square,pad=0.25", fc=_KIND_STYLE.get(kind, "white"),
-                              ec="k", lw=0.6))
+            ax.text(
+                x,
+                yy,
+                label,
+                ha="left",
+                va="center",
+                fontsize=8,
+                bbox=dict(
+                    boxstyle="square,pad=0.25", fc=_KIND_STYLE.get(kind, "white"), ec="k", lw=0.6
+                ),
+            )
             continue
-        ax.text(x, yy, label.replace("(", "\n(", 1) if len(label) > 18 else label,
-                ha="center", va="center", fontsize=8,
-                bbox=dict(boxstyle="round,pad=0.35" if kind == "module" else "square,pad=0.3",
-                          fc=_KIND_STYLE.get(kind, "white"), ec="k", lw=0.8))
+        ax.text(
+            x,
+            yy,
+            label.replace("(", "\n(", 1) if len(label) > 18 else label,
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox=dict(
+                boxstyle="round,pad=0.35" if kind == "module" else "square,pad=0.3",
+                fc=_KIND_STYLE.get(kind, "white"),
+                ec="k",
+                lw=0.8,
+            ),
+        )
     from matplotlib.patches import Patch
 
     kinds = [k for k in _KIND_STYLE if any(kind == k for _, kind in nodes.values())]
-    ax.legend([Patch(fc=_KIND_STYLE[k], ec="k", lw=0.6) for k in kinds],
-              [k if k == "module" else f"{k} param" for k in kinds], loc="lower right",
-              fontsize=8, frameon=False)
+    ax.legend(
+        [Patch(fc=_KIND_STYLE[k], ec="k", lw=0.6) for k in kinds],
+        [k if k == "module" else f"{k} param" for k in kinds],
+        loc="lower right",
+        fontsize=8,
+        frameon=False,
+    )
     ax.set_xlim(min(xs) - 1.0, max(xs) + 1.4)
     ax.set_ylim(-y + 0.3, 0.5)
     ax.axis("off")

@@ -64,8 +64,10 @@ class LayoutRow(_Row):
         return hash((tuple(self[:2]), self.slice.start, self.slice.stop, self.uid))
 
     def __repr__(self):
-        return (f"LayoutRow(path={self.path!r}, shape={self.shape}, slice={self.slice}, "
-                f"valid={self.valid}, units={self.units!r}, group={self.group}, name={self.name!r})")
+        return (
+            f"LayoutRow(path={self.path!r}, shape={self.shape}, slice={self.slice}, "
+            f"valid={self.valid}, units={self.units!r}, group={self.group}, name={self.name!r})"
+        )
 
 
 class _FnKey:
@@ -83,9 +85,13 @@ class _FnKey:
         code = getattr(f, "__code__", None)
         if code is None:  # builtins, partials, callable objects: by identity
             return (id(f),)
-        return (code, id(getattr(f, "__globals__", None)),
-                _values_key(_cells(f)), _values_key(getattr(f, "__defaults__", None) or ()),
-                _values_key(tuple(sorted((getattr(f, "__kwdefaults__", None) or {}).items()))))
+        return (
+            code,
+            id(getattr(f, "__globals__", None)),
+            _values_key(_cells(f)),
+            _values_key(getattr(f, "__defaults__", None) or ()),
+            _values_key(tuple(sorted((getattr(f, "__kwdefaults__", None) or {}).items()))),
+        )
 
     def __eq__(self, other):
         return isinstance(other, _FnKey) and self._parts() == other._parts()
@@ -153,8 +159,20 @@ class _Static:
         # jit hashes and compares this on every call with a Program argument: do the
         # work once (the fields never change).
         # slices are unhashable before Python 3.12: use their ends.
-        rows = tuple((r.path, r.shape, r.slice.start, r.slice.stop, r.valid, r.units,
-                      r.group, r.cyclic, r.name) for r in rows)
+        rows = tuple(
+            (
+                r.path,
+                r.shape,
+                r.slice.start,
+                r.slice.stop,
+                r.valid,
+                r.units,
+                r.group,
+                r.cyclic,
+                r.name,
+            )
+            for r in rows
+        )
         self._cmp = (key, rows, method, valid)
         try:
             self._hash = hash((self._cmp, leaves))
@@ -196,7 +214,13 @@ def _content(x):
         return ("id", id(x))
     a = np.asarray(x)
     digest = hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8).ravel(), digest_size=16)
-    return (type(x).__name__, a.shape, str(a.dtype), getattr(x, "weak_type", None), digest.hexdigest())
+    return (
+        type(x).__name__,
+        a.shape,
+        str(a.dtype),
+        getattr(x, "weak_type", None),
+        digest.hexdigest(),
+    )
 
 
 def _split(tree):
@@ -258,8 +282,9 @@ class Program:
         tree = (module, tuple(args), dict(kwargs))
         arrays, (treedef, leaves) = _split(tree)
         self._arrays = tuple(arrays)
-        self._static = _Static(treedef, leaves, tuple(rows), method, bool(valid),
-                               _canonical_structure(tree))
+        self._static = _Static(
+            treedef, leaves, tuple(rows), method, bool(valid), _canonical_structure(tree)
+        )
         self._direct = None
 
     @classmethod
@@ -306,7 +331,9 @@ class Program:
     @property
     def size(self):
         """Length of the flat vector (a tuple with several groups)."""
-        return self._per_group([sum(math.prod(r.shape) for r in self._rows(g)) for g in self.groups])
+        return self._per_group(
+            [sum(math.prod(r.shape) for r in self._rows(g)) for g in self.groups]
+        )
 
     @property
     def names(self):
@@ -393,16 +420,24 @@ class Program:
     def _group_map(self, xs, group, fn):
         # caskade's to_valid(params, group=g): one vector, of group g only
         if len(xs) != 1:
-            raise ShapeError(f"with group={group}, give one flat vector (of that group), got {len(xs)}.")
+            raise ShapeError(
+                f"with group={group}, give one flat vector (of that group), got {len(xs)}."
+            )
         rows = self._rows(group)
         if not rows:
-            raise ShapeError(f"this Program has no param group {group}; groups: {list(self.groups)}.")
+            raise ShapeError(
+                f"this Program has no param group {group}; groups: {list(self.groups)}."
+            )
         x = jnp.asarray(xs[0])
         n = sum(math.prod(r.shape) for r in rows)
         if x.ndim != 1 or x.shape[0] != n:
-            raise ShapeError(f"group {group} takes a flat vector of shape ({n},), got {tuple(x.shape)}.")
-        parts = [fn(x[r.slice], _flat_valid(r), r.cyclic) if r.valid is not None else x[r.slice]
-                 for r in rows]
+            raise ShapeError(
+                f"group {group} takes a flat vector of shape ({n},), got {tuple(x.shape)}."
+            )
+        parts = [
+            fn(x[r.slice], _flat_valid(r), r.cyclic) if r.valid is not None else x[r.slice]
+            for r in rows
+        ]
         return jnp.concatenate(parts)
 
     def to_valid(self, *xs, group=None):
@@ -444,7 +479,9 @@ class Program:
         for g, u in zip(self.groups, us):
             for r in self._rows(g):
                 if r.valid is not None:
-                    total = total + transforms.log_det_jacobian(u[r.slice], _flat_valid(r), r.cyclic)
+                    total = total + transforms.log_det_jacobian(
+                        u[r.slice], _flat_valid(r), r.cyclic
+                    )
         return total
 
     def log_prior(self, *xs):
@@ -556,7 +593,9 @@ def _apply(tree, static, xs):
         new = []
         for g, x in zip(groups, xs):
             parts = [
-                transforms.from_valid(x[r.slice], _flat_valid(r), r.cyclic) if r.valid is not None else x[r.slice]
+                transforms.from_valid(x[r.slice], _flat_valid(r), r.cyclic)
+                if r.valid is not None
+                else x[r.slice]
                 for r in static.rows
                 if r.group == g
             ]
@@ -630,7 +669,8 @@ def _suggest_stack(w):
             f"the model holds {n} {cls.__name__} modules: XLA compiles one copy of the "
             f"graph per member, so compile time grows with their number. cx.stack(...) "
             "makes them one module with a member axis, compiled once (docs: Many components).",
-            CaskaxWarning, stacklevel=3,
+            CaskaxWarning,
+            stacklevel=3,
         )
 
 
@@ -650,8 +690,15 @@ def _compile(module, method, args, kwargs, valid):
             n = math.prod(shape)
             rows.append(
                 LayoutRow(
-                    w.paths[p.uid] or p.name, shape, slice(offset, offset + n), p.valid,
-                    p.units, group=g, cyclic=p.cyclic, uid=p.uid, name=label,
+                    w.paths[p.uid] or p.name,
+                    shape,
+                    slice(offset, offset + n),
+                    p.valid,
+                    p.units,
+                    group=g,
+                    cyclic=p.cyclic,
+                    uid=p.uid,
+                    name=label,
                 )
             )
             offset += n

@@ -106,9 +106,7 @@ def stack(modules, name: str | None = None):
         raise GraphError("cx.stack needs at least one module.")
     for j, m in enumerate(modules):
         if not graph.is_node(m) or isinstance(m, Param):
-            raise GraphError(
-                f"cx.stack: member {j} is a {type(m).__name__}, not a caskax Module."
-            )
+            raise GraphError(f"cx.stack: member {j} is a {type(m).__name__}, not a caskax Module.")
     seen = {}
     for j, m in enumerate(modules):
         if m.uid in seen:
@@ -176,8 +174,9 @@ class _Stacker:
                         f"{list(first)} and {self.member(j)} "
                         f"{list(o) if isinstance(o, dict) else type(o).__name__}."
                     )
-            return type(first)((key, self.value([o[key] for o in objs], f"{path}[{key!r}]"))
-                               for key in first)
+            return type(first)(
+                (key, self.value([o[key] for o in objs], f"{path}[{key!r}]")) for key in first
+            )
         for j, o in enumerate(objs):
             if not _equal(first, o):
                 raise GraphError(
@@ -263,8 +262,15 @@ class _Stacker:
                     "agree with to_dynamic/to_static before stacking, and link every member "
                     "to one shared param rather than to member 0's."
                 )
-            for attr in ("shape", "declared_batch_shape", "valid", "cyclic", "units", "group",
-                         "dtype"):
+            for attr in (
+                "shape",
+                "declared_batch_shape",
+                "valid",
+                "cyclic",
+                "units",
+                "group",
+                "dtype",
+            ):
                 if getattr(p, attr) != getattr(first, attr):
                     raise GraphError(
                         f"cx.stack: param {self.where(path)} has {attr}="
@@ -313,7 +319,7 @@ class _Stacker:
                     tracer = isinstance(stacked, jax.core.Tracer)
                     changes["value"] = stacked if tracer else jax.device_put(stacked)
                     if shape is None:  # so that the new leading axis reads as a batch axis
-                        shape = tuple(vals[0].shape[len(first.batch_shape):])
+                        shape = tuple(vals[0].shape[len(first.batch_shape) :])
             elif first.dynamic:
                 rank = len(first.full_shape())
             changes["shape"] = shape
@@ -322,7 +328,11 @@ class _Stacker:
         changes["prior"] = prior
         new = graph.copy_with(first, **changes)
         _MEMBERS[new.uid] = _Members(
-            tuple(p.uid for p in objs), names, rank, first.shape, first.declared_batch_shape,
+            tuple(p.uid for p in objs),
+            names,
+            rank,
+            first.shape,
+            first.declared_batch_shape,
             stacked_prior,
         )
         return new
@@ -376,8 +386,10 @@ class _Stacker:
             if not _same_fn(fn, lk.fn):
                 hint = ""
                 if getattr(fn, "__code__", None) is getattr(lk.fn, "__code__", 0):
-                    hint = (" The code is the same but the values it closes over differ: pass "
-                            "per-member values as pointer inputs, cx.Pointer(fn, lc, t).")
+                    hint = (
+                        " The code is the same but the values it closes over differ: pass "
+                        "per-member values as pointer inputs, cx.Pointer(fn, lc, t)."
+                    )
                 raise GraphError(
                     f"cx.stack: pointer {self.where(path)} computes "
                     f"{_fn_name(fn)} in {self.member(0)} but {_fn_name(lk.fn)} in "
@@ -425,18 +437,27 @@ class _Stacker:
                 f"cx.stack: {self.where(where)} holds arrays of different shapes "
                 f"{sorted(shapes)} in the members."
             )
-        if any(not np.issubdtype(np.asarray(a).dtype, np.number) for a in arrays
-               if not isinstance(a, jax.Array)):
+        if any(
+            not np.issubdtype(np.asarray(a).dtype, np.number)
+            for a in arrays
+            if not isinstance(a, jax.Array)
+        ):
             raise GraphError(
                 f"cx.stack: {self.where(where)} differs between the members and is not an "
                 "array; only numeric pointer inputs can be stacked."
             )
         value = np.stack([np.asarray(a) for a in arrays])
-        p = Param(_arg_name(fn, i), value, shape=np.shape(arrays[0]), dtype=value.dtype,
-                  description="per-member pointer input (cx.stack)")
+        p = Param(
+            _arg_name(fn, i),
+            value,
+            shape=np.shape(arrays[0]),
+            dtype=value.dtype,
+            description="per-member pointer input (cx.stack)",
+        )
         kind = "jax" if isinstance(col[0], jax.Array) else "numpy"
-        _MEMBERS[p.uid] = _Members((None,) * self.k, (p.name,) * self.k, np.ndim(arrays[0]),
-                                   raw=kind)
+        _MEMBERS[p.uid] = _Members(
+            (None,) * self.k, (p.name,) * self.k, np.ndim(arrays[0]), raw=kind
+        )
         return p
 
     def probe(self, node, where):
@@ -578,15 +599,23 @@ class _Unstacker:
         elif isinstance(node, Param):
             new = self.param(node, rec, path)
         else:
-            new = graph.rebuild_children(node, lambda c: self.node(c, _join(path, c.name)),
-                                         uid=rec.uids[self.i], name=rec.names[self.i])
+            new = graph.rebuild_children(
+                node,
+                lambda c: self.node(c, _join(path, c.name)),
+                uid=rec.uids[self.i],
+                name=rec.names[self.i],
+            )
         self.memo[id(node)] = new
         return new
 
     def param(self, p, rec, path):
         i = self.i
-        changes = dict(uid=rec.uids[i], name=rec.names[i], shape=rec.shape,
-                       declared_batch_shape=rec.batch_shape)
+        changes = dict(
+            uid=rec.uids[i],
+            name=rec.names[i],
+            shape=rec.shape,
+            declared_batch_shape=rec.batch_shape,
+        )
         if p.ptr is not None:
             inputs = tuple(self.link_input(x, path) for x in p.ptr.inputs)
             fn = getattr(p.ptr.fn, "_caskax_member_fn", p.ptr.fn)
@@ -772,8 +801,9 @@ def _same_fn(f, g) -> bool:
     if cf is None or cf is not cg:
         return False
     cells = lambda h: [c.cell_contents for c in (h.__closure__ or ())]  # noqa: E731
-    return (all(_equal(a, b) for a, b in zip(cells(f), cells(g)))
-            and _equal(f.__defaults__, g.__defaults__))
+    return all(_equal(a, b) for a, b in zip(cells(f), cells(g))) and _equal(
+        f.__defaults__, g.__defaults__
+    )
 
 
 def _fn_name(fn):
@@ -782,8 +812,11 @@ def _fn_name(fn):
 
 def _arg_name(fn, i):
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         params = []
     return params[i].name if i < len(params) else f"input{i}"

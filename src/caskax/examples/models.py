@@ -30,10 +30,12 @@ class Gaussian(cx.Module):
         super().__init__(name)
         self.x0 = cx.Param("x0", x0, shape=(2,), description="x/y position")
         self.q = cx.Param("q", q, shape=(), valid=(0, 1), description="axis ratio b/a")
-        self.phi = cx.Param("phi", phi, shape=(), valid=(0, jnp.pi), cyclic=True,
-                            description="orientation")
-        self.sigma = cx.Param("sigma", sigma, shape=(), valid=(0, None),
-                              description="standard deviation")
+        self.phi = cx.Param(
+            "phi", phi, shape=(), valid=(0, jnp.pi), cyclic=True, description="orientation"
+        )
+        self.sigma = cx.Param(
+            "sigma", sigma, shape=(), valid=(0, None), description="standard deviation"
+        )
         self.flux = cx.Param("flux", flux, shape=(), description="total flux")
 
     @cx.forward
@@ -47,7 +49,9 @@ class Gaussian(cx.Module):
     @cx.forward
     def brightness(self, x, y, sigma, flux):
         """Surface brightness at the pixel coordinates ``x``, ``y``."""
-        return flux * jnp.exp(-self.radius(x, y) ** 2 / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+        return (
+            flux * jnp.exp(-(self.radius(x, y) ** 2) / sigma**2) / jnp.sqrt(2 * jnp.pi * sigma**2)
+        )
 
 
 class Gaussian1D(cx.Module):
@@ -60,8 +64,9 @@ class Gaussian1D(cx.Module):
     def __init__(self, name=None, t0=None, sigma=None, peak_flux=None):
         super().__init__(name)
         self.t0 = cx.Param("t0", t0, shape=(), description="minus the time of peak")
-        self.sigma = cx.Param("sigma", sigma, shape=(), valid=(0, None),
-                              description="light-curve width")
+        self.sigma = cx.Param(
+            "sigma", sigma, shape=(), valid=(0, None), description="light-curve width"
+        )
         self.peak_flux = cx.Param("peak_flux", peak_flux, shape=(), description="peak flux")
 
     @cx.forward
@@ -142,7 +147,9 @@ class Hierarchical(cx.Module):
     y: jax.Array
     times: jax.Array
 
-    def __init__(self, name=None, sn=None, galaxy=None, lightcurve=None, x=None, y=None, times=None):
+    def __init__(
+        self, name=None, sn=None, galaxy=None, lightcurve=None, x=None, y=None, times=None
+    ):
         super().__init__(name)
         self.sn, self.galaxy, self.lightcurve = sn, galaxy, lightcurve
         self.x, self.y = jnp.asarray(x), jnp.asarray(y)

@@ -33,22 +33,36 @@ class _Defaults(argparse.RawDescriptionHelpFormatter):
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="caskax-sn-lightcurve", description=__doc__.split("\n\n")[0],
-                                formatter_class=_Defaults)
+    p = argparse.ArgumentParser(
+        prog="caskax-sn-lightcurve", description=__doc__.split("\n\n")[0], formatter_class=_Defaults
+    )
     p.add_argument("--out", default="sn_lightcurve_out", help="folder for figures and results.json")
-    p.add_argument("--quick", action="store_true", help="fewer NUTS steps and 2 chains (CI smoke run)")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer NUTS steps and 2 chains (CI smoke run)"
+    )
     p.add_argument("--seed", type=int, default=1123, help="seed of the mock data and the sampler")
     p.add_argument("--num-chains", type=int, default=None, help="NUTS chains (default 4, quick 2)")
-    p.add_argument("--num-warmup", type=int, default=None,
-                   help="NUTS warmup steps per chain (default 200, quick 100): the Laplace "
-                        "metric leaves only the step size to adapt")
-    p.add_argument("--num-samples", type=int, default=None,
-                   help="NUTS draws per chain (default 1000, quick 200)")
+    p.add_argument(
+        "--num-warmup",
+        type=int,
+        default=None,
+        help="NUTS warmup steps per chain (default 200, quick 100): the Laplace "
+        "metric leaves only the step size to adapt",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="NUTS draws per chain (default 1000, quick 200)",
+    )
     p.add_argument("--float64", action="store_true", help="run in double precision")
     p.add_argument("--no-figures", action="store_true", help="skip the figures (numbers only)")
-    p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "caskax-jax"),
-                   help="JAX's persistent compilation cache (XLA compiling dominates a cold "
-                        "run); '' disables it")
+    p.add_argument(
+        "--cache-dir",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "caskax-jax"),
+        help="JAX's persistent compilation cache (XLA compiling dominates a cold "
+        "run); '' disables it",
+    )
     return p.parse_args(argv)
 
 
@@ -124,9 +138,17 @@ def main(argv=None):
     draws = draws if args.num_samples is None else args.num_samples
     total = _Clock()
     clock = _Clock()
-    results = {"config": {"quick": args.quick, "seed": args.seed, "num_chains": chains_n,
-                          "num_warmup": warmup, "num_samples": draws, "float64": args.float64,
-                          "device": str(jax.devices()[0])}}
+    results = {
+        "config": {
+            "quick": args.quick,
+            "seed": args.seed,
+            "num_chains": chains_n,
+            "num_warmup": warmup,
+            "num_samples": draws,
+            "float64": args.float64,
+            "device": str(jax.devices()[0]),
+        }
+    }
     truth = stages.TRUTH
 
     # -- 0. mock data ---------------------------------------------------------------
@@ -134,11 +156,18 @@ def main(argv=None):
     times = np.asarray(data.times)
     true_flux = np.asarray(data.true_flux)
     sim = cx.compile(stages.true_simulator(data.x, data.y))
-    print(f"caskax SN light-curve study: {len(times)} epochs of {data.images.shape[1]}x"
-          f"{data.images.shape[2]} px, device {jax.devices()[0]}")
+    print(
+        f"caskax SN light-curve study: {len(times)} epochs of {data.images.shape[1]}x"
+        f"{data.images.shape[2]} px, device {jax.devices()[0]}"
+    )
     print(f"[0] mock data made in {clock.lap():.2f} s")
-    results["truth"] = {"times": times.tolist(), "flux": true_flux.tolist(), "t0": truth.t0,
-                        "sigma": truth.lc_sigma, "peak_flux": truth.peak_flux}
+    results["truth"] = {
+        "times": times.tolist(),
+        "flux": true_flux.tolist(),
+        "t0": truth.t0,
+        "sigma": truth.lc_sigma,
+        "peak_flux": truth.peak_flux,
+    }
     rng = np.random.default_rng(args.seed)
 
     def jitter(x):
@@ -191,8 +220,13 @@ def main(argv=None):
         print(_row(f"flux t={times[i]:.2f}", s2_flux[i], s2_sigma[i], true_flux[i]))
     t2 = clock.lap()
     print(f"    stage 2: {t2:.2f} s")
-    results["stage2"] = {"flux": s2_flux, "sigma": s2_sigma, "seconds": t2,
-                         "converged": bool(fit2.converged), "steps": int(fit2.steps)}
+    results["stage2"] = {
+        "flux": s2_flux,
+        "sigma": s2_sigma,
+        "seconds": t2,
+        "converged": bool(fit2.converged),
+        "steps": int(fit2.steps),
+    }
 
     # -- 3. light-curve function pointers -------------------------------------------------
     print("[3] SN fluxes as function pointers to a light-curve module")
@@ -203,44 +237,66 @@ def main(argv=None):
     lap3 = cx.laplace(f3, fit3.x, subset=lc_names)
     lc_idx = [f3.names.index(n) for n in lc_names]
     x3 = np.asarray(fit3.x)
-    s3 = {n.split(".")[1]: (float(x3[k]), float(s)) for n, k, s in zip(lc_names, lc_idx, np.asarray(lap3.sigma))}
+    s3 = {
+        n.split(".")[1]: (float(x3[k]), float(s))
+        for n, k, s in zip(lc_names, lc_idx, np.asarray(lap3.sigma))
+    }
     for label, tru in (("t0", truth.t0), ("sigma", truth.lc_sigma), ("peak_flux", truth.peak_flux)):
         v, s = s3[label]
         print(f"  {label}: {v:.3f} ± {s:.3f} vs {tru:.2f} (true)")
     t3 = clock.lap()
     print(f"    stage 3: {t3:.2f} s")
     results["stage3"] = {k: {"value": v, "sigma": s} for k, (v, s) in s3.items()}
-    results["stage3"].update(seconds=t3, cov=np.asarray(lap3.cov).tolist(),
-                             converged=bool(fit3.converged))
+    results["stage3"].update(
+        seconds=t3, cov=np.asarray(lap3.cov).tolist(), converged=bool(fit3.converged)
+    )
 
     # -- 4. hierarchical model + NUTS --------------------------------------------------------
     method = _chain_method(jax, chains_n)
     where = f", sharded over {len(jax.devices())} CPU devices" if method == "sharded" else ""
-    print(f"[4] hierarchical model (vmap over epochs, live flux), NUTS {chains_n} chains "
-          f"x ({warmup} warmup + {draws} draws{where})")
+    print(
+        f"[4] hierarchical model (vmap over epochs, live flux), NUTS {chains_n} chains "
+        f"x ({warmup} warmup + {draws} draws{where})"
+    )
     like4 = stages.hierarchical_model(data)
     f4 = cx.compile(like4)
     # cx.nuts fits to the mode itself and seeds the mass matrix from the Laplace covariance
     # chains sharded over CPU devices (one chain each, see _host_devices) where there are several
-    chains = cx.nuts(f4, jax.random.key(args.seed), num_warmup=warmup, num_samples=draws,
-                     num_chains=chains_n, progress=True, chain_method=method)
+    chains = cx.nuts(
+        f4,
+        jax.random.key(args.seed),
+        num_warmup=warmup,
+        num_samples=draws,
+        num_chains=chains_n,
+        progress=True,
+        chain_method=method,
+    )
     t4 = clock.lap()
     summary = chains.summary()
     print(summary)
     post = chains.by_name()
     s4 = {}
-    for label, name, tru in (("t0", "lightcurve.t0", truth.t0),
-                             ("sigma", "lightcurve.sigma", truth.lc_sigma),
-                             ("peak_flux", "lightcurve.peak_flux", truth.peak_flux)):
+    for label, name, tru in (
+        ("t0", "lightcurve.t0", truth.t0),
+        ("sigma", "lightcurve.sigma", truth.lc_sigma),
+        ("peak_flux", "lightcurve.peak_flux", truth.peak_flux),
+    ):
         samples = np.asarray(post[name]).ravel()
         s4[label] = (float(samples.mean()), float(samples.std()))
-    print(f"    stage 4: {t4:.2f} s (mode + Laplace + warmup + sampling), divergences: "
-          f"{int(np.sum(np.asarray(chains.divergences)))}")
+    print(
+        f"    stage 4: {t4:.2f} s (mode + Laplace + warmup + sampling), divergences: "
+        f"{int(np.sum(np.asarray(chains.divergences)))}"
+    )
     rhat = max(row["r_hat"] for row in summary.rows.values())
     ess = min(row["ess_bulk"] for row in summary.rows.values())
     results["stage4"] = {k: {"mean": m, "sd": s} for k, (m, s) in s4.items()}
-    results["stage4"].update(seconds=t4, max_rhat=rhat, min_ess_bulk=ess, chain_method=method,
-                             divergences=int(np.sum(np.asarray(chains.divergences))))
+    results["stage4"].update(
+        seconds=t4,
+        max_rhat=rhat,
+        min_ess_bulk=ess,
+        chain_method=method,
+        divergences=int(np.sum(np.asarray(chains.divergences))),
+    )
 
     # -- comparison ------------------------------------------------------------------------------
     print("\nlight curve recovered (stage 3 Laplace | stage 4 NUTS | truth)")
@@ -250,13 +306,28 @@ def main(argv=None):
 
     if not args.no_figures:
         # the fitted images, only for the figures (their compile is wasted otherwise)
-        s1_models, s1_resid = (np.stack(a) for a in zip(*(
-            [np.asarray(v) for v in model_and_residuals(f, x)] for f, x in s1_fits)))
+        s1_models, s1_resid = (
+            np.stack(a)
+            for a in zip(*([np.asarray(v) for v in model_and_residuals(f, x)] for f, x in s1_fits))
+        )
         s2_models, s2_resid = (np.asarray(a) for a in model_and_residuals(f2, fit2.x))
         s3_models, s3_resid = (np.asarray(a) for a in model_and_residuals(f3, fit3.x))
-        _figures(args.out, cx, jax, jnp, np, data, sim, times, true_flux, truth,
-                 (s1_flux, s1_sigma, s1_models, s1_resid), (s2_flux, s2_sigma, s2_models, s2_resid),
-                 (fit3, lap3, lc_idx, s3_models, s3_resid, like3), (chains, post))
+        _figures(
+            args.out,
+            cx,
+            jax,
+            jnp,
+            np,
+            data,
+            sim,
+            times,
+            true_flux,
+            truth,
+            (s1_flux, s1_sigma, s1_models, s1_resid),
+            (s2_flux, s2_sigma, s2_models, s2_resid),
+            (fit3, lap3, lc_idx, s3_models, s3_resid, like3),
+            (chains, post),
+        )
         print(f"figures written to {args.out}/ in {clock.lap():.2f} s")
     results["total_seconds"] = total.lap()
     with open(os.path.join(args.out, "results.json.tmp"), "w") as fh:
@@ -275,19 +346,35 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     # animation of the simulator over 64 times: sim([t]) as in the tutorial
     grid = jnp.linspace(0.0, 6.0, 64)
     frames = np.asarray(jax.vmap(lambda t: sim(t[None]))(grid))
-    anim = cx.plot.animate(frames, np.asarray(grid), vmin=0.0, vmax=1.5, label="brightness",
-                           time_label="t", saveto=os.path.join(out, "simulator.gif"), fps=15,
-                           dpi=70)
+    anim = cx.plot.animate(
+        frames,
+        np.asarray(grid),
+        vmin=0.0,
+        vmax=1.5,
+        label="brightness",
+        time_label="t",
+        saveto=os.path.join(out, "simulator.gif"),
+        fps=15,
+        dpi=70,
+    )
     plt.close(anim._fig)
 
     images = np.asarray(data.images)
-    stages_ = (("stage1", "Stage 1: each image fitted alone", s1[2], s1[3]),
-               ("stage2", "Stage 2: joint model, one galaxy, linked SN positions", s2[2], s2[3]),
-               ("stage3", "Stage 3: SN fluxes from one light curve", s3[3], s3[4]))
+    stages_ = (
+        ("stage1", "Stage 1: each image fitted alone", s1[2], s1[3]),
+        ("stage2", "Stage 2: joint model, one galaxy, linked SN positions", s2[2], s2[3]),
+        ("stage3", "Stage 3: SN fluxes from one light curve", s3[3], s3[4]),
+    )
     for label, title, models, resid in stages_:
-        fig = cx.plot.images(images, np.asarray(models), np.asarray(resid), suptitle=title,
-                             titles=[f"t = {t:.2f}" for t in times], label="brightness",
-                             residual_label="(data − model)/σ")
+        fig = cx.plot.images(
+            images,
+            np.asarray(models),
+            np.asarray(resid),
+            suptitle=title,
+            titles=[f"t = {t:.2f}" for t in times],
+            label="brightness",
+            residual_label="(data − model)/σ",
+        )
         fig.savefig(os.path.join(out, f"fit_{label}.png"), dpi=90)
         plt.close(fig)
 
@@ -295,9 +382,12 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     if shutil.which("dot"):
         like3.graphviz(saveto=os.path.join(out, "graph_stage3.png"))
     else:
-        print("graphviz's `dot` program was not found, so graph_stage3.png is drawn with "
-              "matplotlib; for graphviz's drawing install it (apt-get install graphviz, "
-              "brew install graphviz or conda install -c conda-forge graphviz)", file=sys.stderr)
+        print(
+            "graphviz's `dot` program was not found, so graph_stage3.png is drawn with "
+            "matplotlib; for graphviz's drawing install it (apt-get install graphviz, "
+            "brew install graphviz or conda install -c conda-forge graphviz)",
+            file=sys.stderr,
+        )
         fig = cx.plot.graph(like3)
         fig.savefig(os.path.join(out, "graph_stage3.png"), dpi=90)
         plt.close(fig)
@@ -319,10 +409,18 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     ax = fig.axes[0]
     lo, hi = np.percentile(curves3, [16, 84], axis=0)
     ax.fill_between(tt, lo, hi, color="tab:orange", alpha=0.3, label="stage 3 Laplace 1σ")
-    ax.errorbar(times - 0.06, s1[0], yerr=np.nan_to_num(s1[1]), fmt="o", color="C2", capsize=2,
-                label="stage 1 fits")
-    ax.errorbar(times + 0.06, s2[0], yerr=s2[1], fmt="s", color="C4", capsize=2,
-                label="stage 2 joint")
+    ax.errorbar(
+        times - 0.06,
+        s1[0],
+        yerr=np.nan_to_num(s1[1]),
+        fmt="o",
+        color="C2",
+        capsize=2,
+        label="stage 1 fits",
+    )
+    ax.errorbar(
+        times + 0.06, s2[0], yerr=s2[1], fmt="s", color="C4", capsize=2, label="stage 2 joint"
+    )
     ax.plot(times, true_flux, "k*", ms=9, label="true flux")
     ax.set_ylim(-0.05, 0.4)
     ax.set_title("SN light curve: each stage's estimate against the truth")
@@ -330,16 +428,22 @@ def _figures(out, cx, jax, jnp, np, data, sim, times, true_flux, truth, s1, s2, 
     fig.savefig(os.path.join(out, "lightcurve.png"), dpi=100)
     plt.close(fig)
 
-    fig = cx.plot.ellipse(np.array([sig, peak]), np.asarray(lap3.cov)[1:, 1:],
-                          truth=(truth.lc_sigma, truth.peak_flux),
-                          names=["lightcurve.sigma", "lightcurve.peak_flux"])
+    fig = cx.plot.ellipse(
+        np.array([sig, peak]),
+        np.asarray(lap3.cov)[1:, 1:],
+        truth=(truth.lc_sigma, truth.peak_flux),
+        names=["lightcurve.sigma", "lightcurve.peak_flux"],
+    )
     fig.axes[0].set_title("Stage 3 Laplace approximation")
     fig.savefig(os.path.join(out, "laplace_sigma_peak.png"), dpi=100)
     plt.close(fig)
 
     g = truth.galaxy
-    truths = list(truth.sn_x0) + list(g["x0"]) + [g["q"], g["phi"], g["sigma"], g["flux"],
-                                                   truth.t0, truth.lc_sigma, truth.peak_flux]
+    truths = (
+        list(truth.sn_x0)
+        + list(g["x0"])
+        + [g["q"], g["phi"], g["sigma"], g["flux"], truth.t0, truth.lc_sigma, truth.peak_flux]
+    )
     fig = cx.plot.corner(chains, truth=truths)
     fig.savefig(os.path.join(out, "corner_stage4.png"), dpi=80)
     plt.close(fig)

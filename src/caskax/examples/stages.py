@@ -63,18 +63,26 @@ def true_simulator(x, y):
     time = cx.Param("time", None, shape=())
     sn = Gaussian("SN", x0=list(TRUTH.sn_x0), q=1.0, phi=0.0, sigma=0.05)
     sn = sn.set("flux", cx.Pointer(lambda lc, t: lc.flux(t), lc, time))
-    galaxy = Gaussian("Galaxy", **{k: list(v) if isinstance(v, tuple) else v for k, v in TRUTH.galaxy.items()})
+    galaxy = Gaussian(
+        "Galaxy", **{k: list(v) if isinstance(v, tuple) else v for k, v in TRUTH.galaxy.items()}
+    )
     return Combined("sim", x, y, [sn, galaxy])
 
 
-def mock_data(seed: int = 1123, n_epochs: int = 5, n_pix: int = 50,
-              sigma_read: float = 0.1, exp_time: float = 25.0) -> MockData:
+def mock_data(
+    seed: int = 1123,
+    n_epochs: int = 5,
+    n_pix: int = 50,
+    sigma_read: float = 0.1,
+    exp_time: float = 25.0,
+) -> MockData:
     """Noisy images of the true simulator at ``linspace(0, 6, n_epochs)``: Gaussian read
     noise plus Poisson noise approximated as ``sqrt(img*exp_time)/exp_time * N(0, 1)``."""
     x, y = pixel_grid(n_pix)
     times = jax.device_put(np.linspace(0.0, 6.0, n_epochs))
-    images, flux = _observe(cx.compile(true_simulator(x, y)), times, jax.random.key(seed),
-                            sigma_read, exp_time)
+    images, flux = _observe(
+        cx.compile(true_simulator(x, y)), times, jax.random.key(seed), sigma_read, exp_time
+    )
     return MockData(x, y, times, images, flux, sigma_read, exp_time)
 
 
@@ -93,8 +101,9 @@ def _observe(sim, times, key, sigma_read, exp_time):
 
 def _galaxy(name="Galaxy"):
     g = TRUTH.galaxy
-    return Gaussian(name, x0=list(g["x0"]), q=g["q"], phi=g["phi"], sigma=g["sigma"],
-                    flux=g["flux"]).to_dynamic()
+    return Gaussian(
+        name, x0=list(g["x0"]), q=g["q"], phi=g["phi"], sigma=g["sigma"], flux=g["flux"]
+    ).to_dynamic()
 
 
 def stage1_model(data: MockData, epoch: int, flux0: float = 0.2) -> Likelihood:
@@ -127,8 +136,12 @@ def stage3_model(data: MockData, lc_sigma0: float = 2.5) -> Likelihood:
     lc = Gaussian1D("lightcurve", t0=TRUTH.t0, sigma=lc_sigma0, peak_flux=TRUTH.peak_flux)
     lc = lc.to_dynamic()
     for i, t in enumerate(np.asarray(data.times)):  # numpy: no device op per epoch
-        like = like.set(f"model.models[{i}].models[0].flux",
-                        cx.Pointer(lambda lc, t: lc.flux(t), lc, jax.device_put(np.asarray(t, data.times.dtype))))
+        like = like.set(
+            f"model.models[{i}].models[0].flux",
+            cx.Pointer(
+                lambda lc, t: lc.flux(t), lc, jax.device_put(np.asarray(t, data.times.dtype))
+            ),
+        )
     return like
 
 

@@ -21,17 +21,25 @@ import numpy as np
 
 __all__ = ["CPU_COMPILER_OPTIONS", "CPU_RUN_ONCE_OPTIONS", "inference_jit", "run_once_jit"]
 
-CPU_COMPILER_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 1))
+CPU_COMPILER_OPTIONS = (
+    ("xla_cpu_use_fusion_emitters", False),
+    ("xla_backend_optimization_level", 1),
+)
 # For programs a call runs once (a Hessian, start checks): at LLVM's -O0 the Hessians
 # compiled in 0.2x-0.3x of XLA's default time and ran about 7x slower, a few ms once.
-CPU_RUN_ONCE_OPTIONS = (("xla_cpu_use_fusion_emitters", False), ("xla_backend_optimization_level", 0))
+CPU_RUN_ONCE_OPTIONS = (
+    ("xla_cpu_use_fusion_emitters", False),
+    ("xla_backend_optimization_level", 0),
+)
 
 
 @functools.cache
 def options_known(options: tuple) -> bool:
     """Whether this jaxlib compiles with ``options`` (a tuple of (name, value) pairs)."""
     try:
-        jax.jit(jnp.negative, compiler_options=dict(options)).lower(np.zeros((), np.float32)).compile()
+        jax.jit(jnp.negative, compiler_options=dict(options)).lower(
+            np.zeros((), np.float32)
+        ).compile()
     except Exception:  # noqa: BLE001 - jaxlib raises its own runtime error type
         return False
     return True

@@ -34,8 +34,7 @@ def check_program(f, what: str):
             )
     elif not callable(f):
         raise InferenceError(
-            f"{what} needs a caskax Program or a function of a flat vector, "
-            f"got {type(f).__name__}."
+            f"{what} needs a caskax Program or a function of a flat vector, got {type(f).__name__}."
         )
 
 
@@ -130,8 +129,7 @@ def start_vector(f, x0, what: str, lead_ok: bool = False):
         if lead_ok:
             want += f" or (num_chains, {n if n is not None else 'n'})"
         raise ShapeError(
-            f"{what}: x0 has shape {tuple(x0.shape)}, expected {want} laid out as "
-            f"[{listing}]."
+            f"{what}: x0 has shape {tuple(x0.shape)}, expected {want} laid out as [{listing}]."
         )
     return x0
 
@@ -232,15 +230,19 @@ def check_finite_start(target: Target, z, what: str, x=None):
                 reason = "value not finite"
             elif row is not None and row.valid is not None and not row.cyclic:
                 lo, hi = transforms.bounds(row.valid, shape=shape)
-                if (lo is not None and np.any(x[sl] <= lo)) or (hi is not None and np.any(x[sl] >= hi)):
+                if (lo is not None and np.any(x[sl] <= lo)) or (
+                    hi is not None and np.any(x[sl] >= hi)
+                ):
                     reason = f"outside valid range {row.valid}"
             if reason is None and not np.all(np.isfinite(grad[sl])):
                 reason = "gradient not finite"
             if reason is not None:
                 bad.append(f"{name} = {x[sl].tolist() if shape else float(x[sl][0])} ({reason})")
         which = f" (start {k})" if len(zs) > 1 else ""
-        detail = "; ".join(bad) if bad else (
-            "every param is finite and in range: f itself returns a non-finite value here"
+        detail = (
+            "; ".join(bad)
+            if bad
+            else ("every param is finite and in range: f itself returns a non-finite value here")
         )
         raise InferenceError(
             f"{what}: the log-density is {value} at x0{which}, its gradient finite: "

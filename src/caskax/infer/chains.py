@@ -14,8 +14,14 @@ from ._target import Target, layout_of, names_of, split_by_name
 __all__ = ["Chains", "Summary"]
 
 _ARRAYS = (
-    "samples", "log_density", "divergences", "num_steps", "acceptance_rate",
-    "step_size", "inverse_mass_matrix", "last_position",
+    "samples",
+    "log_density",
+    "divergences",
+    "num_steps",
+    "acceptance_rate",
+    "step_size",
+    "inverse_mass_matrix",
+    "last_position",
 )
 
 
@@ -85,9 +91,12 @@ class Chains:
         if unconstrained and "last_position" not in fields:
             last = _to_sampled_space(f, last) if f is not None else np.full((c, n), np.nan)
         defaults = dict(
-            log_density=np.zeros((c, d)), divergences=np.zeros((c, d), bool),
-            num_steps=np.zeros((c, d), np.int32), acceptance_rate=np.ones((c, d)),
-            step_size=np.ones(c), inverse_mass_matrix=np.ones((c, n)),
+            log_density=np.zeros((c, d)),
+            divergences=np.zeros((c, d), bool),
+            num_steps=np.zeros((c, d), np.int32),
+            acceptance_rate=np.ones((c, d)),
+            step_size=np.ones(c),
+            inverse_mass_matrix=np.ones((c, n)),
             last_position=last,
         )
         defaults.update(fields)
@@ -111,7 +120,9 @@ class Chains:
     def take(self, indices) -> "Chains":
         """The datasets at ``indices`` of chains from a batched Program, as such chains."""
         if self.num_datasets is None:
-            raise InferenceError("Chains.take selects datasets of a batched run; these chains have no dataset axis.")
+            raise InferenceError(
+                "Chains.take selects datasets of a batched run; these chains have no dataset axis."
+            )
         idx = np.asarray(indices)
         return dataclasses.replace(self, **{f: np.asarray(getattr(self, f))[idx] for f in _ARRAYS})
 
@@ -128,10 +139,14 @@ class Chains:
             (5, (2, 3, 1))
         """
         if self.num_datasets is None:
-            raise InferenceError("Chains[k] selects dataset k of a batched run; these chains have no dataset axis.")
+            raise InferenceError(
+                "Chains[k] selects dataset k of a batched run; these chains have no dataset axis."
+            )
         k = int(k)
         if not -self.num_datasets <= k < self.num_datasets:
-            raise InferenceError(f"Chains: dataset {k} out of range for {self.num_datasets} datasets.")
+            raise InferenceError(
+                f"Chains: dataset {k} out of range for {self.num_datasets} datasets."
+            )
         return dataclasses.replace(self, **{f: np.asarray(getattr(self, f))[k] for f in _ARRAYS})
 
     @property
@@ -167,11 +182,18 @@ class Chains:
             >>> a.concatenate(cx.Chains.from_arrays(np.ones((2, 4, 1)))).samples.shape
             (2, 7, 1)
         """
-        if (later.layout != self.layout or later.num_chains != self.num_chains
-                or later.num_datasets != self.num_datasets):
-            raise InferenceError("Chains.concatenate: the chains differ in layout, count or datasets.")
+        if (
+            later.layout != self.layout
+            or later.num_chains != self.num_chains
+            or later.num_datasets != self.num_datasets
+        ):
+            raise InferenceError(
+                "Chains.concatenate: the chains differ in layout, count or datasets."
+            )
         joined = {
-            k: np.concatenate([getattr(self, k), getattr(later, k)], axis=-2 if k == "samples" else -1)
+            k: np.concatenate(
+                [getattr(self, k), getattr(later, k)], axis=-2 if k == "samples" else -1
+            )
             for k in ("samples", "log_density", "divergences", "num_steps", "acceptance_rate")
         }
         return dataclasses.replace(later, num_warmup=self.num_warmup, **joined)
@@ -201,12 +223,16 @@ class Chains:
         lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
         cols = {
             "mean": x.mean(axis=(0, 1)),
-            "sd": x.std(axis=(0, 1), ddof=1) if x.shape[0] * x.shape[1] > 1 else np.zeros(x.shape[2]),
+            "sd": x.std(axis=(0, 1), ddof=1)
+            if x.shape[0] * x.shape[1] > 1
+            else np.zeros(x.shape[2]),
             f"{100 * lo:g}%": np.quantile(x, lo, axis=(0, 1)),
             f"{100 * hi:g}%": np.quantile(x, hi, axis=(0, 1)),
             **_diagnostics(x),
         }
-        rows = {name: {k: float(v[i]) for k, v in cols.items()} for i, name in enumerate(self.names)}
+        rows = {
+            name: {k: float(v[i]) for k, v in cols.items()} for i, name in enumerate(self.names)
+        }
         return Summary(rows, int(np.sum(self.divergences)))
 
     def to_arviz(self):
@@ -228,8 +254,10 @@ class Chains:
         return az.from_dict(
             posterior=self.by_name(),
             sample_stats={
-                "lp": self.log_density, "diverging": self.divergences,
-                "n_steps": self.num_steps, "acceptance_rate": self.acceptance_rate,
+                "lp": self.log_density,
+                "diverging": self.divergences,
+                "n_steps": self.num_steps,
+                "acceptance_rate": self.acceptance_rate,
                 "step_size": np.asarray(steps),
             },
         )
@@ -280,8 +308,11 @@ class Chains:
                     f"'{path}' holds no caskax chains (no 'chains' group); write them with "
                     "Chains.save(path)."
                 )
-            missing = [k for k in (*_ARRAYS, "layout", "unconstrained", "num_warmup")
-                       if k not in group and k not in group.attrs]
+            missing = [
+                k
+                for k in (*_ARRAYS, "layout", "unconstrained", "num_warmup")
+                if k not in group and k not in group.attrs
+            ]
             if missing:
                 raise StateFileError(
                     f"'{path}': the 'chains' group lacks {', '.join(missing)}; was it "
@@ -296,7 +327,9 @@ class Chains:
                     "[name, shape] pairs that Chains.save writes."
                 ) from None
             return cls(
-                **arrays, layout=layout, unconstrained=bool(group.attrs["unconstrained"]),
+                **arrays,
+                layout=layout,
+                unconstrained=bool(group.attrs["unconstrained"]),
                 num_warmup=int(group.attrs["num_warmup"]),
             )
 
@@ -354,7 +387,9 @@ def _diagnostics(x) -> dict:
         ess_tail = np.minimum(*tails)
         folded = np.abs(x - np.median(x, axis=(0, 1)))
         if x.shape[0] * (x.shape[1] // 2) > 1:
-            r_hat = np.maximum(split_gelman_rubin(_rank_normal(x)), split_gelman_rubin(_rank_normal(folded)))
+            r_hat = np.maximum(
+                split_gelman_rubin(_rank_normal(x)), split_gelman_rubin(_rank_normal(folded))
+            )
         else:
             r_hat = np.full(n, np.nan)
     # numpyro's estimator can exceed any sensible value, or turn negative, when short
@@ -363,7 +398,8 @@ def _diagnostics(x) -> dict:
     cap = total * np.log10(total)
     ess_bulk, ess_tail = (np.where((e < 0) | (e > cap), cap, e) for e in (ess_bulk, ess_tail))
     return {
-        "ess_bulk": np.reshape(ess_bulk, n), "ess_tail": np.reshape(ess_tail, n),
+        "ess_bulk": np.reshape(ess_bulk, n),
+        "ess_tail": np.reshape(ess_tail, n),
         "r_hat": np.reshape(r_hat, n),
     }
 
@@ -397,7 +433,11 @@ class Summary:
         batched = self.datasets is not None
         labels = {key: key[1] if batched else key for key in self.rows}
         width = max([len("name")] + [len(n) for n in labels.values()])
-        head = (f"{'dataset':>7}  " if batched else "") + f"{'name':<{width}}" + "".join(f"{c:>11}" for c in self.columns)
+        head = (
+            (f"{'dataset':>7}  " if batched else "")
+            + f"{'name':<{width}}"
+            + "".join(f"{c:>11}" for c in self.columns)
+        )
         lines = [head]
         for key, row in self.rows.items():
             cells = "".join(
@@ -421,4 +461,6 @@ def _check_layout(chains: Chains, layout: tuple, unconstrained: bool):
         )
     n = sum(math.prod(s) for _, s in layout)
     if chains.last_position.shape[-1] != n:
-        raise InferenceError(f"nuts: resume chains hold {chains.last_position.shape[-1]} entries, expected {n}.")
+        raise InferenceError(
+            f"nuts: resume chains hold {chains.last_position.shape[-1]} entries, expected {n}."
+        )

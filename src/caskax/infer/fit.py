@@ -137,7 +137,8 @@ def _run_lbfgs(loss, z0, maxiter, tol, learning_rate):
         slope0, slope = jnp.vdot(c.grad, c.direction), jnp.vdot(grad, c.direction)
         decrease = _finite(value, grad) & (
             (value <= c.value + _C1 * c.step * slope0)
-            | ((value <= c.value + 1e-6 * jnp.abs(c.value)) & (slope <= (2 * _C1 - 1) * slope0)))
+            | ((value <= c.value + 1e-6 * jnp.abs(c.value)) & (slope <= (2 * _C1 - 1) * slope0))
+        )
         last_try = c.tries + 1 >= _MAX_TRIES
         flat = jnp.abs(slope) <= -_C2 * slope0  # strong Wolfe curvature
         accept = c.fresh | (decrease & (flat | last_try))
@@ -148,11 +149,21 @@ def _run_lbfgs(loss, z0, maxiter, tol, learning_rate):
             # to steepest descent rather than leave along an ascent direction.
             direction = jnp.where(jnp.vdot(grad, update) > 0, -update, -grad)
             slope_next = jnp.vdot(grad, direction)
-            return c._replace(z=trial, value=value, grad=grad, direction=direction,
-                              step=jnp.ones_like(zero), lo=zero, hi=inf, slope_lo=slope_next,
-                              slope_hi=zero, tries=jnp.int32(0),
-                              memory=memory, steps=c.steps + (~c.fresh),
-                              start_ok=jnp.where(c.fresh, _finite(value, grad), c.start_ok))
+            return c._replace(
+                z=trial,
+                value=value,
+                grad=grad,
+                direction=direction,
+                step=jnp.ones_like(zero),
+                lo=zero,
+                hi=inf,
+                slope_lo=slope_next,
+                slope_hi=zero,
+                tries=jnp.int32(0),
+                memory=memory,
+                steps=c.steps + (~c.fresh),
+                start_ok=jnp.where(c.fresh, _finite(value, grad), c.start_ok),
+            )
 
         def rejected():
             # past the minimum along the line (or no decrease): the step is an upper end
@@ -166,26 +177,49 @@ def _run_lbfgs(loss, z0, maxiter, tol, learning_rate):
             width = hi - lo
             secant = lo - s_lo * width / (s_hi - s_lo)
             inside = (s_lo < 0) & (s_hi > 0)
-            guess = jnp.where(inside, jnp.clip(secant, lo + 0.1 * width, hi - 0.1 * width),
-                              lo + 0.5 * width)
+            guess = jnp.where(
+                inside, jnp.clip(secant, lo + 0.1 * width, hi - 0.1 * width), lo + 0.5 * width
+            )
             new = jnp.where(jnp.isinf(hi), 2 * c.step, guess)
-            return c._replace(step=new, lo=lo, hi=hi, slope_lo=s_lo, slope_hi=s_hi,
-                              tries=c.tries + 1, stalled=last_try & ~decrease)
+            return c._replace(
+                step=new,
+                lo=lo,
+                hi=hi,
+                slope_lo=s_lo,
+                slope_hi=s_hi,
+                tries=c.tries + 1,
+                stalled=last_try & ~decrease,
+            )
 
         # both outcomes, then a select: cheap next to the model, and it ran in 0.8x-0.9x
         # the time of a lax.cond here
         c = jax.tree.map(lambda a, r: jnp.where(accept, a, r), accepted(), rejected())
         # A step below float resolution cannot move z any more.
-        return c._replace(fresh=jnp.array(False),
-                          stalled=c.stalled | jnp.all(c.z + c.step * c.direction == c.z))
+        return c._replace(
+            fresh=jnp.array(False), stalled=c.stalled | jnp.all(c.z + c.step * c.direction == c.z)
+        )
 
     def keep_going(c):
         small = jnp.linalg.norm(c.grad) <= _threshold(tol, c.value)
         return c.fresh | ((c.steps < maxiter) & ~small & ~c.stalled & jnp.isfinite(c.value))
 
-    start = _LBFGS(z0, inf, jnp.zeros_like(z0), jnp.zeros_like(z0), zero, zero, inf, zero,
-                   zero, jnp.int32(0), lbfgs.init(z0), jnp.int32(0), jnp.array(True),
-                   jnp.array(True), jnp.array(False))
+    start = _LBFGS(
+        z0,
+        inf,
+        jnp.zeros_like(z0),
+        jnp.zeros_like(z0),
+        zero,
+        zero,
+        inf,
+        zero,
+        zero,
+        jnp.int32(0),
+        lbfgs.init(z0),
+        jnp.int32(0),
+        jnp.array(True),
+        jnp.array(True),
+        jnp.array(False),
+    )
     c = jax.lax.while_loop(keep_going, step, start)
     return c.z, c.value, jnp.linalg.norm(c.grad), c.steps, c.start_ok
 
@@ -233,9 +267,20 @@ def _fit_impl(target, z0, method, maxiter, tol, learning_rate, layout):
 _fit = inference_jit(_fit_impl)
 
 
-def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-6,
-        valid: bool = False, learning_rate: float | None = None, *, batch_size: int | None = None,
-        progress: bool = False, out=None, resume: bool = False) -> FitResult:
+def fit(
+    f,
+    x0=None,
+    method: str = "lbfgs",
+    maxiter: int = 1000,
+    tol: float = 1e-6,
+    valid: bool = False,
+    learning_rate: float | None = None,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    out=None,
+    resume: bool = False,
+) -> FitResult:
     """Maximise ``f`` (a log-likelihood or log-posterior) with optax.
 
     The whole loop runs in one ``jax.lax.while_loop`` inside ``jit``: no Python per
@@ -290,8 +335,9 @@ def fit(f, x0=None, method: str = "lbfgs", maxiter: int = 1000, tol: float = 1e-
         ([2.0, 2.0, 2.0], True)
     """
     if isinstance(f, BatchedProgram):
-        return _fit_batched(f, x0, method, maxiter, tol, valid, learning_rate, batch_size,
-                            progress, out, resume)
+        return _fit_batched(
+            f, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out, resume
+        )
     if batch_size is not None or progress or out is not None or resume:
         raise InferenceError(
             "fit: batch_size, progress, out and resume apply to batched Programs "
@@ -316,12 +362,14 @@ _fit_batched_jit = inference_jit(_fit_batched_impl)
 
 @run_once_jit
 def _to_z_batched(F, x0):
-    return jax.vmap(lambda a, x: Target(F.member_of(a), unconstrained=True).to_z(x),
-                    in_axes=(F.in_axes, 0))(F.arrays, x0)
+    return jax.vmap(
+        lambda a, x: Target(F.member_of(a), unconstrained=True).to_z(x), in_axes=(F.in_axes, 0)
+    )(F.arrays, x0)
 
 
-def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out,
-                 resume):
+def _fit_batched(
+    F, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out, resume
+):
     """`fit` of every dataset of a `BatchedProgram` at once: ``jax.vmap`` of the same
     loop, each dataset with its own optimizer state and stopping test (a finished
     dataset's state stops changing while the others run on)."""
@@ -351,19 +399,35 @@ def _fit_batched(F, x0, method, maxiter, tol, valid, learning_rate, batch_size, 
 
     def solve(G, idx):
         G, z = on_devices(G, z0[idx])
-        res, start_ok = _fit_batched_jit(G, z, method, int(maxiter), float(tol), learning_rate,
-                                         layout, bool(valid))
+        res, start_ok = _fit_batched_jit(
+            G, z, method, int(maxiter), float(tol), learning_rate, layout, bool(valid)
+        )
         bad = np.flatnonzero(~np.asarray(start_ok))
         if bad.size:
             k = int(idx[bad[0]])
-            check_finite_start(Target(F[k], unconstrained=valid, density=False), z0[k],
-                               f"fit (dataset {k} of {len(F)})")
+            check_finite_start(
+                Target(F[k], unconstrained=valid, density=False),
+                z0[k],
+                f"fit (dataset {k} of {len(F)})",
+            )
         return {name: getattr(res, name) for name in _FIELDS}
 
-    done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
-                         resume=resume, what="fit",
-                         meta={"layout": [[k, list(v)] for k, v in layout], "method": method,
-                               "maxiter": int(maxiter), "tol": float(tol), "valid": bool(valid)})
+    done = run_in_chunks(
+        F,
+        solve,
+        batch_size=batch_size,
+        progress=progress,
+        out=out,
+        resume=resume,
+        what="fit",
+        meta={
+            "layout": [[k, list(v)] for k, v in layout],
+            "method": method,
+            "maxiter": int(maxiter),
+            "tol": float(tol),
+            "valid": bool(valid),
+        },
+    )
     return FitResult(*(jax.device_put(done[name]) for name in _FIELDS), layout)
 
 
@@ -394,8 +458,9 @@ def _check_options(maxiter, tol):
         )
 
 
-def _fit_unchecked(f, x0=None, method="lbfgs", maxiter=1000, tol=1e-6, valid=False,
-                  learning_rate=None):
+def _fit_unchecked(
+    f, x0=None, method="lbfgs", maxiter=1000, tol=1e-6, valid=False, learning_rate=None
+):
     """`fit` without raising on a non-finite start: returns ``(result, start_ok,
     target, z0)`` so a caller can name its own params in the error."""
     if method not in _METHODS:

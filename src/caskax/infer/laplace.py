@@ -75,15 +75,21 @@ def _resolve_subset(f, subset, names) -> list:
     for item in subset:
         if isinstance(item, (int, np.integer)):
             if not -len(names) <= int(item) < len(names):
-                raise InferenceError(f"laplace: subset index {item} out of range for {len(names)} entries.")
+                raise InferenceError(
+                    f"laplace: subset index {item} out of range for {len(names)} entries."
+                )
             out.append(int(item) % len(names))
             continue
         if isinstance(item, str) and item in names:
             out.append(names.index(item))
             continue
         uid = getattr(item, "uid", None)
-        match = [(start, stop) for r, start, stop in spans
-                 if (isinstance(item, str) and item in (r.name, r.path)) or (uid is not None and r.uid == uid)]
+        match = [
+            (start, stop)
+            for r, start, stop in spans
+            if (isinstance(item, str) and item in (r.name, r.path))
+            or (uid is not None and r.uid == uid)
+        ]
         if not match:
             raise InferenceError(
                 f"laplace: subset entry {item!r} is neither an index, an entry name nor a "
@@ -110,15 +116,25 @@ def _not_definite(a: np.ndarray, names: list) -> InferenceError:
             bad = vecs[:, vals <= 0]
             weight = np.max(np.abs(bad), axis=1) if bad.size else np.zeros(len(a))
             which = [names[i] for i in np.flatnonzero(weight >= 0.3 * weight.max())]
-            reason = f"f curves upward along a combination of {which} (a saddle point or a degeneracy)"
+            reason = (
+                f"f curves upward along a combination of {which} (a saddle point or a degeneracy)"
+            )
     return InferenceError(
         f"laplace: -hessian(f) is not positive definite at x: {reason}. "
         "Laplace needs a maximum: fit first (cx.fit), or fix or reparametrise those params."
     )
 
 
-def laplace(f, x, subset=None, *, batch_size: int | None = None, progress: bool = False, out=None,
-            resume: bool = False) -> Laplace:
+def laplace(
+    f,
+    x,
+    subset=None,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    out=None,
+    resume: bool = False,
+) -> Laplace:
     """The Laplace approximation of ``f`` at ``x``: ``cov = inv(-hessian(f)(x))``.
 
     ``x`` should be a maximum of ``f`` (a `fit` result). The Hessian is symmetrised,
@@ -185,8 +201,10 @@ def _cov(hess: np.ndarray, names: list) -> np.ndarray:
 
 @run_once_jit
 def _hessians(F, x):
-    return jax.vmap(lambda a, x: _hessian_of(Target(F.member_of(a), unconstrained=False, density=False), x),
-                    in_axes=(F.in_axes, 0))(F.arrays, x)
+    return jax.vmap(
+        lambda a, x: _hessian_of(Target(F.member_of(a), unconstrained=False, density=False), x),
+        in_axes=(F.in_axes, 0),
+    )(F.arrays, x)
 
 
 def _laplace_batched(F, x, subset, batch_size, progress, out, resume):
@@ -213,11 +231,22 @@ def _laplace_batched(F, x, subset, batch_size, progress, out, resume):
             except InferenceError as err:
                 raise InferenceError(f"laplace, dataset {int(k)} of {len(F)}: {err}") from None
         cov = np.stack(covs)
-        return {"mean": np.asarray(x)[idx], "cov": cov,
-                "sigma": np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))}
+        return {
+            "mean": np.asarray(x)[idx],
+            "cov": cov,
+            "sigma": np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1)),
+        }
 
-    done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
-                         resume=resume, what="laplace", meta={"names": names})
+    done = run_in_chunks(
+        F,
+        solve,
+        batch_size=batch_size,
+        progress=progress,
+        out=out,
+        resume=resume,
+        what="laplace",
+        meta={"names": names},
+    )
     cov, mean = done["cov"], np.asarray(x)
     if subset is not None:
         idx = _resolve_subset(member, list(subset), names)
@@ -229,5 +258,6 @@ def _result(mean, cov, names, dtype) -> "Laplace":
     sigma = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))  # numpy: no compile for a few small ops
     # cast in numpy and device_put: jnp.asarray compiles a cast or copy per shape
     put = jax.device_put
-    return Laplace(put(mean.astype(dtype)), put(cov.astype(dtype)), put(sigma.astype(dtype)),
-                   tuple(names))
+    return Laplace(
+        put(mean.astype(dtype)), put(cov.astype(dtype)), put(sigma.astype(dtype)), tuple(names)
+    )

@@ -57,6 +57,7 @@ def _blackjax():
 
     return blackjax
 
+
 _CHAIN_METHODS = ("vectorized", "sequential", "sharded")
 _DENSE_MAX = 50  # dense mass matrix up to this many entries
 _SEED_SHRINKAGE = 20.0  # pseudo-count keeping a Laplace seed through the first windows
@@ -150,7 +151,9 @@ def _start_state(target, z, fallback):
     return jax.lax.while_loop(again, evaluate, (jnp.zeros((), jnp.int32), blank))[1]
 
 
-def _run_one(target, z, fallback, da, fresh, key_data, first, modes, step_size, imm, cfg: _Sampling):
+def _run_one(
+    target, z, fallback, da, fresh, key_data, first, modes, step_size, imm, cfg: _Sampling
+):
     """One chain, one block of ``modes`` ``[draws, thin]`` starting at step ``first``
     from position ``z``: warmup and draws share this compiled function. ``fresh``
     starts a new dual averaging; ``fallback`` replaces a start whose log-density is
@@ -169,7 +172,9 @@ def _run_one(target, z, fallback, da, fresh, key_data, first, modes, step_size, 
         adapt = mode == _ADAPT
         eps = jnp.where(adapt, jnp.exp(da.log_step_size), step_size)
         new, info = _blackjax().nuts(target.logdensity, eps, imm).step(key, state)
-        da = jax.tree.map(lambda a, b: jnp.where(adapt, a, b), da_update(da, info.acceptance_rate), da)
+        da = jax.tree.map(
+            lambda a, b: jnp.where(adapt, a, b), da_update(da, info.acceptance_rate), da
+        )
         state = jax.tree.map(lambda a, b: jnp.where(mode == _IDLE, b, a), new, state)
         return (state, da), info
 
@@ -210,7 +215,10 @@ def _sharded(fn, target, args, cfg, mesh):
 
     spec = PartitionSpec("chains")
     mapped = jax.shard_map(
-        body, mesh=mesh, in_specs=(PartitionSpec(),) + (spec,) * len(args), out_specs=spec,
+        body,
+        mesh=mesh,
+        in_specs=(PartitionSpec(),) + (spec,) * len(args),
+        out_specs=spec,
         check_vma=False,
     )
     return mapped(dynamic, *args)
@@ -219,13 +227,19 @@ def _sharded(fn, target, args, cfg, mesh):
 def _over_datasets(fn, target, args, cfg):
     # a _BatchedTarget: each dataset's chains vectorized, the datasets vmapped around them
     F = target.F
-    return jax.vmap(lambda arrays, *a: _vectorized(fn, target.member(arrays), a, cfg),
-                    in_axes=(F.in_axes,) + (0,) * len(args))(F.arrays, *args)
+    return jax.vmap(
+        lambda arrays, *a: _vectorized(fn, target.member(arrays), a, cfg),
+        in_axes=(F.in_axes,) + (0,) * len(args),
+    )(F.arrays, *args)
 
 
 # The chain mappers of the programs of many steps (warmup, draws).
-_MAPS = {"vectorized": inference_jit(_vectorized), "sequential": inference_jit(_single),
-         "sharded": inference_jit(_sharded), "datasets": inference_jit(_over_datasets)}
+_MAPS = {
+    "vectorized": inference_jit(_vectorized),
+    "sequential": inference_jit(_single),
+    "sharded": inference_jit(_sharded),
+    "datasets": inference_jit(_over_datasets),
+}
 
 
 def _mapped_call(fn, target, args, cfg, chain_method, mesh):
@@ -244,8 +258,10 @@ def _map_chains(fn, target, args, cfg, chain_method, mesh):
         jitted, call_args = _mapped_call(fn, target, args, cfg, chain_method, mesh)
         return jitted(*call_args)
     n = jax.tree.leaves(args)[0].shape[0]
-    outs = [_MAPS["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
-            for c in range(n)]
+    outs = [
+        _MAPS["sequential"](fn, target, jax.tree.map(lambda a: a[c], tuple(args)), cfg)
+        for c in range(n)
+    ]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
@@ -276,7 +292,11 @@ def _keys(key, num_chains):
     own."""
     k_start, k_warm, k_draw = jax.random.split(key, 3)
     data = jax.random.key_data
-    return data(k_start), data(jax.random.split(k_warm, num_chains)), data(jax.random.split(k_draw, num_chains))
+    return (
+        data(k_start),
+        data(jax.random.split(k_warm, num_chains)),
+        data(jax.random.split(k_draw, num_chains)),
+    )
 
 
 def _normals(key_data, num_chains, size):
@@ -308,7 +328,9 @@ def _starts(target, f, x0, num_chains, check=True):
     x0 = x0 if per_chain else np.broadcast_to(np.asarray(x0), (num_chains, x0.shape[0]))
     z0 = np.asarray(_to_z(target, x0))  # host: the runner takes per-chain host arrays
     if check:
-        check_finite_start(target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1])
+        check_finite_start(
+            target, z0 if per_chain else z0[:1], "nuts", x=x0 if per_chain else x0[:1]
+        )
     return z0, per_chain
 
 
@@ -330,7 +352,8 @@ def _laplace_seed(target, z0, per_chain, normals, dense):
     except InferenceError as err:
         warnings.warn(
             f"nuts: inverse_mass_matrix='laplace' failed ({err}); adapting from the identity.",
-            CaskaxWarning, stacklevel=3,
+            CaskaxWarning,
+            stacklevel=3,
         )
         return z0, None, z0
     cov = np.asarray(approx.cov, np.float64)
@@ -348,7 +371,9 @@ def _laplace_seed(target, z0, per_chain, normals, dense):
 
 def _resolve_chain_method(chain_method, num_chains):
     if chain_method not in _CHAIN_METHODS:
-        raise InferenceError(f"nuts: chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}.")
+        raise InferenceError(
+            f"nuts: chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}."
+        )
     if chain_method != "sharded":
         return None
     devices = jax.devices()
@@ -379,13 +404,23 @@ class _Runner:
         if self.chains_map["chain_method"] == "sequential":
             return
         lead, dtype = z.shape[:-1], z.dtype
-        args = (z, z, _fresh_da(lead, dtype), np.ones(lead, bool), keys,
-                np.zeros(lead, np.int32), np.zeros(lead + (self.block, self.cfg.thin), np.int32),
-                np.ones(lead, dtype), imm)
+        args = (
+            z,
+            z,
+            _fresh_da(lead, dtype),
+            np.ones(lead, bool),
+            keys,
+            np.zeros(lead, np.int32),
+            np.zeros(lead + (self.block, self.cfg.thin), np.int32),
+            np.ones(lead, dtype),
+            imm,
+        )
 
         def work():
             try:
-                jitted, call_args = _mapped_call(_run_one, self.target, args, self.cfg, **self.chains_map)
+                jitted, call_args = _mapped_call(
+                    _run_one, self.target, args, self.cfg, **self.chains_map
+                )
                 jitted.lower(*call_args).compile()
             except Exception:  # noqa: BLE001 - the first call compiles again and reports it
                 pass
@@ -409,18 +444,23 @@ class _Runner:
             axis = modes.ndim - 2  # the rows of draws
             for start in range(0, modes.shape[axis], self.block):
                 z, da, parts = done
-                rows = modes[..., start:start + self.block, :]
+                rows = modes[..., start : start + self.block, :]
                 first = np.full(modes.shape[:axis], start * modes.shape[-1], np.int32)
                 (z, da), out = _map_chains(
-                    _run_one, self.target, (z, fallback, da, fresh, keys, first, rows, step_size, imm),
-                    self.cfg, **self.chains_map,
+                    _run_one,
+                    self.target,
+                    (z, fallback, da, fresh, keys, first, rows, step_size, imm),
+                    self.cfg,
+                    **self.chains_map,
                 )
                 out = jax.tree.map(np.asarray, out) if keep else out
                 done = (z, da, parts + [out] if keep else parts)
                 # later blocks start where the last one ended, at a finite log-density
                 fallback, fresh = z, np.zeros_like(fresh)
                 if bar is not None:  # warmup counts steps, sampling counts draws
-                    bar.update(min(out.x.shape[axis] * (1 if keep else self.cfg.thin), bar.total - bar.n))
+                    bar.update(
+                        min(out.x.shape[axis] * (1 if keep else self.cfg.thin), bar.total - bar.n)
+                    )
         except KeyboardInterrupt as err:
             err.caskax_done = done  # the blocks finished before Ctrl-C, for nuts to keep
             raise
@@ -437,8 +477,9 @@ class _Runner:
         da = _fresh_da(lead, z0.dtype)
         rows = -(-num_warmup // (self.block * thin)) * self.block
         steps = np.arange(rows * thin).reshape(rows, thin)
-        modes = np.broadcast_to(np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32),
-                                lead + (rows, thin))
+        modes = np.broadcast_to(
+            np.where(steps < num_warmup, _ADAPT, _IDLE).astype(np.int32), lead + (rows, thin)
+        )
         unused = np.ones(lead, z0.dtype)  # the step size comes from `da` here
         fresh = np.ones(lead, bool)
         bar = _progress_bar(progress, num_warmup, "warmup")
@@ -454,9 +495,7 @@ def _window_warmup(target, z0, seeds, keys, num_warmup, progress, chains_map, im
         seeds = np.ones(z0.shape, z0.dtype)
     cfg = _Warmup(int(num_warmup), seeds.ndim == z0.ndim + 1, seeded, impl)
     bar = _progress_bar(progress and num_warmup > 0, 1, "warmup")
-    z, step_size, imm = _map_chains(
-        _warmup_one, target, (keys, z0, seeds), cfg, **chains_map
-    )
+    z, step_size, imm = _map_chains(_warmup_one, target, (keys, z0, seeds), cfg, **chains_map)
     if bar is not None:
         jax.block_until_ready(step_size)
         bar.update(1)
@@ -508,8 +547,10 @@ def _check_metric(imm, dense: bool, what: str):
     not, every NUTS trajectory diverges and nothing would say why."""
     imm = np.asarray(imm, np.float64)
     if not np.all(np.isfinite(imm)):
-        raise InferenceError(f"nuts: {what} has non-finite entries; it must be a positive definite "
-                             "inverse mass matrix (a variance per entry, or a covariance).")
+        raise InferenceError(
+            f"nuts: {what} has non-finite entries; it must be a positive definite "
+            "inverse mass matrix (a variance per entry, or a covariance)."
+        )
     if not dense:
         bad = np.argwhere(imm <= 0)
         if bad.size:
@@ -520,8 +561,10 @@ def _check_metric(imm, dense: bool, what: str):
         return
     asym = float(np.max(np.abs(imm - np.swapaxes(imm, -1, -2)), initial=0.0))
     if asym > 1e-6 * max(float(np.max(np.abs(imm), initial=0.0)), 1e-300):
-        raise InferenceError(f"nuts: {what} is not symmetric (largest |M - M.T| = {asym:.3g}); "
-                             "give a covariance matrix.")
+        raise InferenceError(
+            f"nuts: {what} is not symmetric (largest |M - M.T| = {asym:.3g}); "
+            "give a covariance matrix."
+        )
     smallest = float(np.min(np.linalg.eigvalsh(imm), initial=np.inf))
     if smallest <= 0:
         raise InferenceError(
@@ -531,10 +574,23 @@ def _check_metric(imm, dense: bool, what: str):
 
 
 # -- the public function -------------------------------------------------------------------------
-def nuts(f, key, x0=None, num_warmup: int | None = None, num_samples: int = 1000, num_chains: int | None = None,
-         progress: bool = True, valid: bool = True, inverse_mass_matrix="laplace",
-         chain_method: str = "vectorized", thin: int = 1, resume: Chains | bool | None = None, *,
-         batch_size: int | None = None, out=None) -> Chains:
+def nuts(
+    f,
+    key,
+    x0=None,
+    num_warmup: int | None = None,
+    num_samples: int = 1000,
+    num_chains: int | None = None,
+    progress: bool = True,
+    valid: bool = True,
+    inverse_mass_matrix="laplace",
+    chain_method: str = "vectorized",
+    thin: int = 1,
+    resume: Chains | bool | None = None,
+    *,
+    batch_size: int | None = None,
+    out=None,
+) -> Chains:
     """Sample ``f`` with blackjax NUTS after Stan-style window adaptation.
 
     The target density is ``f(x) + f.log_prior(x)``. With ``valid=True`` (default) the
@@ -614,8 +670,22 @@ def nuts(f, key, x0=None, num_warmup: int | None = None, num_samples: int = 1000
         # window adaptation learns the metric too and keeps Stan's longer default.
         num_warmup = 200 if isinstance(inverse_mass_matrix, str) else 500
     if isinstance(f, BatchedProgram):
-        return _nuts_batched(f, key, x0, num_warmup, num_samples, num_chains, progress, valid,
-                             inverse_mass_matrix, chain_method, thin, resume, batch_size, out)
+        return _nuts_batched(
+            f,
+            key,
+            x0,
+            num_warmup,
+            num_samples,
+            num_chains,
+            progress,
+            valid,
+            inverse_mass_matrix,
+            chain_method,
+            thin,
+            resume,
+            batch_size,
+            out,
+        )
     if batch_size is not None or out is not None or isinstance(resume, bool):
         raise InferenceError(
             "nuts: batch_size, out and resume=True apply to batched Programs (cx.batch), "
@@ -631,8 +701,12 @@ def nuts(f, key, x0=None, num_warmup: int | None = None, num_samples: int = 1000
         num_chains = resume.num_chains
     elif num_chains is None:
         num_chains = 4
-    for name, value, low in (("num_samples", num_samples, 1), ("num_chains", num_chains, 1),
-                             ("thin", thin, 1), ("num_warmup", num_warmup, 0)):
+    for name, value, low in (
+        ("num_samples", num_samples, 1),
+        ("num_chains", num_chains, 1),
+        ("thin", thin, 1),
+        ("num_warmup", num_warmup, 0),
+    ):
         if int(value) != value or value < low:
             raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
     target = Target(f, unconstrained=valid)
@@ -660,13 +734,20 @@ def nuts(f, key, x0=None, num_warmup: int | None = None, num_samples: int = 1000
         try:
             z0, seed, fallback = _metric_seed(target, z0, per_chain, normals, inverse_mass_matrix)
             # a copy, not a broadcast view: it ends up in Chains.inverse_mass_matrix
-            seeds = np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy() if seed is not None else None
+            seeds = (
+                np.broadcast_to(np.asarray(seed), (num_chains,) + seed.shape).copy()
+                if seed is not None
+                else None
+            )
             if laplace_path and seed is not None and num_warmup > 0:
-                z, da, step_size = runner.adapt_step_size(z0, fallback, seeds, warm_keys, num_warmup, progress)
+                z, da, step_size = runner.adapt_step_size(
+                    z0, fallback, seeds, warm_keys, num_warmup, progress
+                )
                 imm = seeds
             else:
-                z, step_size, imm = _window_warmup(target, z0, seeds, warm_keys, num_warmup,
-                                                   progress, chains_map, impl)
+                z, step_size, imm = _window_warmup(
+                    target, z0, seeds, warm_keys, num_warmup, progress, chains_map, impl
+                )
                 # the runner's adaptation state is not used for draws: shapes only
                 fallback, da = z, _fresh_da(num_chains, z0.dtype)
         except KeyboardInterrupt as err:
@@ -676,12 +757,38 @@ def nuts(f, key, x0=None, num_warmup: int | None = None, num_samples: int = 1000
             runner.wait()  # no compile left running after an error either
 
     layout = layout_of(f, int(z.shape[-1]))
-    return _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progress,
-                 layout, target.unconstrained, num_warmup, resume)
+    return _draw(
+        runner,
+        z,
+        fallback,
+        da,
+        draw_keys,
+        step_size,
+        imm,
+        num_samples,
+        progress,
+        layout,
+        target.unconstrained,
+        num_warmup,
+        resume,
+    )
 
 
-def _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progress, layout,
-          unconstrained, num_warmup, resume):
+def _draw(
+    runner,
+    z,
+    fallback,
+    da,
+    draw_keys,
+    step_size,
+    imm,
+    num_samples,
+    progress,
+    layout,
+    unconstrained,
+    num_warmup,
+    resume,
+):
     """The draws, in blocks (the per-step keys do not depend on the blocking), as
     `Chains` after ``resume``'s draws. A Ctrl-C keeps the finished blocks as
     ``err.chains``."""
@@ -693,8 +800,10 @@ def _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progr
 
     def chains_of(z, parts):
         z = np.asarray(z)
-        empty = _Draw(np.zeros(lead + (0, z.shape[-1]), z.dtype),
-                      *(np.zeros(lead + (0,), t) for t in (z.dtype, bool, np.int32, z.dtype)))
+        empty = _Draw(
+            np.zeros(lead + (0, z.shape[-1]), z.dtype),
+            *(np.zeros(lead + (0,), t) for t in (z.dtype, bool, np.int32, z.dtype)),
+        )
         out = _Draw(*(np.concatenate(p, axis=axis) for p in zip(*parts))) if parts else empty
         chains = Chains(
             samples=out.x,
@@ -712,7 +821,9 @@ def _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progr
         return resume.concatenate(chains) if resume is not None else chains
 
     try:
-        z, _, parts = runner.run(z, fallback, da, fresh, draw_keys, modes, step_size, imm, bar, keep=True)
+        z, _, parts = runner.run(
+            z, fallback, da, fresh, draw_keys, modes, step_size, imm, bar, keep=True
+        )
     except KeyboardInterrupt as err:
         # Ctrl-C keeps the draws of the blocks that finished, resumable from where they end
         z_done, _, parts = err.caskax_done
@@ -732,8 +843,11 @@ def _check_resumed_kernel(resume: Chains):
             f"{step.tolist()}. Resume from chains that nuts adapted, or run nuts again without resume."
         )
     imm = np.asarray(resume.inverse_mass_matrix)
-    _check_metric(imm, imm.ndim == np.ndim(resume.last_position) + 1,
-                  "the resumed Chains' inverse_mass_matrix")
+    _check_metric(
+        imm,
+        imm.ndim == np.ndim(resume.last_position) + 1,
+        "the resumed Chains' inverse_mass_matrix",
+    )
     if not np.all(np.isfinite(np.asarray(resume.last_position, np.float64))):
         raise InferenceError(
             "nuts: the resumed Chains have no finite last_position (the state in the sampled "
@@ -756,8 +870,9 @@ class _BatchedTarget(eqx.Module):
     def over_datasets(self, fn, *args):
         """``fn(target_k, *args_k)`` for every dataset ``k`` (args with a leading
         dataset axis), vmapped."""
-        return jax.vmap(lambda a, *xs: fn(self.member(a), *xs),
-                        in_axes=(self.F.in_axes,) + (0,) * len(args))(self.F.arrays, *args)
+        return jax.vmap(
+            lambda a, *xs: fn(self.member(a), *xs), in_axes=(self.F.in_axes,) + (0,) * len(args)
+        )(self.F.arrays, *args)
 
 
 @run_once_jit
@@ -776,6 +891,7 @@ def _finite_datasets(bt, z):
         def ok(z):
             value, grad = jax.value_and_grad(t.logdensity)(z)
             return jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+
         return jax.vmap(ok)(zs)
 
     return bt.over_datasets(one, z)
@@ -788,8 +904,11 @@ def _check_finite_datasets(bt, z, what):
     bad = np.argwhere(~ok)
     if bad.size:
         k = int(bad[0][0])
-        check_finite_start(Target(bt.F[k], unconstrained=bt.unconstrained), np.asarray(z)[k],
-                           f"{what} (dataset {k} of {len(bt.F)})")
+        check_finite_start(
+            Target(bt.F[k], unconstrained=bt.unconstrained),
+            np.asarray(z)[k],
+            f"{what} (dataset {k} of {len(bt.F)})",
+        )
 
 
 def _seed_fit_impl(bt, z0, layout):
@@ -809,7 +928,8 @@ _seed_fit = inference_jit(_seed_fit_impl)
 @run_once_jit
 def _seed_hessians(bt, x):
     return bt.over_datasets(
-        lambda t, x: _hessian_of(Target(t.logdensity, unconstrained=False, density=False), x), x)
+        lambda t, x: _hessian_of(Target(t.logdensity, unconstrained=False, density=False), x), x
+    )
 
 
 def _laplace_seed_batched(bt, z0, per_chain, normals, dense):
@@ -822,7 +942,12 @@ def _laplace_seed_batched(bt, z0, per_chain, normals, dense):
         _check_finite_datasets(bt, z0 if per_chain else z0[:, :1], "nuts")
     hess = np.asarray(_seed_hessians(bt, mode), np.float64)
     names = names_of(layout)
-    starts, seeds, fallback, failed = z0.copy(), [], np.broadcast_to(mode[:, None], z0.shape).copy(), []
+    starts, seeds, fallback, failed = (
+        z0.copy(),
+        [],
+        np.broadcast_to(mode[:, None], z0.shape).copy(),
+        [],
+    )
     for k in range(z0.shape[0]):
         try:
             if not np.isfinite(value[k]):
@@ -844,8 +969,22 @@ def _laplace_seed_batched(bt, z0, per_chain, normals, dense):
     return starts, seeds, fallback, failed
 
 
-def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, valid,
-                  inverse_mass_matrix, chain_method, thin, resume, batch_size=None, out=None) -> Chains:
+def _nuts_batched(
+    F,
+    key,
+    x0,
+    num_warmup,
+    num_samples,
+    num_chains,
+    progress,
+    valid,
+    inverse_mass_matrix,
+    chain_method,
+    thin,
+    resume,
+    batch_size=None,
+    out=None,
+) -> Chains:
     """`nuts` on every dataset of a `BatchedProgram`: dataset ``k`` is sampled as
     ``nuts(F[k], jax.random.split(key, N)[k], ...)`` would sample it, all datasets and
     chains in one vmapped program (per chunk of ``batch_size`` datasets). Returns
@@ -855,7 +994,9 @@ def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, val
     check_program(member, "nuts")
     file_resume = resume is True
     if file_resume and out is None:
-        raise InferenceError("nuts: resume=True continues an interrupted run written to out=...; give out.")
+        raise InferenceError(
+            "nuts: resume=True continues an interrupted run written to out=...; give out."
+        )
     resume = None if isinstance(resume, bool) else resume
     if chain_method != "vectorized":
         raise InferenceError(
@@ -876,8 +1017,12 @@ def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, val
         num_chains = resume.num_chains
     elif num_chains is None:
         num_chains = 4
-    for name, value, low in (("num_samples", num_samples, 1), ("num_chains", num_chains, 1),
-                             ("thin", thin, 1), ("num_warmup", num_warmup, 0)):
+    for name, value, low in (
+        ("num_samples", num_samples, 1),
+        ("num_chains", num_chains, 1),
+        ("thin", thin, 1),
+        ("num_warmup", num_warmup, 0),
+    ):
         if int(value) != value or value < low:
             raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
     n = int(sum(group_sizes(member)))
@@ -900,33 +1045,86 @@ def _nuts_batched(F, key, x0, num_warmup, num_samples, num_chains, progress, val
     impl = str(jax.random.key_impl(key))
     dataset_keys = jax.random.split(key, N)
     chunked = batch_size is not None or out is not None
-    settings = (num_warmup, num_samples, num_chains, progress and not chunked, valid,
-                inverse_mass_matrix, thin, impl, layout, unconstrained)
+    settings = (
+        num_warmup,
+        num_samples,
+        num_chains,
+        progress and not chunked,
+        valid,
+        inverse_mass_matrix,
+        thin,
+        impl,
+        layout,
+        unconstrained,
+    )
 
     def solve(G, idx):
-        part = _nuts_datasets(G, dataset_keys[idx], None if x0 is None else x0[idx],
-                              None if resume is None else resume.take(idx), *settings)
+        part = _nuts_datasets(
+            G,
+            dataset_keys[idx],
+            None if x0 is None else x0[idx],
+            None if resume is None else resume.take(idx),
+            *settings,
+        )
         return {k: getattr(part, k) for k in _CHAIN_FIELDS}
 
     if not chunked:
         return _nuts_datasets(F, dataset_keys, x0, resume, *settings)
-    done = run_in_chunks(F, solve, batch_size=batch_size, progress=progress, out=out,
-                         resume=file_resume, what="nuts",
-                         meta={"layout": [[k, list(v)] for k, v in layout], "unconstrained": unconstrained,
-                               "key": np.asarray(jax.random.key_data(key)).tolist(),
-                               "num_warmup": int(num_warmup), "num_samples": int(num_samples),
-                               "num_chains": int(num_chains), "thin": int(thin)})
+    done = run_in_chunks(
+        F,
+        solve,
+        batch_size=batch_size,
+        progress=progress,
+        out=out,
+        resume=file_resume,
+        what="nuts",
+        meta={
+            "layout": [[k, list(v)] for k, v in layout],
+            "unconstrained": unconstrained,
+            "key": np.asarray(jax.random.key_data(key)).tolist(),
+            "num_warmup": int(num_warmup),
+            "num_samples": int(num_samples),
+            "num_chains": int(num_chains),
+            "thin": int(thin),
+        },
+    )
     # each chunk's chains already follow its resumed draws
-    return Chains(**{k: done[k] for k in _CHAIN_FIELDS}, layout=layout, unconstrained=unconstrained,
-                  num_warmup=int(num_warmup if resume is None else resume.num_warmup))
+    return Chains(
+        **{k: done[k] for k in _CHAIN_FIELDS},
+        layout=layout,
+        unconstrained=unconstrained,
+        num_warmup=int(num_warmup if resume is None else resume.num_warmup),
+    )
 
 
-_CHAIN_FIELDS = ("samples", "log_density", "divergences", "num_steps", "acceptance_rate",
-                 "step_size", "inverse_mass_matrix", "last_position")
+_CHAIN_FIELDS = (
+    "samples",
+    "log_density",
+    "divergences",
+    "num_steps",
+    "acceptance_rate",
+    "step_size",
+    "inverse_mass_matrix",
+    "last_position",
+)
 
 
-def _nuts_datasets(F, dataset_keys, x0, resume, num_warmup, num_samples, num_chains, progress,
-                   valid, inverse_mass_matrix, thin, impl, layout, unconstrained) -> Chains:
+def _nuts_datasets(
+    F,
+    dataset_keys,
+    x0,
+    resume,
+    num_warmup,
+    num_samples,
+    num_chains,
+    progress,
+    valid,
+    inverse_mass_matrix,
+    thin,
+    impl,
+    layout,
+    unconstrained,
+) -> Chains:
     """`_nuts_batched` on one chunk of datasets, each with its own key."""
     N, n = len(F), len(names_of(layout))
     member = F[0]
@@ -952,58 +1150,113 @@ def _nuts_datasets(F, dataset_keys, x0, resume, num_warmup, num_samples, num_cha
         x0 = np.asarray(x0)
         per_chain = x0.ndim == 3
         given = x0
-        z0 = np.asarray(_to_z_datasets(bt, x0 if per_chain else np.broadcast_to(x0[:, None], (N, num_chains, n))))
+        z0 = np.asarray(
+            _to_z_datasets(
+                bt, x0 if per_chain else np.broadcast_to(x0[:, None], (N, num_chains, n))
+            )
+        )
         if not laplace_path:
             _check_finite_datasets(bt, z0 if per_chain else z0[:, :1], "nuts")
-        start_keys, warm_keys, draw_keys = (np.asarray(a) for a in _keys_batched(dataset_keys, num_chains))
+        start_keys, warm_keys, draw_keys = (
+            np.asarray(a) for a in _keys_batched(dataset_keys, num_chains)
+        )
         normals = np.stack([_normals(k, num_chains, n) for k in start_keys])
         runner.compile_ahead(z0, _imm_like(z0, inverse_mass_matrix), warm_keys)
         try:
             if laplace_path:
-                z0, seeds, fallback, failed = _laplace_seed_batched(bt, z0, per_chain, normals,
-                                                                    dense=n <= _DENSE_MAX)
+                z0, seeds, fallback, failed = _laplace_seed_batched(
+                    bt, z0, per_chain, normals, dense=n <= _DENSE_MAX
+                )
             else:
-                _, seed, _ = _metric_seed(Target(member, unconstrained=valid), z0[0], per_chain,
-                                          normals[0], inverse_mass_matrix)
-                seeds = None if seed is None else np.broadcast_to(seed, z0.shape[:2] + seed.shape).copy()
+                _, seed, _ = _metric_seed(
+                    Target(member, unconstrained=valid),
+                    z0[0],
+                    per_chain,
+                    normals[0],
+                    inverse_mass_matrix,
+                )
+                seeds = (
+                    None
+                    if seed is None
+                    else np.broadcast_to(seed, z0.shape[:2] + seed.shape).copy()
+                )
                 fallback = z0
             if laplace_path and num_warmup > 0:
-                z, da, step_size = runner.adapt_step_size(z0, fallback, seeds, warm_keys, num_warmup, progress)
+                z, da, step_size = runner.adapt_step_size(
+                    z0, fallback, seeds, warm_keys, num_warmup, progress
+                )
                 imm = seeds
             else:
-                z, step_size, imm = _window_warmup(bt, z0, seeds, warm_keys, num_warmup, progress,
-                                                   chains_map, impl)
+                z, step_size, imm = _window_warmup(
+                    bt, z0, seeds, warm_keys, num_warmup, progress, chains_map, impl
+                )
                 fallback, da = z, _fresh_da(z0.shape[:-1], z0.dtype)
         except KeyboardInterrupt as err:
             err.chains = None  # no draws and no adapted kernel yet
             raise
         finally:
             runner.wait()
-    chains = _draw(runner, z, fallback, da, draw_keys, step_size, imm, num_samples, progress,
-                   layout, bt.unconstrained, num_warmup, resume)
+    chains = _draw(
+        runner,
+        z,
+        fallback,
+        da,
+        draw_keys,
+        step_size,
+        imm,
+        num_samples,
+        progress,
+        layout,
+        bt.unconstrained,
+        num_warmup,
+        resume,
+    )
     if failed:
-        chains = _sample_alone(chains, F, dataset_keys, failed, given, num_warmup, num_samples,
-                               num_chains, valid, thin)
+        chains = _sample_alone(
+            chains, F, dataset_keys, failed, given, num_warmup, num_samples, num_chains, valid, thin
+        )
     return chains
 
 
-def _sample_alone(chains, F, dataset_keys, failed, x0, num_warmup, num_samples, num_chains,
-                  valid, thin):
+def _sample_alone(
+    chains, F, dataset_keys, failed, x0, num_warmup, num_samples, num_chains, valid, thin
+):
     """Datasets whose Laplace step failed fall back, as `nuts` on one Program does, to
     window adaptation; they run on their own and replace their rows of ``chains``."""
     warnings.warn(
         f"nuts: inverse_mass_matrix='laplace' failed on datasets {failed[:10]}"
         f"{' ...' if len(failed) > 10 else ''} of {len(F)}; those adapt from the identity, "
-        "sampled one by one.", CaskaxWarning, stacklevel=3,
+        "sampled one by one.",
+        CaskaxWarning,
+        stacklevel=3,
     )
-    fields = {k: np.array(getattr(chains, k)) for k in (
-        "samples", "log_density", "divergences", "num_steps", "acceptance_rate", "step_size",
-        "inverse_mass_matrix", "last_position")}
+    fields = {
+        k: np.array(getattr(chains, k))
+        for k in (
+            "samples",
+            "log_density",
+            "divergences",
+            "num_steps",
+            "acceptance_rate",
+            "step_size",
+            "inverse_mass_matrix",
+            "last_position",
+        )
+    }
     for k in failed:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CaskaxWarning)  # said once above for all
-            alone = nuts(F[k], dataset_keys[k], x0[k], num_warmup=num_warmup, num_samples=num_samples,
-                         num_chains=num_chains, progress=False, valid=valid, thin=thin)
+            alone = nuts(
+                F[k],
+                dataset_keys[k],
+                x0[k],
+                num_warmup=num_warmup,
+                num_samples=num_samples,
+                num_chains=num_chains,
+                progress=False,
+                valid=valid,
+                thin=thin,
+            )
         for name, dest in fields.items():
             value = np.asarray(getattr(alone, name))
             if dest.ndim == value.ndim + 2:  # a diagonal mass matrix in a dense batch
