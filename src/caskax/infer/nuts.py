@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..batch import BatchedProgram, _run_in_chunks as run_in_chunks
 from ..errors import CaskaxWarning, InferenceError, ShapeError
-from .chains import Chains, _check_layout
+from .chains import _ARRAYS, Chains, _check_layout
 from .fit import _fit_impl, _fit_unchecked
 from .laplace import _cov, _hessian_of, laplace
 from ._target import (
@@ -692,23 +692,7 @@ def nuts(
             f"not to {type(f).__name__}; resume one Program's run with resume=chains."
         )
     check_program(f, "nuts")
-    if resume is not None:
-        if num_chains is not None and num_chains != resume.num_chains:
-            raise InferenceError(
-                f"nuts: num_chains={num_chains!r} but the resumed Chains hold {resume.num_chains} "
-                "chains; a resumed run continues each of its chains. Leave num_chains out."
-            )
-        num_chains = resume.num_chains
-    elif num_chains is None:
-        num_chains = 4
-    for name, value, low in (
-        ("num_samples", num_samples, 1),
-        ("num_chains", num_chains, 1),
-        ("thin", thin, 1),
-        ("num_warmup", num_warmup, 0),
-    ):
-        if int(value) != value or value < low:
-            raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
+    num_chains = _checked_counts(num_chains, resume, num_samples, thin, num_warmup)
     target = Target(f, unconstrained=valid)
     mesh = _resolve_chain_method(chain_method, num_chains)
     impl = str(jax.random.key_impl(key))
@@ -1009,22 +993,7 @@ def _nuts_batched(
                 f"nuts: resuming a batched Program of {N} datasets needs Chains with samples "
                 f"[{N}, chains, draws, n], got shape {resume.samples.shape}."
             )
-        if num_chains is not None and num_chains != resume.num_chains:
-            raise InferenceError(
-                f"nuts: num_chains={num_chains!r} but the resumed Chains hold {resume.num_chains} "
-                "chains; a resumed run continues each of its chains. Leave num_chains out."
-            )
-        num_chains = resume.num_chains
-    elif num_chains is None:
-        num_chains = 4
-    for name, value, low in (
-        ("num_samples", num_samples, 1),
-        ("num_chains", num_chains, 1),
-        ("thin", thin, 1),
-        ("num_warmup", num_warmup, 0),
-    ):
-        if int(value) != value or value < low:
-            raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
+    num_chains = _checked_counts(num_chains, resume, num_samples, thin, num_warmup)
     n = int(sum(group_sizes(member)))
     layout = layout_of(member, n)
     unconstrained = Target(member, unconstrained=valid).unconstrained
@@ -1066,7 +1035,7 @@ def _nuts_batched(
             None if resume is None else resume.take(idx),
             *settings,
         )
-        return {k: getattr(part, k) for k in _CHAIN_FIELDS}
+        return {k: getattr(part, k) for k in _ARRAYS}
 
     if not chunked:
         return _nuts_datasets(F, dataset_keys, x0, resume, *settings)
@@ -1090,23 +1059,33 @@ def _nuts_batched(
     )
     # each chunk's chains already follow its resumed draws
     return Chains(
-        **{k: done[k] for k in _CHAIN_FIELDS},
+        **{k: done[k] for k in _ARRAYS},
         layout=layout,
         unconstrained=unconstrained,
         num_warmup=int(num_warmup if resume is None else resume.num_warmup),
     )
 
 
-_CHAIN_FIELDS = (
-    "samples",
-    "log_density",
-    "divergences",
-    "num_steps",
-    "acceptance_rate",
-    "step_size",
-    "inverse_mass_matrix",
-    "last_position",
-)
+def _checked_counts(num_chains, resume, num_samples, thin, num_warmup) -> int:
+    """The number of chains (4, or the resumed run's), with every count checked."""
+    if resume is not None:
+        if num_chains is not None and num_chains != resume.num_chains:
+            raise InferenceError(
+                f"nuts: num_chains={num_chains!r} but the resumed Chains hold {resume.num_chains} "
+                "chains; a resumed run continues each of its chains. Leave num_chains out."
+            )
+        num_chains = resume.num_chains
+    elif num_chains is None:
+        num_chains = 4
+    for name, value, low in (
+        ("num_samples", num_samples, 1),
+        ("num_chains", num_chains, 1),
+        ("thin", thin, 1),
+        ("num_warmup", num_warmup, 0),
+    ):
+        if int(value) != value or value < low:
+            raise InferenceError(f"nuts: {name} must be an integer >= {low}, got {value!r}.")
+    return int(num_chains)
 
 
 def _nuts_datasets(
