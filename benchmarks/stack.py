@@ -11,15 +11,25 @@ curve at each source's time. Three peers, measured side by side in one process:
 * ``hand-opt``: `benchmarks.models.hand_nodes_opt`, the model written vectorised by
   hand as a JAX function of the same flat vector (the floor);
 * ``unrolled``: `benchmarks.models.caskax_nodes`, the same model as a list of k
-  sources (source 0 holds the width, the others link to it), up to ``--max-unrolled``.
+  sources (source 0 holds the width, the others link to it), up to ``--max-unrolled``;
+* ``caskade-torch``: `benchmarks.models.caskade_nodes`, the same list model in caskade
+  1.1.5 on torch (CPU), called eagerly as a caskade user calls it (``L(x)``), gradient
+  ``torch.func.grad(L)``. Skipped, with the reason in the JSON, without caskade or
+  torch, or with ``--no-caskade``.
 
 Per k: building the k member modules and stacking them (Python); compile + first call
 (``cx.compile`` + the first ``f(x)`` for caskax, ``jax.jit`` + first call for hand-opt;
 the persistent compilation cache is off); then jitted call, ``jax.grad`` and (at one k)
-``jax.hessian``, the peers interleaved in rounds (`benchmarks._timing.compare`).
+``jax.hessian``, the jax peers interleaved in rounds (`benchmarks._timing.compare`).
+caskade-torch is timed right after the jax peers of the same k, in the same process:
+its build and first call, its first gradient, then repeated calls and gradients (at
+least 3 each, within ``--budget``). Its build + first call, and then its first
+gradient, each get ``--caskade-cap`` seconds (default 60); one that runs longer is
+stopped there and the rest of that k and every larger k are recorded as skipped, with
+the reason. A gradient slower than a tenth of the cap is timed once, not repeated.
 
-    python benchmarks/stack.py                 # k = 10, 100, 1000, 10000 (~2 min on 2 cores)
-    python benchmarks/stack.py --quick         # k = 10, 100
+    python benchmarks/stack.py                 # k = 10, 100, 1000, 10000 (~9 min on 2 cores)
+    python benchmarks/stack.py --quick         # k = 10, 100 (~1 min)
     python benchmarks/stack.py --k 1000 --max-unrolled 0
 
 Writes ``benchmarks/stack.json`` (``--out`` to change) and prints a table.
@@ -28,9 +38,12 @@ Writes ``benchmarks/stack.json`` (``--out`` to change) and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,11 +55,13 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from . import models as M  # noqa: E402
-from ._timing import compare, fmt_time, once, uptime  # noqa: E402
+from ._timing import compare, fmt_time, once, timeit, uptime  # noqa: E402
 
 TARGET_COMPILE_S = {1000: 1.0, 10000: 3.0}
 TARGET_CALL_RATIO = 1.2
 ROUNDS = 10  # interleaved rounds per timing: bursts of load on a shared machine hit all peers
+CASKADE = "caskade-torch"
+CASKADE_REPEATS = 3  # a caskade-torch call takes seconds at k = 10000: few repeats, no rounds
 
 
 def build_stacked(data):
@@ -104,7 +119,82 @@ def build_stacked(data):
     return like, t1 - t0, t2 - t1
 
 
-def measure(k, max_unrolled, hessian_k, budget_s, log=print):
+class CapExceeded(Exception):
+    """A caskade-torch step ran past ``--caskade-cap``."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds, what):
+    """Stop the block with `CapExceeded` after ``seconds`` of wall time (SIGALRM: the
+    caskade build is Python and each torch op returns within the cap, so the signal
+    lands). Without SIGALRM (Windows) the block runs to its end."""
+    if seconds is None or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise CapExceeded(f"{what} ran past the {seconds:g} s cap (--caskade-cap); stopped")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def caskade_unavailable() -> str | None:
+    """Why the caskade-torch peer cannot run here, or None."""
+    for name, pin in (("caskade", "caskade==1.1.5"), ("torch", "torch==2.13.0")):
+        if importlib.util.find_spec(name) is None:
+            return f"{name} is not installed (pip install {pin})"
+    if "caskade" in sys.modules:
+        import caskade as ck
+
+        if ck.backend.backend != "torch":
+            return f"caskade was imported with its {ck.backend.backend} backend, not torch"
+    return None
+
+
+def measure_caskade(data, ref, budget_s, cap_s):
+    """caskade-torch on the figure-5b list model: build, first call, first gradient under
+    ``cap_s`` each, then repeated calls and (when the first took under a tenth of the
+    cap) gradients. Returns a dict; a step stopped at the cap raises `CapExceeded` (build
+    and first call) or leaves its reason in ``grad_skipped`` (first gradient)."""
+    import torch
+
+    out = {}
+    with time_limit(cap_s, f"caskade-torch build + first call at k={len(data.times)}"):
+        t0 = time.perf_counter()
+        like = M.caskade_nodes(data)
+        out["build_s"] = time.perf_counter() - t0
+        x = like.get_values()
+        out["first_call_s"] = once(lambda: like(x))
+    value = float(like(x))
+    out["value"] = value
+    if not np.isclose(value, ref, rtol=1e-4, atol=1e-2):
+        raise AssertionError(f"k={len(data.times)}: caskade-torch gives {value}, hand-opt {ref}")
+    out["call"] = timeit(lambda: like(x), repeats=CASKADE_REPEATS, warmup=1, budget_s=budget_s)
+    grad = torch.func.grad(like)
+    try:
+        with time_limit(cap_s, f"caskade-torch first gradient at k={len(data.times)}"):
+            out["first_grad_s"] = once(lambda: grad(x))
+    except CapExceeded as err:
+        out["grad_skipped"] = str(err)
+    first_grad = out.get("first_grad_s")
+    if first_grad is not None and first_grad * 10 <= (cap_s or np.inf):
+        out["grad"] = timeit(lambda: grad(x), repeats=CASKADE_REPEATS, warmup=1, budget_s=budget_s)
+    elif first_grad is not None:
+        out["grad_note"] = (
+            f"one gradient took {out['first_grad_s']:.1f} s, over a tenth of the cap: "
+            "timed once (first_grad_s), not repeated"
+        )
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def measure(k, max_unrolled, hessian_k, budget_s, log=print, caskade_skip=None, caskade_cap=None):
     import jax
 
     import caskax as cx
@@ -160,6 +250,21 @@ def measure(k, max_unrolled, hessian_k, budget_s, log=print):
             {n: (lambda h=h: h(x)) for n, h in hess.items()}, rounds=ROUNDS, budget_s=budget_s
         )
         row["hessian_s"] = {n: s["median"] for n, s in hres.items()}
+    if caskade_skip is None:
+        try:
+            row["caskade"] = measure_caskade(data, ref, budget_s, caskade_cap)
+        except CapExceeded as err:
+            row["caskade"] = {"skipped": str(err)}
+    else:
+        row["caskade"] = {"skipped": caskade_skip}
+    ck = row["caskade"]
+    if "call" in ck:
+        row["call_s"][CASKADE] = ck["call"]["median"]
+        row["ratio_caskade_vs_stacked_call"] = ck["call"]["median"] / row["call_s"]["stacked"]
+    if "grad" in ck or "first_grad_s" in ck:
+        g = ck["grad"]["median"] if "grad" in ck else ck["first_grad_s"]
+        row["grad_s"][CASKADE] = g
+        row["ratio_caskade_vs_stacked_grad"] = g / row["grad_s"]["stacked"]
     row["ratio_call_vs_hand_opt"] = row["call_s"]["stacked"] / row["call_s"]["hand-opt"]
     row["ratio_call_vs_hand_opt_min"] = calls["stacked"]["min"] / calls["hand-opt"]["min"]
     row["ratio_grad_vs_hand_opt"] = row["grad_s"]["stacked"] / row["grad_s"]["hand-opt"]
@@ -173,6 +278,7 @@ def measure(k, max_unrolled, hessian_k, budget_s, log=print):
         + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["compile_first_s"].items())
         + "; call "
         + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["call_s"].items())
+        + "".join(f"; {CASKADE}: {ck[key]}" for key in ("skipped", "grad_skipped") if key in ck)
     )
     return row
 
@@ -184,22 +290,44 @@ def table(rows) -> str:
     head = (
         "| k | build k members | cx.stack | compile+first: stacked / hand-opt / unrolled "
         "| call: stacked / hand-opt / unrolled | call vs hand-opt: median (min) "
-        "| grad vs hand-opt |"
+        "| grad vs hand-opt | caskade-torch: build, call, grad "
+        "| caskade-torch / stacked: call, grad |"
     )
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         c, t = r["compile_first_s"], r["call_s"]
         grad = f"{r['ratio_grad_vs_hand_opt']:.2f}x"
         if "ratio_hessian_vs_hand_opt" in r:
             grad += f" (hessian {r['ratio_hessian_vs_hand_opt']:.2f}x)"
+        ck = r.get("caskade", {})
+        if "call" in ck:
+            g = r["grad_s"].get(CASKADE)
+            once_only = " (1 call)" if "grad" not in ck else ""
+            ck_times = f"{fmt_time(ck['build_s'])}, {fmt_time(t[CASKADE])}, " + (
+                f"{fmt_time(g)}{once_only}" if g is not None else "-"
+            )
+            ck_ratio = f"{r['ratio_caskade_vs_stacked_call']:.0f}x, " + (
+                f"{r['ratio_caskade_vs_stacked_grad']:.0f}x" if g is not None else "-"
+            )
+        else:
+            ck_times, ck_ratio = "skipped (see JSON)", "-"
         lines.append(
             f"| {r['k']} | {fmt_time(r['build_members_s'])} | {fmt_time(r['stack_s'])} "
             f"| {cell(c, 'stacked')} / {cell(c, 'hand-opt')} / {cell(c, 'unrolled')} "
             f"| {cell(t, 'stacked')} / {cell(t, 'hand-opt')} / {cell(t, 'unrolled')} "
             f"| {r['ratio_call_vs_hand_opt']:.2f}x ({r['ratio_call_vs_hand_opt_min']:.2f}x) "
-            f"| {grad} |"
+            f"| {grad} | {ck_times} | {ck_ratio} |"
         )
     return "\n".join(lines)
+
+
+def caskade_versions() -> dict:
+    if "caskade" not in sys.modules:
+        return {}
+    import caskade
+    import torch
+
+    return {"caskade": caskade.__version__, "torch": torch.__version__}
 
 
 def main(argv=None):
@@ -214,20 +342,54 @@ def main(argv=None):
     )
     parser.add_argument("--hessian-k", type=int, default=100)
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per timing group")
+    parser.add_argument(
+        "--caskade-cap",
+        type=float,
+        default=60.0,
+        help="seconds allowed for caskade-torch's build + first call, and for its first "
+        "gradient, at one k; past it that k and larger ones are skipped (default 60)",
+    )
+    parser.add_argument("--no-caskade", action="store_true", help="leave caskade-torch out")
     parser.add_argument("--out", default=str(Path(__file__).with_name("stack.json")))
     args = parser.parse_args(argv)
     if args.quick:
         args.k, args.budget = [10, 100], 0.5
 
+    # caskade picks its backend when it is first imported; nothing before this imports it.
+    os.environ["CASKADE_BACKEND"] = "torch"
+    caskade_skip = "--no-caskade" if args.no_caskade else caskade_unavailable()
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
     import caskax as cx
 
     t_start = time.perf_counter()
-    # One small model first: jax's and caskax's one-time setup is no peer's compile time.
-    measure(2, max_unrolled=2, hessian_k=2, budget_s=0.05, log=lambda *_: None)
-    rows = [measure(k, args.max_unrolled, args.hessian_k, args.budget) for k in args.k]
+    # One small model first: jax's, caskax's, torch's and caskade's one-time setup
+    # (torch.func's first gradient takes seconds) is no peer's time.
+    measure(
+        2,
+        max_unrolled=2,
+        hessian_k=2,
+        budget_s=0.05,
+        log=lambda *_: None,
+        caskade_skip=caskade_skip,
+    )
+    rows = []
+    for k in args.k:
+        rows.append(
+            measure(
+                k,
+                args.max_unrolled,
+                args.hessian_k,
+                args.budget,
+                caskade_skip=caskade_skip,
+                caskade_cap=args.caskade_cap,
+            )
+        )
+        ck = rows[-1]["caskade"]
+        stopped = ck.get("skipped") or ck.get("grad_skipped")
+        if caskade_skip is None and stopped:
+            caskade_skip = f"not run: a smaller k was stopped ({stopped})"
     md = table(rows)
     print(md)
     result = {
@@ -245,7 +407,9 @@ def main(argv=None):
             "python": platform.python_version(),
             "jax": jax.__version__,
             "caskax": cx.__version__,
+            **caskade_versions(),
         },
+        "caskade_cap_s": args.caskade_cap,
         "targets": {
             "compile_first_s": TARGET_COMPILE_S,
             "call_ratio_vs_hand_opt": TARGET_CALL_RATIO,

@@ -148,6 +148,70 @@ def test_markdown(tiny_run):
         assert title in md
 
 
+def _stack_run(tmp_path, *args):
+    out = tmp_path / "stack.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "stack.py"), *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_stack_benchmark_peers(tmp_path):
+    """benchmarks/stack.py on toy k: every peer's row, the same likelihood from each, and
+    the caskade-torch ratio in the JSON and the printed table."""
+    result, stdout = _stack_run(
+        tmp_path, "--k", "3", "5", "--max-unrolled", "3", "--hessian-k", "3", "--budget", "0.01"
+    )
+    r3, r5 = result["rows"]
+    assert [r3["k"], r5["k"]] == [3, 5]
+    peers = {"stacked", "hand-opt"}
+    if HAS_TORCH and HAS_CASKADE:
+        peers.add("caskade-torch")
+        assert result["versions"]["caskade"] == "1.1.5"
+    assert set(r3["call_s"]) == peers | {"unrolled"}
+    assert set(r5["call_s"]) == peers
+    assert set(r3["compile_first_s"]) == {"stacked", "hand-opt", "unrolled"}
+    assert set(r3["hessian_s"]) == {"stacked", "hand-opt", "unrolled"}
+    for r in (r3, r5):
+        assert all(t > 0 for t in r["call_s"].values())
+        values = list(r["values"].values())
+        assert all(math.isclose(v, values[0], rel_tol=1e-4) for v in values), r["values"]
+        ck = r["caskade"]
+        if HAS_TORCH and HAS_CASKADE:
+            assert math.isclose(ck["value"], r["values"]["hand-opt"], rel_tol=1e-4)
+            assert ck["call"]["n"] >= 3 and ck["grad"]["n"] >= 3
+            assert r["grad_s"]["caskade-torch"] == ck["grad"]["median"]
+            ratio = ck["call"]["median"] / r["call_s"]["stacked"]
+            assert math.isclose(r["ratio_caskade_vs_stacked_call"], ratio)
+            assert f"{ratio:.0f}x, " in stdout
+        else:
+            assert "not installed" in ck["skipped"]
+    assert "caskade-torch / stacked: call, grad" in result["table"]
+
+
+@pytest.mark.skipif(not (HAS_TORCH and HAS_CASKADE), reason="caskade-torch peer needs torch")
+def test_stack_benchmark_caskade_cap(tmp_path):
+    """A caskade-torch step past --caskade-cap is stopped and recorded, and larger k are
+    not tried; the jax peers still run."""
+    result, _ = _stack_run(
+        tmp_path,
+        *("--k", "3", "4", "--max-unrolled", "0", "--hessian-k", "0", "--budget", "0.01"),
+        *("--caskade-cap", "0.0001"),
+    )
+    r3, r4 = result["rows"]
+    assert "ran past the 0.0001 s cap" in r3["caskade"]["skipped"]
+    assert r4["caskade"]["skipped"].startswith("not run: a smaller k was stopped")
+    for r in (r3, r4):
+        assert set(r["call_s"]) == {"stacked", "hand-opt"}
+        assert "ratio_caskade_vs_stacked_call" not in r
+    assert "skipped (see JSON)" in result["table"]
+
+
 def test_compile_options_quick(tmp_path):
     out = tmp_path / "co.json"
     proc = subprocess.run(
