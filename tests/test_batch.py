@@ -440,6 +440,49 @@ def test_chunks_spread_over_local_devices():
     assert "ok" in out
 
 
+SHARDED_NUTS = textwrap.dedent(
+    """
+    import importlib, jax, numpy as np, caskax as cx
+    from test_batch import Line
+    assert len(jax.local_devices()) == 2
+    nuts_module = importlib.import_module("caskax.infer.nuts")
+    placed, real = [], nuts_module._map_chains
+    def recording(fn, target, args, cfg, chain_method, mesh):
+        out = real(fn, target, args, cfg, chain_method, mesh)
+        z = jax.tree.leaves(out)[0]  # the chains' positions [datasets, chains, n]
+        placed.append((len(z.sharding.device_set), [s.data.shape for s in z.addressable_shards]))
+        return out
+    nuts_module._map_chains = recording
+    ys = np.random.default_rng(5).normal(size=(4, 20)) + np.arange(4)[:, None]
+    F = cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys)
+    run = dict(num_warmup=20, num_samples=20, num_chains=2, progress=False)
+    spread = cx.nuts(F, jax.random.key(7), **run)  # 4 datasets: 2 on each device
+    # every warmup and draw block ran on both devices, each holding 2 datasets x 2 chains
+    assert placed and all(p == (2, [(2, 2, 2), (2, 2, 2)]) for p in placed), placed
+    del placed[:]
+    single = cx.nuts(F, jax.random.key(7), batch_size=3, **run)  # 3 do not split over 2
+    assert placed and all(p[0] == 1 for p in placed), placed
+    assert spread.samples.dtype == np.float64 and spread.samples.shape == (4, 2, 20, 2)
+    for name in ("samples", "step_size", "inverse_mass_matrix", "last_position"):
+        np.testing.assert_allclose(getattr(spread, name), getattr(single, name), rtol=1e-9)
+    print("ok")
+    """
+)
+
+
+def test_nuts_chunks_spread_over_local_devices():
+    import os
+
+    tests = os.path.dirname(__file__)
+    out = run_python(
+        SHARDED_NUTS,
+        JAX_ENABLE_X64="1",  # far below anything NUTS's accept/reject decisions amplify
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+    )
+    assert "ok" in out
+
+
 def test_resume_refuses_a_file_of_other_settings(F, tmp_path):
     path = tmp_path / "fits.h5"
     cx.fit(F, batch_size=2, out=path)
@@ -518,7 +561,10 @@ DISTRIBUTED = textwrap.dedent(
 )
 
 
-def test_two_processes_share_the_chunks(tmp_path):
+def _two_processes(script, *args, timeout=300, **env):
+    """``script`` run as ranks 0 and 1 of a ``jax.distributed`` job with a localhost
+    coordinator (argv: port, rank, *args); returns the two finished Popen objects with
+    ``.out`` and ``.err`` set."""
     import os
     import socket
     import subprocess
@@ -528,11 +574,12 @@ def test_two_processes_share_the_chunks(tmp_path):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     tests = os.path.dirname(__file__)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
-    path = str(tmp_path / "fits.h5")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]), **env
+    )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", DISTRIBUTED, str(port), str(rank), path],
+            [sys.executable, "-c", script, str(port), str(rank), *map(str, args)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -540,11 +587,23 @@ def test_two_processes_share_the_chunks(tmp_path):
         )
         for rank in (0, 1)
     ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for rank, (p, (out, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"rank {rank} of 2 solved 2" in out, err[
-            -3000:
-        ]  # 2 chunks each
+    try:
+        for p in procs:
+            p.out, p.err = p.communicate(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return procs
+
+
+def test_two_processes_share_the_chunks(tmp_path):
+    import os
+
+    path = str(tmp_path / "fits.h5")
+    procs = _two_processes(DISTRIBUTED, path)
+    for rank, p in enumerate(procs):
+        assert p.returncode == 0 and f"rank {rank} of 2 solved 2" in p.out, p.err[-3000:]
     ys = np.random.default_rng(4).normal(size=(7, 20)).astype(np.float32) + np.arange(7)[:, None]
     one_process = cx.fit(cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys), batch_size=2)
     for rank in (0, 1):
@@ -553,6 +612,121 @@ def test_two_processes_share_the_chunks(tmp_path):
     assert saved["index"].tolist() == list(range(7))
     np.testing.assert_array_equal(saved["x"], one_process.x)
     assert not os.path.exists(path + ".parts")
+
+
+PEER_DIES = textwrap.dedent(
+    """
+    import os, signal, sys, time, jax
+    port, rank, path, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                               process_id=rank, initialization_timeout=120)
+    import importlib, numpy as np, caskax as cx
+    from test_batch import Line
+    batch_module = importlib.import_module("caskax.batch")
+    fit_module = importlib.import_module("caskax.infer.fit")
+    solved, real = [], fit_module._fit_batched_jit
+    fit_module._fit_batched_jit = lambda *a: solved.append(1) or real(*a)
+    if mode == "kill" and rank == 1:
+        write = batch_module._write_results
+        def write_then_die(p, *a, **k):
+            write(p, *a, **k)  # its first chunk (datasets 2, 3) on disk, its second never
+            open(path + ".died", "w").write(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        batch_module._write_results = write_then_die
+    ys = np.random.default_rng(6).normal(size=(7, 20)).astype(np.float32) + np.arange(7)[:, None]
+    F = cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys)
+    try:
+        res = cx.fit(F, batch_size=2, out=path, resume=(mode == "resume"))
+    except cx.InferenceError as err:
+        print(f"at {time.time()!r} InferenceError: {err}", flush=True)
+        # at exit, jax.distributed's shutdown would wait for the dead process until
+        # its own heartbeat timeout (100 s by default) and then abort this one
+        os._exit(3)
+    np.save(f"{path}.{rank}.npy", np.asarray(res.x))
+    print("rank", rank, "solved", len(solved))
+    """
+)
+
+
+def test_a_killed_process_stops_the_others_and_resume_finishes(tmp_path):
+    import os
+    import re
+
+    path = str(tmp_path / "fits.h5")
+    # 7 datasets in chunks of 2: rank 0 solves chunks 0 and 2, rank 1 chunks 1 and 3
+    start = time.monotonic()
+    killed, survivor = _two_processes(PEER_DIES, path, "kill", CASKAX_PEER_TIMEOUT="2")[::-1]
+    took = time.monotonic() - start
+    assert killed.returncode == -9, killed.err[-3000:]
+    assert survivor.returncode == 3, survivor.err[-3000:]
+    said = re.search(r"at (\S+) InferenceError: (.*)", survivor.out)
+    assert said, survivor.out + survivor.err[-3000:]
+    message = said.group(2)
+    assert "process 1 gave no sign of life" in message and "killed" in message
+    assert "datasets [6]" in message and "resume=True" in message
+    assert "CASKAX_PEER_TIMEOUT=2 s" in message
+    # noticed within the 2 s limit plus polling, not after a wait without end
+    with open(path + ".died") as fh:
+        noticed = float(said.group(1)) - float(fh.read())
+    assert 1 < noticed < 15, noticed
+    assert took < 120, took
+    assert sorted(os.listdir(path + ".parts"))[-3:] == [
+        "000000000.h5",
+        "000000002.h5",
+        "000000004.h5",
+    ]
+
+    resumed = _two_processes(PEER_DIES, path, "resume")
+    for p in resumed:
+        assert p.returncode == 0, p.err[-3000:]
+    # the finished chunks are kept: only rank 1's lost chunk (dataset 6) is solved again
+    assert "rank 0 solved 0" in resumed[0].out and "rank 1 solved 1" in resumed[1].out
+    ys = np.random.default_rng(6).normal(size=(7, 20)).astype(np.float32) + np.arange(7)[:, None]
+    one_process = cx.fit(cx.batch(cx.compile(Line(ys[0]), "loglike"), y=ys), batch_size=2)
+    for rank in (0, 1):
+        np.testing.assert_array_equal(np.load(f"{path}.{rank}.npy"), one_process.x)
+    np.testing.assert_array_equal(cx.batch_results(path)["x"], one_process.x)
+    assert not os.path.exists(path + ".parts")
+
+
+def test_waiting_processes_name_a_peer_that_will_not_write_its_chunks(tmp_path, monkeypatch):
+    import importlib
+    import os
+
+    batch_module = importlib.import_module("caskax.batch")
+    parts = str(tmp_path / "fits.h5.parts")
+    os.makedirs(parts)
+    chunks = batch_module._chunk_indices(4, 2)  # chunk 0 is rank 0's, chunk 1 rank 1's
+    meta = {"num_datasets": 4, "batch_size": 2}
+    mine = {"x": np.zeros((2, 1)), "index": np.arange(2)}
+    batch_module._write_results(os.path.join(parts, "000000000.h5"), mine, "fit", meta)
+    monkeypatch.setenv("CASKAX_PEER_TIMEOUT", "0.5")
+    timeout = batch_module._peer_timeout()
+
+    def gather():
+        peers = batch_module._Peers(parts, 0, 2, timeout, 0.05)
+        start = time.monotonic()
+        with pytest.raises(cx.InferenceError, match=r"datasets \[2, 3\].*resume=True") as info:
+            batch_module._gather_parts(parts, chunks, "fit", meta, 0, 2, peers, False)
+        assert 0.5 < time.monotonic() - start < 5
+        return str(info.value)
+
+    # process 1 alive and done, yet its chunk never appears here (another file system)
+    with batch_module._Heartbeat(parts, 1, 0.05) as other:
+        other.beat("done")
+        assert "process 1 finished its chunks" in gather()
+    # process 1 gone after saying so
+    assert "process 1 stopped after reporting its chunks finished" in gather()
+    # no heartbeat file at all: it never began, or out= is not shared
+    os.remove(os.path.join(parts, ".alive-1"))
+    assert "no heartbeat file" in gather()
+    # process 0, all results written, does not wait for a reader that is gone
+    peers = batch_module._Peers(parts, 0, 2, timeout, 0.05)
+    with pytest.warns(cx.CaskaxWarning, match="every result is written, but process 1"):
+        batch_module._wait_for_readers(parts, 2, peers, "fit")
+    monkeypatch.setenv("CASKAX_PEER_TIMEOUT", "soon")
+    with pytest.raises(cx.InferenceError, match="CASKAX_PEER_TIMEOUT must be a number"):
+        batch_module._peer_timeout()
 
 
 def test_swapping_an_argument_of_the_compiled_method():

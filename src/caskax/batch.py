@@ -10,17 +10,28 @@ thing from one Program by swapping the arrays at given paths for stacked ones, w
 building N Programs.
 """
 
+import contextlib
 import functools
 import json
+import math
 import os
 import shutil
+import threading
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import GraphError, InferenceError, ParamIndexError, ShapeError, StateFileError
+from .errors import (
+    CaskaxWarning,
+    GraphError,
+    InferenceError,
+    ParamIndexError,
+    ShapeError,
+    StateFileError,
+)
 from .program import Program, _Slot, _Static
 
 __all__ = ["batch", "BatchedProgram", "read_results"]
@@ -544,16 +555,26 @@ def _chunk_indices(n: int, batch_size: int | None):
     return out
 
 
+def _datasets_mesh(n: int):
+    """The local devices as a one-axis mesh named ``"datasets"`` when there are several
+    and they divide ``n`` datasets evenly; None otherwise (one device solves them)."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or n % len(devices):
+        return None
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(devices), ("datasets",))
+
+
 def _on_devices(F: "BatchedProgram", *xs):
     """``F`` and dataset-leading arrays ``xs`` spread over the local devices along the
     dataset axis (each device solving its share), when there are several and they
     divide the count; unchanged otherwise."""
-    devices = jax.local_devices()
-    if len(devices) < 2 or len(F) % len(devices):
+    mesh = _datasets_mesh(len(F))
+    if mesh is None:
         return (F, *xs)
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import NamedSharding, PartitionSpec
 
-    mesh = Mesh(np.array(devices), ("datasets",))
     split, whole = (
         NamedSharding(mesh, PartitionSpec("datasets")),
         NamedSharding(mesh, PartitionSpec()),
@@ -561,6 +582,151 @@ def _on_devices(F: "BatchedProgram", *xs):
     arrays = [jax.device_put(a, split if ax == 0 else whole) for a, ax in zip(F.arrays, F.in_axes)]
     G = BatchedProgram(arrays, F.in_axes, F._static, len(F))
     return (G, *(None if x is None else jax.device_put(x, split) for x in xs))
+
+
+PEER_TIMEOUT_ENV = "CASKAX_PEER_TIMEOUT"
+_PEER_TIMEOUT_DEFAULT = 60.0
+
+
+def _peer_timeout() -> float:
+    """Seconds of silence after which a process of a multi-process batched call gives
+    up on another: ``CASKAX_PEER_TIMEOUT``, or 60 s. The default sits below
+    ``jax.distributed``'s heartbeat timeout (100 s by default), so that caskax's error,
+    which names the missing chunks, comes before JAX ends the job."""
+    raw = os.environ.get(PEER_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return _PEER_TIMEOUT_DEFAULT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InferenceError(f"{PEER_TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}.")
+    return value
+
+
+class _Heartbeat:
+    """This process's sign of life in a parts folder while a multi-process call runs: a
+    daemon thread rewrites ``.alive-{rank}`` (a token of this call, a counter, a state)
+    every ``interval`` seconds. The others judge it by whether its content changes, on
+    their own clocks, so clocks that differ between machines do not matter."""
+
+    def __init__(self, parts_dir: str, rank: int, interval: float):
+        self.path = os.path.join(parts_dir, f".alive-{rank}")
+        self.interval = interval
+        self.token = os.urandom(8).hex()
+        self.state, self.count = "running", 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"caskax-heartbeat-{rank}", daemon=True
+        )
+
+    def __enter__(self):
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.beat("exited")
+
+    def beat(self, state: str | None = None) -> None:
+        with self._lock:
+            self.state = state or self.state
+            self.count += 1
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "w") as fh:
+                    fh.write(f"{self.token} {self.count} {self.state}\n")
+                os.replace(tmp, self.path)  # whole: a reader never sees half a line
+            except OSError:
+                pass  # the others then see this process as silent, and say so
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+
+class _Peers:
+    """The other processes of a multi-process call, as this one sees them through their
+    heartbeat files. A peer is *fresh* once its file has changed while this process
+    watched (it runs this call, not an earlier one), and *silent* after ``timeout``
+    seconds of this process's clock without a change (counted from the start of
+    watching, so a file an earlier run left behind counts as silence too)."""
+
+    def __init__(self, parts_dir: str, rank: int, nproc: int, timeout: float, interval: float):
+        self.dir, self.timeout, self.interval = parts_dir, timeout, interval
+        now = time.monotonic()
+        self.last_look = now
+        self.seen = {
+            r: {"content": self._read(r), "changed": now, "fresh": False, "done_since": None}
+            for r in range(nproc)
+            if r != rank
+        }
+
+    def path(self, r: int) -> str:
+        return os.path.join(self.dir, f".alive-{r}")
+
+    def _read(self, r: int):
+        try:
+            with open(self.path(r)) as fh:
+                return fh.read()
+        except OSError:
+            return None
+
+    def look(self, ranks) -> None:
+        """Read the heartbeats of ``ranks`` (at most twice per beat interval)."""
+        now = time.monotonic()
+        if now - self.last_look < self.interval / 2:
+            return
+        self.last_look = now
+        for r in ranks:
+            p = self.seen[r]
+            content = self._read(r)
+            if content is not None and content != p["content"]:
+                p.update(content=content, changed=now, fresh=True)
+            finished = p["fresh"] and self.state(r) in ("done", "exited")
+            p["done_since"] = (p["done_since"] or now) if finished else None
+
+    def state(self, r: int):
+        words = (self.seen[r]["content"] or "").split()
+        return words[2] if len(words) == 3 else None
+
+    def fresh(self, r: int) -> bool:
+        return self.seen[r]["fresh"]
+
+    def gone(self, r: int):
+        """Why peer ``r`` will not write what is still missing of its chunks, or None
+        while it may."""
+        p, now = self.seen[r], time.monotonic()
+        silent = now - p["changed"]
+        if p["done_since"] is not None and now - p["done_since"] > self.timeout:
+            return (
+                f"process {r} finished its chunks {now - p['done_since']:.0f} s ago, yet they "
+                "are not all here (is out= on a file system every process reaches, and does "
+                "every process make the same call?)"
+            )
+        if silent > self.timeout:
+            if self.state(r) in ("done", "exited"):
+                return (
+                    f"process {r} stopped after reporting its chunks finished ({silent:.0f} s "
+                    f"ago), yet they are not all here (is out= on a file system every process "
+                    "reaches, and does every process make the same call?)"
+                )
+            if p["content"] is None:
+                return (
+                    f"process {r} gave no sign of life for {silent:.0f} s (no heartbeat file "
+                    f"'{self.path(r)}'): it died before its call began, or out= is not on a "
+                    "file system every process reaches"
+                )
+            return (
+                f"process {r} gave no sign of life for {silent:.0f} s (its heartbeat file "
+                f"'{self.path(r)}' stopped changing): it was most likely killed (SIGKILL, "
+                "out of memory, a failed node)"
+            )
+        return None
 
 
 def _run_in_chunks(
@@ -577,11 +743,14 @@ def _run_in_chunks(
     """Solve ``F``'s datasets chunk by chunk: ``solve(F_chunk, indices)`` returns a dict
     of arrays with a leading axis over the chunk's datasets. Chunks are padded to one
     size (one compile; ``solve`` may spread a chunk over the devices with
-    `_on_devices`), counted by one progress bar, and with ``out`` written to ``out + ".parts/"`` one file per finished chunk (written
-    whole, then renamed: a crash leaves every finished chunk and no partial one), merged
-    into ``out`` at the end. ``resume=True`` keeps the finished chunks of an earlier,
-    interrupted call with the same ``out`` and ``batch_size``. Returns the merged dict,
-    in dataset order."""
+    `_on_devices`), counted by one progress bar, and with ``out`` written to
+    ``out + ".parts/"`` one file per finished chunk (written whole, then renamed: a crash
+    leaves every finished chunk and no partial one), merged into ``out`` at the end.
+    ``resume=True`` keeps the finished chunks of an earlier, interrupted call with the
+    same ``out`` and ``batch_size``. With several processes (``jax.distributed``) each
+    solves every P-th chunk, keeps a heartbeat in the parts folder, and waits for the
+    others' chunks there, giving up on a process that stops (`_Peers`). Returns the
+    merged dict, in dataset order."""
     n = len(F)
     chunks = _chunk_indices(n, batch_size)
     meta = {**(meta or {}), "num_datasets": n, "batch_size": len(chunks[0][1])}
@@ -606,6 +775,42 @@ def _run_in_chunks(
         os.makedirs(parts_dir, exist_ok=True)
     # with several processes (jax.distributed), each takes every nproc-th chunk
     mine = chunks[rank::nproc]
+    heartbeat, peers = contextlib.nullcontext(), None
+    if nproc > 1:
+        timeout = _peer_timeout()
+        interval = min(2.0, timeout / 6)  # one tiny file per beat
+        # what an earlier run of this process left: its read marker, and without resume
+        # its chunks (the others take a chunk only once its writer shows life in this run)
+        stale = [f".read-{rank}"] + ([] if resume else [f"{r[0]:09d}.h5" for r, _ in mine])
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(parts_dir, name))
+        peers = _Peers(parts_dir, rank, nproc, timeout, interval)
+        heartbeat = _Heartbeat(parts_dir, rank, interval)
+    with heartbeat:
+        results = _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress)
+        if nproc > 1:
+            heartbeat.beat("done")
+            results = _gather_parts(parts_dir, chunks, what, meta, rank, nproc, peers, resume)
+        merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+        if out is not None and rank == 0:
+            _write_results(os.fspath(out), merged, what, meta)
+            if nproc > 1:  # the others have read the parts when their markers appear
+                _wait_for_readers(parts_dir, nproc, peers, what)
+    if nproc > 1 and rank:
+        # after this process's last heartbeat: process 0 then removes the folder (it may
+        # have done so already, had it given up on this process)
+        with contextlib.suppress(OSError):
+            open(os.path.join(parts_dir, f".read-{rank}"), "w").close()
+    if out is not None and rank == 0:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return merged
+
+
+def _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress) -> list:
+    """This process's chunks, solved (or with ``resume``, read back when finished
+    before), each written to the parts folder."""
+    n = len(F)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -634,27 +839,59 @@ def _run_in_chunks(
     finally:
         if bar is not None:
             bar.close()
-    if nproc > 1:
-        results = _gather_parts(parts_dir, chunks, what, meta, rank, nproc)
-    merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
-    if out is not None and rank == 0:
-        _write_results(os.fspath(out), merged, what, meta)
-        if nproc > 1:  # the others have read the parts when their markers appear
-            _wait_for([os.path.join(parts_dir, f".read-{r}") for r in range(1, nproc)])
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    return merged
+    return results
 
 
-def _wait_for(paths, poll_s: float = 0.05) -> None:
-    while not all(os.path.exists(p) for p in paths):
+def _wait_for(paths, poll_s: float = 0.05, check=None, usable=os.path.exists) -> None:
+    """Wait until every path is ``usable`` (exists). Between polls ``check(missing)``
+    gets the paths still missing; it may raise (their writer stopped) or return paths to
+    stop waiting for."""
+    missing = list(paths)
+    while True:
+        missing = [p for p in missing if not usable(p)]
+        if not missing:
+            return
+        if check is not None:
+            dropped = set(check(missing) or ())
+            missing = [p for p in missing if p not in dropped]
         time.sleep(poll_s)
 
 
-def _gather_parts(parts_dir, chunks, what, meta, rank, nproc) -> list:
+def _gather_parts(parts_dir, chunks, what, meta, rank, nproc, peers, resume) -> list:
     """Every chunk's results once each process has written its own: the processes of a
-    ``jax.distributed`` run meet through the parts folder (no collective needed)."""
+    ``jax.distributed`` run meet through the parts folder (no collective needed). A
+    process that stops with its chunks missing (`_Peers.gone`) is an `InferenceError`
+    naming it and the missing datasets, rather than a wait without end."""
     paths = [os.path.join(parts_dir, f"{real[0]:09d}.h5") for real, _ in chunks]
-    _wait_for(paths)
+    owner = {p: i % nproc for i, p in enumerate(paths)}
+    index = {p: real for p, (real, _) in zip(paths, chunks)}
+
+    def usable(p):
+        # without resume a chunk file counts once its writer has shown life in this run
+        # (each process removes its own earlier files first)
+        r = owner[p]
+        return (resume or r == rank or peers.fresh(r)) and os.path.exists(p)
+
+    def check(missing):
+        ranks = sorted({owner[p] for p in missing} - {rank})
+        peers.look(ranks)
+        for r in ranks:
+            reason = peers.gone(r)
+            if reason is None:
+                continue
+            lost = [p for p in missing if owner[p] == r]
+            datasets = np.concatenate([index[p] for p in lost]).tolist()
+            shown = ", ".join(map(str, datasets[:10])) + (" ..." if len(datasets) > 10 else "")
+            raise InferenceError(
+                f"batched {what} over {nproc} processes: {reason}. Its chunks of datasets "
+                f"[{shown}] ({len(lost)} chunk file(s), such as '{os.path.basename(lost[0])}') "
+                f"are missing from '{parts_dir}'. The finished chunks stay there: rerun the "
+                "same call with resume=True in every process to solve only the missing ones. "
+                f"(A silent process is given up on after {PEER_TIMEOUT_ENV}="
+                f"{peers.timeout:g} s.)"
+            )
+
+    _wait_for(paths, check=check, usable=usable)
     results = []
     for path, (real, _) in zip(paths, chunks):
         _check_same_run(path, what, meta)
@@ -664,9 +901,30 @@ def _gather_parts(parts_dir, chunks, what, meta, rank, nproc) -> list:
                 f"'{path}' holds datasets {got['index'].tolist()}, expected {real.tolist()}."
             )
         results.append(got)
-    if rank:
-        open(os.path.join(parts_dir, f".read-{rank}"), "w").close()
     return results
+
+
+def _wait_for_readers(parts_dir, nproc, peers, what) -> None:
+    """Process 0 waits for the others to have read every part (their ``.read-{r}``
+    markers) before it removes the parts; a process that stops meanwhile is not waited
+    for (a warning names it: its own call ended without results)."""
+    markers = {os.path.join(parts_dir, f".read-{r}"): r for r in range(1, nproc)}
+
+    def check(missing):
+        ranks = [markers[p] for p in missing]
+        peers.look(ranks)
+        gone = [(p, markers[p], peers.gone(markers[p])) for p in missing]
+        gone = [(p, r, why) for p, r, why in gone if why is not None]
+        for _, r, why in gone:
+            warnings.warn(
+                f"batched {what}: every result is written, but {why}; its own call ended "
+                "without them (they are in the out= file).",
+                CaskaxWarning,
+                stacklevel=5,
+            )
+        return [p for p, _, _ in gone]
+
+    _wait_for(list(markers), check=check)
 
 
 def _write_results(path: str, arrays: dict, what: str, meta) -> None:

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..batch import BatchedProgram, _run_in_chunks as run_in_chunks
+from ..batch import (
+    BatchedProgram,
+    _datasets_mesh as datasets_mesh,
+    _on_devices as on_devices,
+    _run_in_chunks as run_in_chunks,
+)
 from ..errors import CaskaxWarning, InferenceError, ShapeError
 from .chains import _ARRAYS, Chains, _check_layout
 from .fit import _fit_impl, _fit_unchecked
@@ -244,6 +249,10 @@ _MAPS = {
 
 def _mapped_call(fn, target, args, cfg, chain_method, mesh):
     """``(jitted, call arguments)`` of ``fn`` mapped over all chains at once."""
+    if chain_method == "datasets" and mesh is not None:
+        # a batched Program spread over the devices: each device takes its datasets'
+        # inputs, all chains of a dataset together, placed alike in every call
+        args = jax.device_put(tuple(args), NamedSharding(mesh, PartitionSpec("datasets")))
     if chain_method in ("vectorized", "datasets"):
         return _MAPS[chain_method], (fn, target, tuple(args), cfg)
     # every call's per-chain inputs placed alike (host arrays and earlier outputs), so
@@ -1104,11 +1113,17 @@ def _nuts_datasets(
     layout,
     unconstrained,
 ) -> Chains:
-    """`_nuts_batched` on one chunk of datasets, each with its own key."""
+    """`_nuts_batched` on one chunk of datasets, each with its own key; with several
+    local devices that divide the chunk, each device samples its share of the datasets
+    (a dataset's chains stay on one device)."""
     N, n = len(F), len(names_of(layout))
+    mesh = datasets_mesh(N)
+    (F,) = on_devices(F)
+    put = _on_mesh(mesh)
+    dataset_keys = put(dataset_keys)
     member = F[0]
     bt = _BatchedTarget(F, unconstrained)
-    chains_map = dict(chain_method="datasets", mesh=None)
+    chains_map = dict(chain_method="datasets", mesh=mesh)
     runner = _Runner(bt, _block_size(num_samples), _Sampling(int(thin), impl), chains_map)
     failed = []
 
@@ -1131,7 +1146,7 @@ def _nuts_datasets(
         given = x0
         z0 = np.asarray(
             _to_z_datasets(
-                bt, x0 if per_chain else np.broadcast_to(x0[:, None], (N, num_chains, n))
+                bt, put(x0 if per_chain else np.broadcast_to(x0[:, None], (N, num_chains, n)))
             )
         )
         if not laplace_path:
@@ -1195,6 +1210,15 @@ def _nuts_datasets(
             chains, F, dataset_keys, failed, given, num_warmup, num_samples, num_chains, valid, thin
         )
     return chains
+
+
+def _on_mesh(mesh):
+    """A function placing dataset-leading arrays split over ``mesh``'s ``"datasets"``
+    axis (the identity without a mesh)."""
+    if mesh is None:
+        return lambda tree: tree
+    split = NamedSharding(mesh, PartitionSpec("datasets"))
+    return lambda tree: jax.device_put(tree, split)
 
 
 def _sample_alone(
