@@ -503,3 +503,201 @@ def test_compile_suggests_stack_for_many_members():
     with warnings.catch_warnings():
         warnings.simplefilter("error", cx.CaskaxWarning)
         cx.compile(Many(20), "param_order")
+
+
+# -- the member record travels in the stacked nodes -------------------------------------------
+def _assert_members_back(back, members):
+    assert [(b.uid, b.name) for b in back] == [(m.uid, m.name) for m in members]
+    for b, m in zip(back, members):
+        np.testing.assert_allclose(np.asarray(b.brightness(X, Y)), np.asarray(m.brightness(X, Y)))
+
+
+def test_unstack_reads_the_record_on_the_node_not_a_table():
+    members = _sources(3)
+    S = cx.stack(members, name="sources")
+    # a jax.tree_util round trip rebuilds every node from its treedef
+    leaves, treedef = jax.tree_util.tree_flatten(S)
+    _assert_members_back(cx.unstack(jax.tree_util.tree_unflatten(treedef, leaves)), members)
+    # fresh ids for the stacked nodes (as cx.compile's structure key renumbers them): no
+    # lookup by id can find the members, the nodes' own records do
+    fresh = graph.copy_with(S, uid=S.uid + 10**9)
+    _assert_members_back(cx.unstack(fresh), members)
+    assert cx.stack_size(fresh) == 3
+    # edits return new trees that keep the record
+    edited = S.to_static("x0").to_dynamic("x0").set_values(S.get_values())
+    _assert_members_back(cx.unstack(edited), members)
+
+
+def test_unstack_after_load_state_into_a_rebuilt_stacked_model(tmp_path):
+    members, _, stacked = _models(3)
+    path = tmp_path / "stacked.h5"
+    moved = stacked.set_values(stacked.get_values() + 0.05)
+    moved.save_state(path)
+    members2, _, rebuilt = _models(3)  # the same model built again: new ids everywhere
+    loaded = rebuilt.load_state(path)
+    back = cx.unstack(loaded.model.sources)
+    assert [b.uid for b in back] == [m.uid for m in members2]
+    want = cx.unstack(moved.model.sources)
+    for b, w in zip(back, want):
+        np.testing.assert_allclose(np.asarray(b.x0.value), np.asarray(w.x0.value), rtol=1e-6)
+
+
+_OTHER_PROCESS = """
+import json, sys
+import numpy as np
+import caskax as cx
+from caskax.examples import Gaussian
+
+members = [Gaussian(f"s{i}", x0=[0.1 * i, 0.0], q=1.0, phi=0.0, sigma=0.3, flux=1.0)
+           .to_dynamic("x0") for i in range(3)]
+S = cx.stack(members, name="sources").load_state(sys.argv[1])
+back = cx.unstack(S)
+print(json.dumps({
+    "uids": [b.uid == m.uid for b, m in zip(back, members)],
+    "x0": [np.asarray(b.x0.value).tolist() for b in back],
+}))
+"""
+
+
+def test_unstack_in_another_process_after_load_state(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from caskax.examples import Gaussian
+
+    members = [
+        Gaussian(f"s{i}", x0=[0.1 * i, 0.0], q=1.0, phi=0.0, sigma=0.3, flux=1.0).to_dynamic("x0")
+        for i in range(3)
+    ]
+    S = cx.stack(members, name="sources")
+    S = S.set_values(np.arange(6, dtype=np.float32))
+    S.save_state(tmp_path / "s.h5")
+    run = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(tmp_path / "s.h5")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["uids"] == [True, True, True]
+    assert got["x0"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_stack_module_holds_no_mutable_state():
+    import caskax.stack as st
+
+    containers = {
+        name: type(v).__name__
+        for name, v in vars(st).items()
+        if not name.startswith("__") and isinstance(v, (dict, list, set, bytearray))
+    }
+    assert containers == {}
+
+
+def test_records_compare_by_what_tracing_needs_not_by_member_ids():
+    a = cx.stack([_g(f"a{i}", flux=float(i)) for i in range(3)])
+    b = cx.stack([_g(f"b{i}", flux=float(i)) for i in range(3)])
+    assert a._stack.uids != b._stack.uids and a.x0._stack.uids != b.x0._stack.uids
+    assert a._stack == b._stack and hash(a._stack) == hash(b._stack)
+    assert a.x0._stack == b.x0._stack and hash(a.x0._stack) == hash(b.x0._stack)
+    # the member count and the rank of one member's value do count
+    c = cx.stack([_g(f"c{i}", flux=float(i)) for i in range(4)])
+    assert a.x0._stack != c.x0._stack
+    assert a.x0._stack != a.flux._stack  # rank 1 against rank 0
+
+
+def test_stack_of_stacks_unstacks_level_by_level():
+    rows = [
+        cx.stack([_g(f"g{j}{i}", x0=[0.1 * i, 0.1 * j]) for i in range(2)], name=f"row{j}")
+        for j in range(3)
+    ]
+    grid = cx.stack(rows, name="grid")
+    assert grid.x0.value.shape == (3, 2, 2)
+    back = cx.unstack(grid)
+    assert [(r.uid, r.name) for r in back] == [(r.uid, r.name) for r in rows]
+    for r, row in zip(back, rows):
+        assert [m.uid for m in cx.unstack(r)] == [m.uid for m in cx.unstack(row)]
+    got = cx.stack_map(grid, lambda r: cx.stack_map(r, lambda g: g.brightness(X, Y)))
+    assert got.shape == (3, 2, N_PIX, N_PIX)
+
+
+def test_unstack_keeps_a_shared_node_that_an_earlier_stack_made():
+    class Holder(cx.Module):
+        lcs: Gaussian1D
+        a: cx.Param
+
+        def __init__(self, name, lcs, a):
+            super().__init__(name)
+            self.lcs, self.a = lcs, cx.Param("a", a)
+
+    lcs = cx.stack([Gaussian1D(f"lc{i}", t0=float(i)) for i in range(4)], name="lcs")
+    back = cx.unstack(cx.stack([Holder(f"h{i}", lcs, float(i)) for i in range(2)]))
+    assert [b.lcs is lcs for b in back] == [True, True]
+    assert [float(b.a.value) for b in back] == [0.0, 1.0]
+
+
+# -- a stacked module's forward method sees one member ---------------------------------------
+class Wrapped(cx.Module):
+    """No param of its own: its child holds the member-specific params."""
+
+    src: Gaussian
+
+    def __init__(self, name, src):
+        super().__init__(name)
+        self.src = src
+
+    @cx.forward
+    def brightness(self, x, y):
+        return self.src.brightness(x, y)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_calling_a_stacked_forward_method_directly_is_an_error(k):
+    S = cx.stack(_sources(k), name="sources")
+    msg = (
+        rf"'sources' is a stack of {k} members.*'x0'.*shape \({k}, 2\).*"
+        r"cx.stack_map\(sources, lambda s: s.brightness\(...\)\).*cx.batch_axes\(sources\)"
+    )
+    with pytest.raises(cx.ModuleError, match=msg):
+        S.brightness(X, Y)
+    with pytest.raises(cx.ModuleError, match=msg):
+        jax.jit(lambda S: S.brightness(X, Y))(S)
+    # a dynamic param filled from a flat vector carries the member axis too
+    with pytest.raises(cx.ModuleError, match="stack of"):
+        S.brightness(X, Y, S.get_values())
+    # no own stacked param: the one below it is checked, and the stack is named
+    W = cx.stack([Wrapped(f"w{i}", s) for i, s in enumerate(_sources(k))], name="wrapped")
+    with pytest.raises(cx.ModuleError, match=rf"'wrapped' is a stack of {k} members"):
+        W.brightness(X, Y)
+    # a stack of stacks mapped over its outer axis only still holds one row's members
+    rows = [cx.stack([_g(f"g{j}{i}", x0=[0.1 * i, 0.1 * j]) for i in range(2)]) for j in range(3)]
+    grid = cx.stack(rows, name="grid")
+    with pytest.raises(cx.ModuleError, match="'grid' is a stack of 2 members"):
+        cx.stack_map(grid, lambda r: r.brightness(X, Y))
+
+
+def test_mapped_calls_of_a_stacked_forward_method_still_work():
+    members = _sources(3)
+    S = cx.stack(members, name="sources")
+    want = np.stack([np.asarray(m.brightness(X, Y)) for m in members])
+    for got in (
+        cx.stack_map(S, lambda s: s.brightness(X, Y)),
+        jax.vmap(lambda s: s.brightness(X, Y), in_axes=(cx.batch_axes(S),))(S),
+        jax.jit(lambda S: cx.stack_map(S, lambda s: s.brightness(X, Y)))(S),
+    ):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)
+    W = cx.stack([Wrapped(f"w{i}", m) for i, m in enumerate(members)])
+    np.testing.assert_allclose(
+        np.asarray(cx.stack_map(W, lambda w: w.brightness(X, Y))), want, rtol=1e-5, atol=1e-9
+    )
+    # a model holding the stack maps inside its own forward: plain, jit, grad, compile
+    # (the compiled model against the unrolled one: test_stacked_matches_unrolled_...)
+    _, _, stacked = _models(3)
+    fs = cx.compile(stacked)
+    xs = fs.init + 0.01
+    np.testing.assert_allclose(float(stacked(xs)), float(fs(xs)), rtol=1e-5)
+    g = jax.jit(jax.grad(lambda x: stacked(x)))(xs)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(fs)(xs)), rtol=1e-4, atol=1e-6)
+    assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)

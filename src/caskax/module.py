@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import inspect
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -82,11 +82,17 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
     name: str = eqx.field(static=True)
     uid: int = eqx.field(static=True)
     _filled: bool = eqx.field(static=True)
+    # For a module made by cx.stack: its members' record (read by cx.unstack, and by
+    # @forward to refuse a call on the whole stack); None otherwise.
+    _stack: Any = eqx.field(static=True, default=None)
 
     def __init__(self, name: str | None = None):
         self.name = check_name("Module", type(self).__name__ if name is None else name, ModuleError)
         self.uid = new_uid()
         self._filled = False
+        # set here, not left to the class default: equinox flattens what the instance
+        # holds, and a copy (copy_with) holds every field
+        self._stack = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1048,6 +1054,8 @@ def forward(method):
             own = own_params(module)
             if not has_varkw:
                 kwargs = {k: v for k, v in kwargs.items() if k in names}
+        if module._stack is not None:
+            _refuse_whole_stack(module, own, method.__name__)
         bound = set(positional[: len(args)])
         for name in names:
             if name in own and name not in kwargs and name not in bound:
@@ -1061,6 +1069,45 @@ def forward(method):
     wrapper.__module__ = method.__module__
     wrapper._caskax_forward = True
     return wrapper
+
+
+def _refuse_whole_stack(module, own, method_name) -> None:
+    """Raise if ``module``, made by cx.stack, holds several members' values at once.
+
+    Its forward methods are written for one member: under `caskax.stack_map` (a vmap
+    over the member axis) each param holds one member's value. Called on the whole
+    stack, values with the member axis would broadcast against each other (and against
+    the arguments) into a wrong answer. The check is one ndim per own param, read at
+    trace time (shapes are static), so compiled code does not change.
+    """
+    checked = [p for p in own.values() if p._stack is not None]
+    if not checked and module._stack.probe is not None:
+        # no stacked param of its own: one below it (recorded by cx.stack) tells
+        try:
+            checked = [graph.lookup(module, module._stack.probe)]
+        except (GraphError, AttributeError, IndexError, KeyError, TypeError):
+            checked = []  # the structure was edited since; nothing to check
+    for p in checked:
+        rec = p._stack if isinstance(p, Param) else None
+        if rec is None or rec.rank is None or p.pointer or p.stored is None:
+            continue
+        # A stack of stacks: the members' own records give the rank of one innermost
+        # member's value; each member axis still present is one level not mapped yet.
+        levels = [rec]
+        while levels[-1].inner and getattr(levels[-1].inner[0], "rank", None) is not None:
+            levels.append(levels[-1].inner[0])
+        extra = jnp.ndim(p.stored) - levels[-1].rank
+        if extra > 0:
+            k = len(levels[max(len(levels) - extra, 0)].uids)
+            call = f"s.{method_name}(...)"
+            raise ModuleError(
+                f"'{module.name}' is a stack of {k} members (cx.stack): its param "
+                f"'{p.name}' holds all members' values, shape {tuple(jnp.shape(p.stored))}, "
+                f"and '{method_name}' is written for one member. Map it over the members: "
+                f"cx.stack_map({module.name}, lambda s: {call}), or "
+                f"jax.vmap(lambda s: {call}, in_axes=(cx.batch_axes({module.name}),))"
+                f"({module.name})."
+            )
 
 
 # -- batching ------------------------------------------------------------------------------

@@ -353,6 +353,9 @@ class Param(eqx.Module):
     group: int = eqx.field(static=True)
     dtype: Any = eqx.field(static=True)
     uid: int = eqx.field(static=True)
+    # For a param made by cx.stack: its members' record (ids, names, rank of one
+    # member's value), read by cx.unstack and the stacked-call check; None otherwise.
+    _stack: Any = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -382,6 +385,7 @@ class Param(eqx.Module):
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.prior = prior
         self.uid = new_uid()
+        self._stack = None  # held by the instance, as in every copy (see Module)
         if isinstance(value, Param):
             value = link(value)
         if isinstance(value, Pointer):

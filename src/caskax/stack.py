@@ -23,6 +23,12 @@ its ``(k, *shape)`` value): member ``j``'s ``n`` entries are
 ``block[j * n:(j + 1) * n]``, in the member's own order. `stack_permutation` gives
 the index map between an unrolled model's vector and the stacked one's.
 
+Members. Each node `stack` makes holds its members' record (ids, names, the rank of
+one member's value) in a static field, so edited copies, ``jax.tree_util`` round trips
+and a stacked model built again and loaded from a state file all `unstack`, with no
+table kept anywhere. A forward method of a stacked module is written for one member:
+called on the whole stack it raises `caskax.ModuleError`; map it with `stack_map`.
+
 With a single member (k = 1) sharing cannot be seen from ids; there, a node reached
 from the member only through pointer inputs (a link out of the member, as caskade
 sees it) is shared, and everything else is the member's own.
@@ -32,7 +38,7 @@ import dataclasses
 import inspect
 import math
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,30 +46,65 @@ import numpy as np
 
 from . import graph
 from .errors import GraphError, ShapeError
-from .module import batch_axes, dynamic_layout
+from .module import batch_axes, dynamic_layout, own_params
 from .param import Param, new_uid
 
 __all__ = ["stack", "unstack", "stack_map", "stack_size", "stack_permutation"]
 
 
-class _Members(NamedTuple):
-    """What `unstack` needs to give member ``i`` back."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Members:
+    """The member record a stacked node carries in its static field ``_stack``: what
+    `unstack` needs to give member ``i`` back, and what ``@forward`` reads to refuse a
+    call on the whole stack. Edits copy every field, so edited copies keep it.
+
+    It sits in the node's static (treedef) data, which jax compares on every jit call
+    to pick compiled code. ``cx.compile`` renumbers node ids so that a model rebuilt
+    from scratch (fresh ids) matches its first build and reuses the compiled code. The
+    members' ids and names, and the ``origin`` id of the cx.stack call, are fresh per
+    build too, but only `unstack`, `stack_size` and `stack_permutation` read them,
+    outside any trace. So equality and hash ignore them and keep what tracing can
+    depend on: the member count, the rank ``@forward`` checks, the declared shapes, how
+    priors and inputs were stacked, the probe path and the members' own records.
+    Outside ``cx.compile`` the stacked node's own id is in the treedef too, and it
+    belongs to one cx.stack call whose record edits keep: there, two equal treedefs
+    never carry records of different members.
+    """
 
     uids: tuple  # the members' node ids (None for a former plain pointer input)
     names: tuple
-    rank: int = 0  # ndim of one member's value (params)
+    rank: int | None = None  # ndim of one member's value (params; None: unknown)
     shape: Any = None  # the members' declared `shape` / `batch_shape` (params)
     batch_shape: Any = None
     prior: bool = False  # the members' priors were stacked leaf by leaf
     raw: Any = None  # for a former plain array input: "numpy" or "jax"
+    # modules: path of a stacked param below, checked when none is the module's own
+    probe: str | None = None
+    inner: tuple | None = None  # the members' own records, when they were stacked nodes
+    # the cx.stack call that made the node: unstack splits only that call's nodes, and
+    # keeps a shared node that an earlier cx.stack made
+    origin: int | None = None
+
+    def _key(self):
+        return (
+            len(self.uids),
+            self.rank,
+            self.shape,
+            self.batch_shape,
+            self.prior,
+            self.raw,
+            self.probe,
+            self.inner,
+        )
+
+    def __eq__(self, other):
+        return isinstance(other, _Members) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
 
 
-# id of a stacked node -> its members. Ids are never reused and edits keep them, so an
-# entry stays true for every edited copy of the stacked node. Only ids and names are
-# kept here, never values.
-_MEMBERS: dict[int, _Members] = {}
-
-_MODULE_OWN = ("name", "uid", "_filled")
+_MODULE_OWN = ("name", "uid", "_filled", "_stack")
 
 
 # -- cx.stack ---------------------------------------------------------------------------------
@@ -83,7 +124,8 @@ def stack(modules, name: str | None = None):
       class name).
 
     **Returns:** the stacked module. Map over its members with `stack_map` (or
-    ``jax.vmap`` with ``cx.batch_axes``); `unstack` gives the members back.
+    ``jax.vmap`` with ``cx.batch_axes``); calling its forward methods on the whole
+    stack raises `caskax.ModuleError`. `unstack` gives the members back.
 
     Raises `caskax.GraphError` naming the first difference between members (class,
     kind of a param, a field that is not a param, a pointer function), or
@@ -133,6 +175,7 @@ class _Stacker:
         self.shared = set()
         self.first = {}  # stacked id -> member 0's node
         self._filled0 = None
+        self.origin = new_uid()  # marks the records of this call's nodes
         # One member: nodes reached only through pointer inputs are links out of it.
         self.own = _own_nodes(modules[0]) if self.k == 1 else None
 
@@ -246,9 +289,17 @@ class _Stacker:
             for name in graph.node_fields(first)
         }
         names = tuple(o.name for o in objs)
-        uid = new_uid()
-        _MEMBERS[uid] = _Members(tuple(o.uid for o in objs), names)
-        return graph.copy_with(first, uid=uid, name=_common(names, type(first).__name__), **changes)
+        new = graph.copy_with(
+            first, uid=new_uid(), name=_common(names, type(first).__name__), **changes
+        )
+        rec = _Members(
+            tuple(o.uid for o in objs),
+            names,
+            probe=_probe_path(new),
+            inner=_inner(objs),
+            origin=self.origin,
+        )
+        return graph.copy_with(new, _stack=rec)
 
     # -- params ---------------------------------------------------------------------------
     def param(self, objs, path):
@@ -326,16 +377,17 @@ class _Stacker:
             changes["declared_batch_shape"] = batch
         prior, stacked_prior = self.priors([p.prior for p in objs], rank, path)
         changes["prior"] = prior
-        new = graph.copy_with(first, **changes)
-        _MEMBERS[new.uid] = _Members(
+        changes["_stack"] = _Members(
             tuple(p.uid for p in objs),
             names,
             rank,
             first.shape,
             first.declared_batch_shape,
             stacked_prior,
+            inner=_inner(objs),
+            origin=self.origin,
         )
-        return new
+        return graph.copy_with(first, **changes)
 
     def stack_values(self, vals, path):
         shapes = {tuple(v.shape) for v in vals}
@@ -455,10 +507,14 @@ class _Stacker:
             description="per-member pointer input (cx.stack)",
         )
         kind = "jax" if isinstance(col[0], jax.Array) else "numpy"
-        _MEMBERS[p.uid] = _Members(
-            (None,) * self.k, (p.name,) * self.k, np.ndim(arrays[0]), raw=kind
+        rec = _Members(
+            (None,) * self.k,
+            (p.name,) * self.k,
+            np.ndim(arrays[0]),
+            raw=kind,
+            origin=self.origin,
         )
-        return p
+        return graph.copy_with(p, _stack=rec)
 
     def probe(self, node, where):
         """(ndim of one member's value, path in a module input) of a stacked input, so
@@ -468,7 +524,7 @@ class _Stacker:
         w = graph.walk(node)
         for uid in graph.topological_order(node, w):
             p = w.nodes[uid]
-            if isinstance(p, Param) and uid in _MEMBERS and not p.pointer:
+            if isinstance(p, Param) and uid in self.first and not p.pointer:
                 return (self.member_rank(p, where), w.paths[uid])
         raise GraphError(
             f"cx.stack: the module input at {self.where(where)} is each member's own but "
@@ -476,7 +532,7 @@ class _Stacker:
         )
 
     def member_rank(self, p, where):
-        rec = _MEMBERS[p.uid]
+        rec = p._stack
         if rec.rank is not None and not p.pointer:
             return rec.rank
         p0 = self.first[p.uid]
@@ -555,7 +611,7 @@ def stack_size(stacked) -> int:
 
 
 def _record(stacked) -> _Members:
-    rec = _MEMBERS.get(getattr(stacked, "uid", None))
+    rec = getattr(stacked, "_stack", None) if graph.is_node(stacked) else None
     if rec is None or isinstance(stacked, Param):
         raise GraphError(
             f"'{getattr(stacked, 'name', type(stacked).__name__)}' was not made by cx.stack; "
@@ -577,18 +633,24 @@ def unstack(stacked) -> list:
         >>> [(m.name, float(m.t0.value), m.uid == lc.uid) for m, lc in zip(cx.unstack(S), lcs)]
         [('lc0', 5.0, True), ('lc1', 6.0, True), ('lc2', 7.0, True)]
     """
-    k = len(_record(stacked).uids)
-    return [_Unstacker(i, k).node(stacked, "") for i in range(k)]
+    rec = _record(stacked)
+    k = len(rec.uids)
+    return [_Unstacker(i, k, rec.origin).node(stacked, "") for i in range(k)]
 
 
 class _Unstacker:
-    def __init__(self, i, k):
-        self.i, self.k, self.memo = i, k, {}
+    def __init__(self, i, k, origin):
+        self.i, self.k, self.origin, self.memo = i, k, origin, {}
+
+    def record(self, node):
+        """``node``'s member record if the cx.stack call being undone made it."""
+        rec = node._stack
+        return rec if rec is not None and rec.origin == self.origin else None
 
     def node(self, node, path):
         if id(node) in self.memo:
             return self.memo[id(node)]
-        rec = _MEMBERS.get(node.uid)
+        rec = self.record(node)
         if rec is None:
             new = graph.rebuild_children(node, lambda c: self.node(c, path))
             if new is not node:
@@ -604,6 +666,7 @@ class _Unstacker:
                 lambda c: self.node(c, _join(path, c.name)),
                 uid=rec.uids[self.i],
                 name=rec.names[self.i],
+                _stack=rec.inner and rec.inner[self.i],
             )
         self.memo[id(node)] = new
         return new
@@ -615,6 +678,7 @@ class _Unstacker:
             name=rec.names[i],
             shape=rec.shape,
             declared_batch_shape=rec.batch_shape,
+            _stack=rec.inner and rec.inner[i],
         )
         if p.ptr is not None:
             inputs = tuple(self.link_input(x, path) for x in p.ptr.inputs)
@@ -629,8 +693,8 @@ class _Unstacker:
         return graph.copy_with(p, **changes)
 
     def link_input(self, x, path):
-        if isinstance(x, Param) and x.uid in _MEMBERS and _MEMBERS[x.uid].raw is not None:
-            rec = _MEMBERS[x.uid]
+        rec = self.record(x) if isinstance(x, Param) else None
+        if rec is not None and rec.raw is not None:
             value = self.slice(x.stored, rec.rank, x, path)
             return np.asarray(value) if rec.raw == "numpy" else value
         return graph.map_nodes(x, lambda c: self.node(c, path))
@@ -683,13 +747,12 @@ def stack_permutation(unrolled, stacked):
     perms = []
     for g in groups:
         where, offset = {}, 0
-        for uid, path, n in u_layout.get(g, []):
+        for uid, path, n, _ in u_layout.get(g, []):
             where[uid] = (offset, n, path)
             offset += n
         total = offset
         perm, offset = [], 0
-        for uid, path, n in s_layout.get(g, []):
-            rec = _MEMBERS.get(uid)
+        for uid, path, n, rec in s_layout.get(g, []):
             parts = [uid] if rec is None or uid in where else list(rec.uids)
             m = n // len(parts)
             for u in parts:
@@ -718,15 +781,18 @@ def stack_permutation(unrolled, stacked):
 
 
 def _layout(model):
-    """group -> [(uid, path, size)] of the dynamic params, in flat order."""
+    """group -> [(uid, path, size, member record)] of the dynamic params, in flat order."""
     out = {}
     if hasattr(model, "layout") and not graph.is_node(model):
+        module = getattr(model, "module", None)
+        nodes = {} if module is None else graph.walk(module, check=False).nodes
         for r in model.layout:
-            out.setdefault(r.group, []).append((r.uid, r.path, math.prod(r.shape)))
+            rec = getattr(nodes.get(r.uid), "_stack", None)
+            out.setdefault(r.group, []).append((r.uid, r.path, math.prod(r.shape), rec))
         return out
     w = graph.walk(model)
     for g, params in dynamic_layout(model, w).items():
-        out[g] = [(p.uid, w.paths[p.uid] or p.name, p.size()) for p in params]
+        out[g] = [(p.uid, w.paths[p.uid] or p.name, p.size(), p._stack) for p in params]
     return out
 
 
@@ -742,6 +808,38 @@ def _own_nodes(member) -> set:
         if not isinstance(node, Param):
             stack_.extend(c.node for c in graph.children(node))
     return own
+
+
+def _inner(objs):
+    """The members' own records (members that were stacked nodes), or None."""
+    recs = tuple(o._stack for o in objs)
+    return None if all(r is None for r in recs) else recs
+
+
+def _probe_path(module):
+    """Path of a stacked param below ``module`` (through module fields, not pointer
+    inputs) for ``@forward`` to check, or None when ``module`` has one of its own."""
+
+    def checkable(p):
+        return (
+            isinstance(p, Param)
+            and p._stack is not None
+            and p._stack.rank is not None
+            and not p.pointer
+        )
+
+    if any(checkable(p) for p in own_params(module).values()):
+        return None
+    todo = [(module, "")]
+    while todo:
+        node, path = todo.pop(0)
+        for c in graph.children(node):
+            where = (path + c.path).lstrip(".")
+            if checkable(c.node):
+                return where
+            if not isinstance(c.node, Param):
+                todo.append((c.node, "." + where))
+    return None
 
 
 def _shared_pair(uids):
