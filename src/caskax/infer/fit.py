@@ -13,6 +13,7 @@ from ..batch import BatchedProgram, _on_devices as on_devices, _run_in_chunks as
 from ..errors import InferenceError, ShapeError
 from ..program import Program
 from ._jit import inference_jit, run_once_jit
+from ._lanes import lanes_for, map_datasets, resolve_lanes
 from ._target import (
     Target,
     check_finite_start,
@@ -280,6 +281,7 @@ def fit(
     progress: bool = False,
     out=None,
     resume: bool = False,
+    lanes: int | None = None,
 ) -> FitResult:
     """Maximise ``f`` (a log-likelihood or log-posterior) with optax.
 
@@ -323,7 +325,11 @@ def fit(
     ``cx.batch_results``); ``resume=True`` with the same ``out`` and ``batch_size``
     keeps the chunks an interrupted call finished. Under ``jax.distributed`` each
     process takes every ``P``-th chunk and all return every result (``out`` required,
-    on a shared file system). These four apply to batched Programs only.
+    on a shared file system). ``lanes`` is how many datasets of a chunk run side by
+    side in one vmapped loop, the groups one after another in the same compiled call:
+    ``None`` means 8 on the CPU, where wider groups spill the caches and wait on their
+    slowest fit, and the whole chunk elsewhere. These five apply to batched Programs
+    only.
 
     **Returns:** a `FitResult`. It is a pytree, so many starts fit in one compile:
     ``jax.vmap(lambda x0: cx.fit(f, x0).x)(starts)``.
@@ -336,11 +342,22 @@ def fit(
     """
     if isinstance(f, BatchedProgram):
         return _fit_batched(
-            f, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out, resume
+            f,
+            x0,
+            method,
+            maxiter,
+            tol,
+            valid,
+            learning_rate,
+            batch_size,
+            progress,
+            out,
+            resume,
+            resolve_lanes(lanes, "fit"),
         )
-    if batch_size is not None or progress or out is not None or resume:
+    if batch_size is not None or progress or out is not None or resume or lanes is not None:
         raise InferenceError(
-            "fit: batch_size, progress, out and resume apply to batched Programs "
+            "fit: batch_size, progress, out, resume and lanes apply to batched Programs "
             f"(cx.batch), not to {type(f).__name__}."
         )
     res, start_ok, target, z0 = _fit_unchecked(f, x0, method, maxiter, tol, valid, learning_rate)
@@ -349,12 +366,12 @@ def fit(
     return res
 
 
-def _fit_batched_impl(F, z0, method, maxiter, tol, learning_rate, layout, valid):
+def _fit_batched_impl(F, z0, method, maxiter, tol, learning_rate, layout, valid, lanes):
     def one(arrays, z0):
         target = Target(F.member_of(arrays), unconstrained=valid, density=False)
         return _fit_impl(target, z0, method, maxiter, tol, learning_rate, layout)
 
-    return jax.vmap(one, in_axes=(F.in_axes, 0))(F.arrays, z0)
+    return map_datasets(one, F.arrays, F.in_axes, (z0,), lanes)
 
 
 _fit_batched_jit = inference_jit(_fit_batched_impl)
@@ -368,7 +385,7 @@ def _to_z_batched(F, x0):
 
 
 def _fit_batched(
-    F, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out, resume
+    F, x0, method, maxiter, tol, valid, learning_rate, batch_size, progress, out, resume, lanes
 ):
     """`fit` of every dataset of a `BatchedProgram` at once: ``jax.vmap`` of the same
     loop, each dataset with its own optimizer state and stopping test (a finished
@@ -400,7 +417,15 @@ def _fit_batched(
     def solve(G, idx):
         G, z = on_devices(G, z0[idx])
         res, start_ok = _fit_batched_jit(
-            G, z, method, int(maxiter), float(tol), learning_rate, layout, bool(valid)
+            G,
+            z,
+            method,
+            int(maxiter),
+            float(tol),
+            learning_rate,
+            layout,
+            bool(valid),
+            lanes_for(lanes, G, z),
         )
         bad = np.flatnonzero(~np.asarray(start_ok))
         if bad.size:
