@@ -1,26 +1,65 @@
-"""Batch inference: one model, N datasets, ``cx.fit(cx.batch(...))`` against a loop of
-``cx.fit``, side by side in one run.
+"""Batch inference: one model, N datasets, ``cx.fit(cx.batch(...))`` against its peers
+side by side in one run.
 
-    python benchmarks/batch.py                 # N = 1, 16, 256 (~2 min on 2 cores)
-    python benchmarks/batch.py --quick         # N = 1, 16, fewer repeats
-    python benchmarks/batch.py --out DIR       # where batch.json goes (the table is printed)
+    python benchmarks/batch.py                          # N = 1, 16, 256, 4096
+    python benchmarks/batch.py --sizes 1,16,256         # other N
+    python benchmarks/batch.py --quick                  # smoke run: N = 1, 4, tiny NUTS
+    python benchmarks/batch.py --lanes 1,4,8,16         # also cx.fit(F, lanes=L)
+    python benchmarks/batch.py --out DIR                # where batch.json goes
 
-The model is the tutorial's single-epoch image (`caskax.examples.stages.stage1_model`:
-SN and galaxy, 9 dynamic entries, 50x50 pixels). Dataset ``k`` is that image with fresh
-read noise (sd 0.1, seed ``k``) added; every fit starts from the model's init values,
-as the tutorial's does. The batched Program is built by the fast path
-(``cx.batch(f, data=images)``); the loop fits the same datasets' Programs (``F[k]``,
-built before timing) one by one with ``cx.fit``. Both use L-BFGS with the defaults.
+**Model and datasets.** The tutorial's stage-3 model (`caskax.examples.stages.stage3_model`:
+five 50x50 epochs sharing one galaxy, the SN fluxes function pointers to one light
+curve; 11 dynamic entries). Dataset ``k`` is the noise-free image stack of the
+tutorial's true simulator (`caskax.examples.stages.true_simulator`) plus fresh noise
+drawn by ``numpy.random.default_rng(k)`` with the mock data's noise model (read noise
+sd 0.1 and ``sqrt(img * 25) / 25 * N(0, 1)``), so dataset ``k`` is the same at every N.
+Every fit starts from the model's init values, as the tutorial's does.
 
-Reported per N: the first call (trace, compile and run) and the median wall time of
-repeated calls, fits per second from the median, the ratio batched / loop, and the
-largest difference between the two results' ``x`` (they agree to float32 rounding).
-Where N > 16, ``cx.fit(F, batch_size=16)`` (chunks of 16 datasets) is timed as well.
+**Fits, per N** (``--sizes``). Timed calls block until the result is ready; the first
+call of each (trace, compile and run) is reported apart; the others run in interleaved
+rounds (``--repeats`` rounds for N <= 256, one above and for a variant whose first call
+took over 20 s), and rates use the median:
 
-NUTS: 64 datasets (``--nuts-datasets``) x 4 chains (200 warmup + 200 draws, the default Laplace metric), one
-batched ``cx.nuts`` call against a loop of ``cx.nuts`` with the same per-dataset keys;
-wall times without the first call's compile, ESS/s = the sum over datasets of each
-dataset's smallest bulk ESS, over the wall time.
+- ``batched``: ``cx.fit(cx.batch(f, data=images))``, L-BFGS with ``maxiter=1000,
+  tol=1e-6`` (cx.fit's defaults, as are its other options), all N datasets in one call;
+- ``chunked`` (N > ``--batch-size``): the same with ``batch_size=16`` (chunks of 16
+  datasets, one compile);
+- ``lanes=L`` (``--lanes L1,L2,...``, where ``cx.fit`` takes ``lanes``): ``cx.fit(F,
+  lanes=L)``, L datasets side by side in the vmapped loop, the groups one after another;
+- ``loop``: a Python loop of ``cx.fit(F[k])`` over the first ``min(N, 64)`` datasets
+  (the Programs built before timing); its fits/s is per fit over that subset;
+- ``hand-opt`` and ``hand``: hand-written JAX, ``jax.jit(jax.vmap(fit_one))`` over the
+  datasets, where ``fit_one`` is ``optax.lbfgs()`` (its zoom line search, the gradient
+  reused through ``optax.value_and_grad_from_state``) in a ``lax.while_loop`` stopped
+  by cx.fit's rule: ``|grad| <= tol * max(1, |f|)``, at ``maxiter`` accepted steps, on a
+  non-finite value, or once a step leaves ``x`` unchanged. ``hand-opt`` fits
+  `benchmarks/models.py`'s ``hand_stage3_opt`` (galaxy and SN profile computed once),
+  ``hand`` its ``hand_stage3`` (the module tree's arithmetic). Timed on the first
+  ``min(N, --hand-max)`` datasets (256): above that the rate is per fit on the subset;
+- ``caskade+scipy``: caskade 1.1.5 on torch running the tutorial's fit, ``scipy``'s
+  Nelder-Mead on ``-likelihood(torch.tensor(x))`` (benchmarks/models.py
+  ``caskade_stage3``) from the same start, scipy's default stopping rule (``--quick``
+  caps it at 30 evaluations), looped over the first ``--caskade-datasets`` datasets (3)
+  in a separate process (caskade picks its backend at import); its per-fit rate is the
+  same for every N.
+
+Ratios are of fits/s: batched over each peer's (> 1: the batched fit is faster), and the
+chunked rows' over the loop's. Agreement: the largest ``|x|`` difference of each
+peer's fits from the batched ones on the same datasets, and converged counts.
+
+**Memory.** For each N (``--memory-sizes``), a fresh process builds the datasets and
+``F`` and runs one ``cx.fit(F)`` (its first call, compile included); another does the
+same with ``batch_size``. Reported: the resident set before the fit (``VmRSS``), and
+the peak resident set during it: the kernel's high-water mark (``VmHWM``) reset before
+the fit through Linux's ``/proc/self/clear_refs``, so the imports and compiles before
+it do not count. (``resource.getrusage(...).ru_maxrss`` is kept in the JSON for
+reference: it cannot be reset, and a child process's starts from its parent's peak.)
+
+**NUTS.** ``--nuts-datasets`` (64) datasets x 4 chains (200 warmup + 200 draws, the
+default Laplace metric): one batched ``cx.nuts`` call against a loop of ``cx.nuts``
+with the same per-dataset keys; wall times without the first call's compile; ESS/s
+per dataset = each dataset's smallest bulk ESS over the entries, summed over datasets,
+over the wall time, divided by the number of datasets.
 """
 
 from __future__ import annotations
@@ -29,8 +68,10 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,97 +84,382 @@ import numpy as np  # noqa: E402
 from ._timing import once, summary, uptime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CHUNK = 16  # batch_size of the chunked variant, run where N is larger
+SIZES = (1, 16, 256, 4096)
+CHUNK = 16  # batch_size of the chunked variant
+LOOP_MAX = 64  # datasets of the cx.fit loop at large N
+HAND_MAX = 256  # datasets of the hand-written vmapped fits at large N
+CASKADE_DATASETS = 3  # Nelder-Mead on torch takes about a minute per fit
+MAXITER, TOL = 1000, 1e-6  # cx.fit's defaults, given to every peer
+FEW_ROUNDS_ABOVE = 256  # N above which each variant is timed in one round
+SLOW_S = 20.0  # a variant whose first call took longer is timed in one round
 
 
-def _datasets(base_image, n):
-    rng = np.random.default_rng(0)
-    noise = rng.normal(0.0, 0.1, size=(n,) + base_image.shape).astype(np.float32)
-    return base_image[None] + noise
-
-
-def _time(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return summary(out)
-
-
-def run(sizes, repeats):
+# -- data -----------------------------------------------------------------------------------
+def clean_images():
+    """The mock data (caskax.examples.stages) and the noise-free images it was drawn from."""
     import jax
 
     import caskax as cx
-    from caskax.examples.stages import mock_data, stage1_model
+    from caskax.examples.stages import mock_data, true_simulator
 
     data = mock_data()
-    f = cx.compile(stage1_model(data, epoch=2))
-    base = np.asarray(data.images)[2].astype(np.float32)
+    sim = cx.compile(true_simulator(data.x, data.y))
+    clean = jax.vmap(lambda t: sim(t[None]))(data.times)  # time is sim's only dynamic param
+    return data, np.asarray(clean, dtype=np.float32)
+
+
+def datasets(clean, n, sigma_read, exp_time, start=0):
+    """Datasets ``start .. start + n - 1``: ``clean`` plus the mock data's noise model,
+    dataset ``k`` drawn from ``default_rng(k)`` (the same at every N)."""
+    out = np.empty((n,) + clean.shape, np.float32)
+    poisson = np.sqrt(clean * exp_time) / exp_time
+    for i in range(n):
+        z = np.random.default_rng(start + i).standard_normal((2,) + clean.shape)
+        out[i] = clean + sigma_read * z[0] + poisson * z[1]
+    return out
+
+
+# -- hand-written JAX -----------------------------------------------------------------------
+def hand_fit(loss, x0, maxiter=MAXITER, tol=TOL):
+    """Minimise ``loss`` from ``x0`` with ``optax.lbfgs()`` in a ``lax.while_loop``, as
+    optax's documentation writes the loop, stopped by cx.fit's rule (see the module
+    docstring). Returns ``(x, loglike, grad_norm, steps, converged)``."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import optax.tree_utils as otu
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(c):
+        x, state, _ = c
+        value, grad = value_and_grad(x, state=state)
+        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=loss)
+        x_new = optax.apply_updates(x, updates)
+        return x_new, state, jnp.all(x_new == x)
+
+    def small(state):
+        value, grad = otu.tree_get(state, "value"), otu.tree_get(state, "grad")
+        return otu.tree_norm(grad) <= tol * jnp.maximum(1.0, jnp.abs(value))
+
+    def keep_going(c):
+        _, state, stalled = c
+        count, value = otu.tree_get(state, "count"), otu.tree_get(state, "value")
+        return (count == 0) | ((count < maxiter) & ~small(state) & ~stalled & jnp.isfinite(value))
+
+    x, state, _ = jax.lax.while_loop(keep_going, step, (x0, opt.init(x0), jnp.array(False)))
+    value = otu.tree_get(state, "value")
+    return (
+        x,
+        -value,
+        otu.tree_norm(otu.tree_get(state, "grad")),
+        otu.tree_get(state, "count"),
+        small(state) & jnp.isfinite(value),
+    )
+
+
+def hand_batched(builder, data, names):
+    """``jax.jit(jax.vmap(fit_one))`` over a stack of images: the hand-written peer."""
+    import jax
+
+    from . import models as M
+
+    base = M.Data(
+        np.asarray(data.x),
+        np.asarray(data.y),
+        np.asarray(data.times),
+        np.asarray(data.images),
+        data.sigma_read,
+        data.exp_time,
+    )
+    _, x0 = builder(base, names)
+
+    def one(images):
+        loglike, _ = builder(base._replace(images=images), names)
+        return hand_fit(lambda x: -loglike(x), x0)
+
+    return jax.jit(jax.vmap(one))
+
+
+# -- caskade + scipy (its own process: caskade picks its backend at import) ----------------
+def caskade_worker(path):
+    """Fit the datasets in ``path`` (.npz) with caskade on torch and scipy's Nelder-Mead,
+    as caskade's tutorial fits its stage 3; writes the results next to it (.json)."""
+    import caskade  # noqa: F401  (the backend is chosen here, from CASKADE_BACKEND)
+    import torch
+    from scipy.optimize import minimize
+
+    from . import models as M
+
+    z = np.load(path)
+    images, init, maxfev = z["images"], z["init"], int(z["maxfev"])
+    base = M.Data(
+        z["x"], z["y"], z["times"], images[0], float(z["sigma_read"]), float(z["exp_time"])
+    )
+    t0 = time.perf_counter()
+    like = M.caskade_stage3(base)
+    build = time.perf_counter() - t0
+    start = like.get_values().numpy()
+    # caskade's order of the dynamic params is caskax's (SN x0, light curve, galaxy)
+    if not np.allclose(start, init):
+        raise SystemExit(f"caskade's start {start} is not caskax's init {init}")
+    options = {"maxfev": maxfev} if maxfev else None
+    xs, nfev, success, seconds = [], [], [], []
+    for img in images:
+        like.data = torch.as_tensor(img)
+        t0 = time.perf_counter()
+        res = minimize(
+            lambda x: -like(torch.tensor(x)).numpy(), start, method="Nelder-Mead", options=options
+        )
+        seconds.append(time.perf_counter() - t0)
+        xs.append(np.asarray(res.x, dtype=float).tolist())
+        nfev.append(int(res.nfev))
+        success.append(bool(res.success))
+    out = {
+        "build_s": build,
+        "seconds": seconds,
+        "x": xs,
+        "nfev": nfev,
+        "success": success,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "maxfev": maxfev or None,
+    }
+    Path(path).with_suffix(".json").write_text(json.dumps(out))
+
+
+def run_caskade(data, images, init, maxfev=0):
+    """Run `caskade_worker` on ``images`` in a fresh process; returns its results or a
+    reason it did not run."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("caskade", "torch", "scipy")):
+        return {"skipped": "caskade, torch or scipy is not installed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "caskade.npz"
+        np.savez(
+            path,
+            images=images,
+            init=np.asarray(init),
+            maxfev=maxfev,
+            x=np.asarray(data.x),
+            y=np.asarray(data.y),
+            times=np.asarray(data.times),
+            sigma_read=data.sigma_read,
+            exp_time=data.exp_time,
+        )
+        env = {**os.environ, "CASKADE_BACKEND": "torch"}
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--caskade-worker", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            return {"failed": proc.stderr[-2000:]}
+        res = json.loads(path.with_suffix(".json").read_text())
+    res["datasets"] = len(images)
+    res["fits_per_s"] = len(images) / sum(res["seconds"])
+    return res
+
+
+# -- timing -----------------------------------------------------------------------------------
+def _row_of(samples, first, n):
+    s = summary(samples)
+    return {"first_s": first, **s, "datasets": n, "fits_per_s": n / s["median"]}
+
+
+def _max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float))))
+
+
+def run(sizes, repeats, chunk, loop_max, hand_max, hands, caskade, lanes=()):
+    """The fit comparison at each N; ``caskade`` is `run_caskade`'s result (rate only)."""
+    import jax
+
+    import caskax as cx
+    from caskax.examples.stages import stage3_model
+
+    from . import models as M
+
+    data, clean = clean_images()
+    f = cx.compile(stage3_model(data))
+    names = list(f.names)
+    builders = {"hand-opt": M.hand_stage3_opt, "hand": M.hand_stage3}
+    hand_fns = {h: hand_batched(builders[h], data, names) for h in hands}
     rows = []
     for n in sizes:
-        images = _datasets(base, n)
+        images = datasets(clean, n, data.sigma_read, data.exp_time)
         t0 = time.perf_counter()
         F = cx.batch(f, data=images)
         build = time.perf_counter() - t0
-        members = [F[k] for k in range(n)]
-
-        def batched():
-            return jax.block_until_ready(cx.fit(F))
-
-        def loop():
-            return [jax.block_until_ready(cx.fit(g)) for g in members]
-
-        def chunked():
-            return jax.block_until_ready(cx.fit(F, batch_size=CHUNK))
-
-        first_batched, first_loop = once(batched), once(loop)
-        first_chunked = once(chunked) if n > CHUNK else None
-        res_b, res_l = batched(), loop()
-        diff = float(
-            np.max(np.abs(np.asarray(res_b.x) - np.stack([np.asarray(r.x) for r in res_l])))
-        )
-        # interleaved rounds: drifts of the shared machine hit both alike
-        tb, tl, tc = [], [], []
-        for _ in range(repeats):
-            tb.append(_time(batched, 1)["min"])
-            tl.append(_time(loop, 1)["min"])
-            if n > CHUNK:
-                tc.append(_time(chunked, 1)["min"])
-        sb, sl = summary(tb), summary(tl)
-        sc = summary(tc) if tc else None
-        rows.append(
-            {
-                "datasets": n,
-                "build_s": build,
-                "batched": {"first_s": first_batched, **sb, "fits_per_s": n / sb["median"]},
-                "loop": {"first_s": first_loop, **sl, "fits_per_s": n / sl["median"]},
-                "ratio": sl["median"] / sb["median"],
-                "chunked": None
-                if sc is None
-                else {
-                    "batch_size": CHUNK,
-                    "first_s": first_chunked,
-                    **sc,
-                    "fits_per_s": n / sc["median"],
-                    "ratio": sl["median"] / sc["median"],
-                },
-                "max_abs_x_diff": diff,
-                "converged": {
-                    "batched": int(np.sum(np.asarray(res_b.converged))),
-                    "loop": int(sum(bool(r.converged) for r in res_l)),
-                },
-                "steps_batched_max": int(np.max(np.asarray(res_b.steps))),
+        n_loop, n_hand = min(n, loop_max), min(n, hand_max)
+        members = [F[k] for k in range(n_loop)]
+        hand_images = jax.device_put(images[:n_hand])
+        calls = {"batched": lambda: jax.block_until_ready(cx.fit(F, maxiter=MAXITER, tol=TOL))}
+        if n > chunk:
+            calls["chunked"] = lambda: jax.block_until_ready(
+                cx.fit(F, maxiter=MAXITER, tol=TOL, batch_size=chunk)
+            )
+        for w in lanes:
+            calls[f"lanes={w}"] = lambda w=w: jax.block_until_ready(
+                cx.fit(F, maxiter=MAXITER, tol=TOL, lanes=w)
+            )
+        calls["loop"] = lambda: [
+            jax.block_until_ready(cx.fit(g, maxiter=MAXITER, tol=TOL)) for g in members
+        ]
+        for h, fn in hand_fns.items():
+            calls[h] = lambda fn=fn: jax.block_until_ready(fn(hand_images))
+        firsts, results = {}, {}
+        for name, call in calls.items():
+            firsts[name] = once(call)
+            print(f"N={n} {name}: first call {firsts[name]:.2f} s", flush=True)
+        # interleaved rounds: drifts of the shared machine hit every variant alike; a
+        # slow variant (or any at large N) is timed in one round
+        rounds = {
+            name: repeats if (n <= FEW_ROUNDS_ABOVE and firsts[name] < SLOW_S) else 1
+            for name in calls
+        }
+        samples = {name: [] for name in calls}
+        for i in range(max(rounds.values())):
+            for name, call in calls.items():
+                if i >= rounds[name]:
+                    continue
+                t0 = time.perf_counter()
+                results[name] = call()
+                samples[name].append(time.perf_counter() - t0)
+        counts = {"loop": n_loop, **{h: n_hand for h in hands}}
+        row = {"datasets": n, "build_s": build}
+        for name in calls:
+            row[name] = _row_of(samples[name], firsts[name], counts.get(name, n))
+        if "chunked" in row:
+            row["chunked"]["batch_size"] = chunk
+        rb = results["batched"]
+        xb = np.asarray(rb.x)
+        rate = row["batched"]["fits_per_s"]
+        row["ratio"] = {name: rate / row[name]["fits_per_s"] for name in calls if name != "batched"}
+        if "chunked" in row:
+            row["chunked"]["ratio_to_loop"] = (
+                row["chunked"]["fits_per_s"] / row["loop"]["fits_per_s"]
+            )
+        for w in lanes:
+            rw = results[f"lanes={w}"]
+            row[f"lanes={w}"]["lanes"] = w
+            row.setdefault("lanes", {})[w] = {
+                "fits_per_s": row[f"lanes={w}"]["fits_per_s"],
+                "max_abs_x_diff": _max_diff(xb, rw.x),
+                "converged": int(np.sum(np.asarray(rw.converged))),
             }
-        )
+        row["converged"] = {
+            "batched": int(np.sum(np.asarray(rb.converged))),
+            "loop": int(sum(bool(r.converged) for r in results["loop"])),
+        }
+        row["max_abs_x_diff"] = {
+            "loop": _max_diff(xb[:n_loop], np.stack([np.asarray(r.x) for r in results["loop"]]))
+        }
+        row["steps_max"] = {"batched": int(np.max(np.asarray(rb.steps)))}
+        if "chunked" in results:
+            rc = results["chunked"]
+            row["converged"]["chunked"] = int(np.sum(np.asarray(rc.converged)))
+            row["max_abs_x_diff"]["chunked"] = _max_diff(xb, rc.x)
+        for h in hands:
+            x, _, _, steps, conv = results[h]
+            row["converged"][h] = int(np.sum(np.asarray(conv)))
+            row["max_abs_x_diff"][h] = _max_diff(xb[:n_hand], x)
+            row["steps_max"][h] = int(np.max(np.asarray(steps)))
+        if "fits_per_s" in caskade:
+            m = min(n, caskade["datasets"])
+            row["ratio"]["caskade+scipy"] = rate / caskade["fits_per_s"]
+            row["max_abs_x_diff"]["caskade+scipy"] = _max_diff(xb[:m], caskade["x"][:m])
+            row["converged"]["caskade+scipy"] = f"{sum(caskade['success'][:m])} of {m} (scipy)"
+        rows.append(row)
         print(
-            f"N={n}: batched {n / sb['median']:.1f} fits/s, loop {n / sl['median']:.1f} fits/s, "
-            f"ratio {sl['median'] / sb['median']:.2f}",
+            f"N={n}: batched {rate:.1f} fits/s; ratios "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratio"].items()),
             flush=True,
         )
     return rows
 
 
+# -- memory: one fresh process per N and variant -------------------------------------------
+def _status_mib(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; NaN elsewhere."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def memory_worker(n, batch_size):
+    import jax
+
+    import caskax as cx
+    from caskax.examples.stages import stage3_model
+
+    data, clean = clean_images()
+    f = cx.compile(stage3_model(data))
+    F = cx.batch(f, data=datasets(clean, n, data.sigma_read, data.exp_time))
+    rss_before = _status_mib("VmRSS")
+    peak_before = _status_mib("VmHWM")
+    # The peak resident set is a high-water mark: reset it (Linux clear_refs 5) so that
+    # the one read after the fit is the fit's own. ru_maxrss cannot be reset, and in a
+    # child process it starts from the parent's peak at the fork, so it is only kept
+    # for reference.
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(cx.fit(F, maxiter=MAXITER, tol=TOL, batch_size=batch_size))
+    wall = time.perf_counter() - t0
+    peak = _status_mib("VmHWM")
+    print(
+        json.dumps(
+            {
+                "datasets": n,
+                "batch_size": batch_size,
+                "rss_before_fit_mib": rss_before,
+                "peak_rss_before_fit_mib": peak_before,
+                "peak_rss_mib": peak if reset else max(peak, peak_before),
+                "fit_mib": peak - rss_before,
+                "peak_reset": reset,
+                # KiB on Linux
+                "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "first_call_s": wall,
+                "converged": int(np.sum(np.asarray(res.converged))),
+            }
+        )
+    )
+
+
+def run_memory(sizes, chunk):
+    rows = []
+    for n in sizes:
+        for bs in (None, chunk) if n > chunk else (None,):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", str(n)]
+            cmd += [] if bs is None else ["--batch-size", str(bs)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append({"datasets": n, "batch_size": bs, "failed": proc.stderr[-2000:]})
+                continue
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(
+                f"memory N={n} batch_size={bs}: peak {r['peak_rss_mib']:.0f} MiB "
+                f"(before the fit {r['rss_before_fit_mib']:.0f} MiB)",
+                flush=True,
+            )
+    return rows
+
+
+# -- NUTS -------------------------------------------------------------------------------------
 def run_nuts(n, num_warmup, num_samples, num_chains=4):
     """NUTS on ``n`` datasets: one batched ``cx.nuts`` call against a loop of ``cx.nuts``
     with the same per-dataset keys (``jax.random.split(key, n)``). Wall times exclude the
@@ -142,24 +468,22 @@ def run_nuts(n, num_warmup, num_samples, num_chains=4):
     import jax
 
     import caskax as cx
-    from caskax.examples.stages import mock_data, stage1_model
+    from caskax.examples.stages import stage3_model
 
-    data = mock_data()
-    f = cx.compile(stage1_model(data, epoch=2))
-    F = cx.batch(f, data=_datasets(np.asarray(data.images)[2].astype(np.float32), n))
+    data, clean = clean_images()
+    f = cx.compile(stage3_model(data))
+    F = cx.batch(f, data=datasets(clean, n, data.sigma_read, data.exp_time))
     key = jax.random.key(0)
-    run = dict(
-        num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress=False
-    )
-    first_batched = once(lambda: cx.nuts(F, key, **run).samples)
+    kw = dict(num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress=False)
+    first_batched = once(lambda: cx.nuts(F, key, **kw).samples)
     t0 = time.perf_counter()
-    chains = cx.nuts(F, key, **run)
+    chains = cx.nuts(F, key, **kw)
     wall_b = time.perf_counter() - t0
     keys = jax.random.split(key, n)
     members = [F[k] for k in range(n)]
-    cx.nuts(members[0], keys[0], **run)  # compile
+    first_loop = once(lambda: cx.nuts(members[0], keys[0], **kw).samples)
     t0 = time.perf_counter()
-    alone = [cx.nuts(g, k, **run) for g, k in zip(members, keys)]
+    alone = [cx.nuts(g, k, **kw) for g, k in zip(members, keys)]
     wall_l = time.perf_counter() - t0
 
     def min_ess(c):
@@ -177,12 +501,13 @@ def run_nuts(n, num_warmup, num_samples, num_chains=4):
             "first_s": first_batched,
             "wall_s": wall_b,
             "ess_min_median": float(np.median(ess_b)),
-            "ess_per_s": float(np.sum(ess_b) / wall_b),
+            "ess_per_s_per_dataset": float(np.sum(ess_b) / wall_b / n),
         },
         "loop": {
+            "first_s": first_loop,
             "wall_s": wall_l,
             "ess_min_median": float(np.median(ess_l)),
-            "ess_per_s": float(np.sum(ess_l) / wall_l),
+            "ess_per_s_per_dataset": float(np.sum(ess_l) / wall_l / n),
         },
         "ratio": float((np.sum(ess_b) / wall_b) / (np.sum(ess_l) / wall_l)),
         "divergences": {
@@ -192,9 +517,11 @@ def run_nuts(n, num_warmup, num_samples, num_chains=4):
     }
 
 
+# -- output -----------------------------------------------------------------------------------
 def meta(command):
     import jax
     import jaxlib
+    import optax
 
     try:
         commit = subprocess.run(
@@ -208,29 +535,124 @@ def meta(command):
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load": uptime(),
-        "model": "stage1_model (single-epoch image, 9 entries, 50x50 px)",
+        "model": "stage3_model (5 epochs of 50x50 px, SN fluxes pointers to one light "
+        "curve, 11 entries)",
+        "fit": {"method": "lbfgs", "maxiter": MAXITER, "tol": TOL},
     }
 
 
+def _load(line):
+    # uptime's load averages, without its clock time
+    return line[line.find("load average") :] if "load average" in line else "load -"
+
+
+def _rate(r, key):
+    v = r.get(key)
+    if not v:
+        return "-"
+    sub = f" ({v['datasets']} of {r['datasets']})" if v["datasets"] != r["datasets"] else ""
+    return f"{v['fits_per_s']:.2f}{sub}"
+
+
 def markdown(result) -> str:
+    m = result["meta"]
+    hands = [h for h in ("hand-opt", "hand") if result["rows"] and h in result["rows"][0]]
+    ck = result.get("caskade", {})
+    ck_rate = f"{ck['fits_per_s']:.4f}" if "fits_per_s" in ck else "-"
     lines = [
-        f"| datasets | cx.fit(cx.batch) fits/s | loop of cx.fit fits/s | ratio | batch_size={CHUNK} fits/s (ratio) "
-        "| first call batched / loop | max abs x diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "Fits per second (median of the timed rounds; `(m of N)`: timed on the first m "
+        "datasets, per fit):",
+        "",
+        "| N | cx.fit(cx.batch) | batch_size chunks | loop of cx.fit | "
+        + " | ".join(f"{h} vmapped optax" for h in hands)
+        + " | caskade+scipy loop |",
+        "|---:|---:|---:|---:|" + "---:|" * len(hands) + "---:|",
     ]
     for r in result["rows"]:
-        c = r["chunked"]
-        chunk = f"{c['fits_per_s']:.1f} ({c['ratio']:.2f}x)" if c else "-"
-        lines.append(
-            f"| {r['datasets']} | {r['batched']['fits_per_s']:.1f} | {r['loop']['fits_per_s']:.1f} | "
-            f"{r['ratio']:.2f}x | {chunk} | {r['batched']['first_s']:.2f} s / {r['loop']['first_s']:.2f} s | "
-            f"{r['max_abs_x_diff']:.1e} |"
+        cells = [str(r["datasets"]), _rate(r, "batched"), _rate(r, "chunked"), _rate(r, "loop")]
+        cells += [_rate(r, h) for h in hands] + [ck_rate]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Ratios (batched fits/s over each peer's), agreement with the batched fits "
+        "(max |x diff|) and converged counts:",
+        "",
+        "| N | vs loop (target 5x) | vs caskade+scipy (target 200x) | "
+        + " | ".join(f"vs {h} (target 0.83x)" for h in hands)
+        + " | max abs x diff | converged | max steps |",
+        "|---:|---:|---:|" + "---:|" * len(hands) + "---|---|---|",
+    ]
+    for r in result["rows"]:
+        ratio = r["ratio"]
+        cells = [
+            str(r["datasets"]),
+            f"{ratio['loop']:.1f}x",
+            f"{ratio['caskade+scipy']:.0f}x" if "caskade+scipy" in ratio else "-",
+        ]
+        cells += [f"{ratio[h]:.2f}x" for h in hands]
+        cells.append(", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_x_diff"].items()))
+        cells.append(
+            ", ".join(
+                f"{k} {v}/{r[k]['datasets']}" if isinstance(v, int) else f"{k} {v}"
+                for k, v in r["converged"].items()
+            )
         )
+        cells.append(", ".join(f"{k} {v}" for k, v in r["steps_max"].items()))
+        lines.append("| " + " | ".join(cells) + " |")
+    lanes = sorted({w for r in result["rows"] for w in r.get("lanes", {})}, key=int)
+    if lanes:
+        lines += [
+            "",
+            "cx.fit(F, lanes=L), fits/s (max |x diff| from the batched fits):",
+            "",
+            "| N | " + " | ".join(f"lanes={w}" for w in lanes) + " |",
+            "|---:|" + "---:|" * len(lanes),
+        ]
+        for r in result["rows"]:
+            got = {str(k): v for k, v in r.get("lanes", {}).items()}
+            cells = [
+                f"{got[str(w)]['fits_per_s']:.2f} ({got[str(w)]['max_abs_x_diff']:.0e})"
+                if str(w) in got
+                else "-"
+                for w in lanes
+            ]
+            lines.append(f"| {r['datasets']} | " + " | ".join(cells) + " |")
+    if "fits_per_s" in ck:
+        cap = f", maxfev {ck['maxfev']}" if ck.get("maxfev") else ""
+        lines += [
+            "",
+            f"caskade+scipy: Nelder-Mead on torch {ck['torch']} ({ck['torch_threads']} threads"
+            f"{cap}), {ck['datasets']} datasets, median nfev {np.median(ck['nfev']):.0f}, "
+            f"{np.mean(ck['seconds']):.1f} s per fit.",
+        ]
+    elif ck:
+        lines += ["", f"caskade+scipy: not run ({ck.get('skipped') or 'failed'})."]
+    if result.get("memory"):
+        lines += [
+            "",
+            "Resident memory (MiB), one fresh process per row: before the fit (imports, "
+            "data, model), the peak during one `cx.fit` (VmHWM, reset before the fit) "
+            "and the fit's increase over the memory before it:",
+            "",
+            "| N | batch_size | before the fit | peak during the fit | fit's increase "
+            "| first call (s) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["memory"]:
+            if "failed" in r:
+                lines.append(f"| {r['datasets']} | {r['batch_size'] or '-'} | failed | | | |")
+                continue
+            lines.append(
+                f"| {r['datasets']} | {r['batch_size'] or '-'} | "
+                f"{r['rss_before_fit_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+                f"{r['fit_mib']:.0f} | {r['first_call_s']:.1f} |"
+            )
     r = result.get("nuts")
     if r:
         lines += [
@@ -238,55 +660,129 @@ def markdown(result) -> str:
             f"NUTS, {r['datasets']} datasets x {r['chains']} chains ({r['num_warmup']} warmup + "
             f"{r['num_samples']} draws):",
             "",
-            "| | wall (s) | median of each dataset's min bulk ESS | ESS/s (all datasets) |",
+            "| | wall (s) | median of each dataset's min bulk ESS | ESS/s per dataset |",
             "|---|---:|---:|---:|",
-            f"| cx.nuts(cx.batch) | {r['batched']['wall_s']:.1f} | {r['batched']['ess_min_median']:.0f} | "
-            f"{r['batched']['ess_per_s']:.0f} |",
+            f"| cx.nuts(cx.batch) | {r['batched']['wall_s']:.1f} | "
+            f"{r['batched']['ess_min_median']:.0f} | {r['batched']['ess_per_s_per_dataset']:.2f} |",
             f"| loop of cx.nuts | {r['loop']['wall_s']:.1f} | {r['loop']['ess_min_median']:.0f} | "
-            f"{r['loop']['ess_per_s']:.0f} |",
+            f"{r['loop']['ess_per_s_per_dataset']:.2f} |",
             "",
-            f"ratio {r['ratio']:.2f}x; first batched call (with compile) {r['batched']['first_s']:.1f} s",
+            f"ratio {r['ratio']:.2f}x; first batched call (with compile) "
+            f"{r['batched']['first_s']:.1f} s",
         ]
-    m = result["meta"]
-    lines.append("")
-    lines.append(
+    lines += [
+        "",
         f"{m['cpu_count']} CPU cores ({m['cpu']}), jax {m['jax']} ({m['backend']}), "
-        f"python {m['python']}, caskax {m['commit']}; `{m['command']}`"
-    )
+        f"optax {m['optax']}, python {m['python']}, caskax {m['commit']}; "
+        f"{_load(m['load'])} at the start, {_load(m.get('load_end', ''))} at the end; "
+        f"`{m['command']}`",
+    ]
     return "\n".join(lines)
+
+
+def _sizes(text):
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected N1,N2,... (each >= 1), got {text!r}")
+    return sizes
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="N = 1, 16 and 2 repeats")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for batch.json")
     parser.add_argument(
-        "--nuts-datasets",
-        type=int,
-        default=None,
-        help="datasets of the NUTS comparison (64; 4 with --quick; 0 skips it)",
+        "--quick",
+        action="store_true",
+        help="smoke run: N = 1, 4, batch_size 2, one round, hand-opt only, caskade capped at 30 "
+        "evaluations, NUTS on 2 datasets with 50 + 50 draws (writes batch-quick.json)",
     )
+    parser.add_argument("--sizes", type=_sizes, default=None, help="N values (1,16,256,4096)")
+    parser.add_argument("--memory-sizes", type=_sizes, default=None, help="N of the memory rows")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory rows")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds (3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help=f"chunk of the chunked rows ({CHUNK})"
+    )
+    parser.add_argument(
+        "--lanes", type=_sizes, default=(), help="also time cx.fit(F, lanes=L) for each L"
+    )
+    parser.add_argument("--hand-max", type=int, default=HAND_MAX, help="datasets of hand fits")
+    parser.add_argument("--loop-max", type=int, default=LOOP_MAX, help="datasets of the loop")
+    parser.add_argument(
+        "--caskade-datasets", type=int, default=None, help="caskade+scipy fits (3; 0 skips)"
+    )
+    parser.add_argument(
+        "--nuts-datasets", type=int, default=None, help="NUTS datasets (64; 0 skips)"
+    )
+    parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for batch.json")
+    parser.add_argument("--caskade-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sizes, repeats = ((1, 16), 2) if args.quick else ((1, 16, 256), 5)
-    command = "python benchmarks/batch.py" + (" --quick" if args.quick else "")
-    n_nuts = args.nuts_datasets if args.nuts_datasets is not None else (4 if args.quick else 64)
-    if args.nuts_datasets is not None:
-        command += f" --nuts-datasets {n_nuts}"
-    result = {"meta": meta(command), "rows": run(sizes, repeats)}
+    if args.caskade_worker:
+        return caskade_worker(args.caskade_worker)
+    if args.memory_worker:
+        return memory_worker(args.memory_worker, args.batch_size)
+
+    if args.lanes:
+        import inspect
+
+        import caskax as cx
+
+        if "lanes" not in inspect.signature(cx.fit).parameters:
+            parser.error("--lanes: this caskax's cx.fit takes no lanes argument")
+    quick = args.quick
+    sizes = args.sizes or ((1, 4) if quick else SIZES)
+    repeats = args.repeats or (1 if quick else 3)
+    hands = ("hand-opt",) if quick else ("hand-opt", "hand")
+    n_ck = args.caskade_datasets if args.caskade_datasets is not None else (1 if quick else 3)
+    n_nuts = args.nuts_datasets if args.nuts_datasets is not None else (2 if quick else 64)
+    loop_max = min(args.loop_max, 4) if quick else args.loop_max
+    chunk = args.batch_size or (2 if quick else CHUNK)
+    command = "python benchmarks/batch.py " + " ".join(sys.argv[1:] if argv is None else list(argv))
+    result = {"meta": meta(command.strip())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "batch" if not args.quick else "batch-quick"
-    (out / f"{name}.json").write_text(
-        json.dumps(result, indent=1)
-    )  # the fits, should NUTS not finish
+    path = out / ("batch-quick.json" if quick else "batch.json")
+
+    def save():
+        path.write_text(json.dumps(result, indent=1))
+
+    if n_ck:
+        import caskax as cx
+        from caskax.examples.stages import stage3_model
+
+        data, clean = clean_images()
+        init = np.asarray(cx.compile(stage3_model(data)).init)
+        images = datasets(clean, n_ck, data.sigma_read, data.exp_time)
+        result["caskade"] = run_caskade(data, images, init, maxfev=30 if quick else 0)
+        save()
+    result["rows"] = run(
+        sizes,
+        repeats,
+        chunk,
+        loop_max,
+        args.hand_max,
+        hands,
+        result.get("caskade", {}),
+        args.lanes,
+    )
+    save()
+    if not args.no_memory:
+        result["memory"] = run_memory(args.memory_sizes or sizes, chunk)
+        save()
     if n_nuts:
-        result["nuts"] = run_nuts(n_nuts, *((100, 100) if args.quick else (200, 200)))
+        result["nuts"] = run_nuts(n_nuts, *((50, 50) if quick else (200, 200)))
         print(f"NUTS: ratio {result['nuts']['ratio']:.2f}", flush=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    result["meta"]["load_end"] = uptime()
+    save()
     print(markdown(result))
-    print(f"wrote {out / f'{name}.json'}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

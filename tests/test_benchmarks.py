@@ -344,3 +344,86 @@ def test_readme_speed_table_quotes_the_results_page():
     assert len(readme.splitlines()) <= 130
     assert not re.search(r"\b\d{1,2}:\d{2}\b|UTC|session", readme)
     assert "./run example" in readme and "./run tests" in readme
+
+
+def test_batch_datasets_and_hand_fit():
+    """benchmarks/batch.py's pieces: dataset k is the same at every N (its own seed), and
+    the hand-written optax loop stops by cx.fit's rule (gradient test, maxiter)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import batch
+
+    clean = np.linspace(0.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
+    four = batch.datasets(clean, 4, 0.1, 25.0)
+    assert four.shape == (4, 3, 4) and four.dtype == np.float32
+    np.testing.assert_array_equal(batch.datasets(clean, 2, 0.1, 25.0), four[:2])
+    np.testing.assert_array_equal(batch.datasets(clean, 2, 0.1, 25.0, start=2), four[2:])
+    assert not np.allclose(four[0], four[1])
+
+    x, loglike, gnorm, steps, converged = batch.hand_fit(
+        lambda x: jnp.sum((x - 2.0) ** 2) + 3.0, jnp.zeros(3)
+    )
+    np.testing.assert_allclose(np.asarray(x), 2.0, atol=1e-4)
+    assert bool(converged) and float(gnorm) <= 1e-6 * max(1.0, abs(float(loglike)))
+    assert math.isclose(float(loglike), -3.0, rel_tol=1e-5) and 1 <= int(steps) < 10
+    *_, steps, converged = batch.hand_fit(
+        lambda x: jnp.sum((x - 2.0) ** 4 + jnp.cos(x)), jnp.zeros(3), maxiter=1
+    )
+    assert int(steps) == 1 and not bool(converged)
+
+
+def test_batch_benchmark_quick(tmp_path):
+    """benchmarks/batch.py --quick end to end: every peer's row at each N, the fits agree
+    with the batched ones, and the memory and NUTS rows."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "batch.py"),
+            *("--quick", "--sizes", "1,3", "--nuts-datasets", "2", "--out", str(tmp_path)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "batch-quick.json").read_text())
+    assert result["meta"]["command"].endswith("--out " + str(tmp_path))
+    assert "load average" in result["meta"]["load"]
+    r1, r3 = result["rows"]
+    assert [r1["datasets"], r3["datasets"]] == [1, 3]
+    assert "chunked" not in r1 and r3["chunked"]["batch_size"] == 2
+    for r in (r1, r3):
+        n = r["datasets"]
+        for peer in ("batched", "loop", "hand-opt"):
+            assert r[peer]["fits_per_s"] > 0 and r[peer]["first_s"] > 0
+            assert r[peer]["min"] <= r[peer]["median"] <= r[peer]["max"]
+        assert r["converged"]["batched"] == r["converged"]["loop"] == n
+        assert r["converged"]["hand-opt"] == n
+        # the same optimum: float32 rounding, and optax's own line search for the hand fit
+        assert r["max_abs_x_diff"]["loop"] < 1e-3
+        assert r["max_abs_x_diff"]["hand-opt"] < 1e-2
+        assert math.isclose(
+            r["ratio"]["loop"], r["batched"]["fits_per_s"] / r["loop"]["fits_per_s"]
+        )
+    assert r3["max_abs_x_diff"]["chunked"] < 1e-3 and r3["converged"]["chunked"] == 3
+    ck = result["caskade"]
+    if HAS_TORCH and HAS_CASKADE:
+        assert ck["datasets"] == 1 and ck["maxfev"] == 30 and ck["nfev"][0] <= 32
+        assert len(ck["x"][0]) == 11 and ck["fits_per_s"] > 0
+        assert r3["ratio"]["caskade+scipy"] > 0
+    else:
+        assert "not installed" in ck["skipped"]
+    memory = result["memory"]
+    assert [(m["datasets"], m["batch_size"]) for m in memory] == [(1, None), (3, None), (3, 2)]
+    for m in memory:
+        assert m["converged"] == m["datasets"]
+        assert m["peak_rss_mib"] >= m["rss_before_fit_mib"] > 50
+    nuts = result["nuts"]
+    assert nuts["datasets"] == 2 and nuts["chains"] == 4
+    for side in ("batched", "loop"):
+        assert nuts[side]["ess_per_s_per_dataset"] > 0 and nuts[side]["wall_s"] > 0
+    for title in ("| N | cx.fit(cx.batch) |", "Resident memory", "NUTS, 2 datasets"):
+        assert title in proc.stdout
