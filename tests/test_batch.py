@@ -447,8 +447,8 @@ SHARDED_NUTS = textwrap.dedent(
     assert len(jax.local_devices()) == 2
     nuts_module = importlib.import_module("caskax.infer.nuts")
     placed, real = [], nuts_module._map_chains
-    def recording(fn, target, args, cfg, chain_method, mesh):
-        out = real(fn, target, args, cfg, chain_method, mesh)
+    def recording(fn, target, args, cfg, chain_method, mesh, lanes=None):
+        out = real(fn, target, args, cfg, chain_method, mesh, lanes)
         z = jax.tree.leaves(out)[0]  # the chains' positions [datasets, chains, n]
         placed.append((len(z.sharding.device_set), [s.data.shape for s in z.addressable_shards]))
         return out

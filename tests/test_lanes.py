@@ -85,3 +85,19 @@ def test_map_datasets_keeps_shared_arrays_whole():
     shared, own = jnp.array([10.0, 20.0]), jnp.arange(5.0)
     out = map_datasets(lambda a, x: a[0][0] + a[1] * x, (shared, own), (None, 0), (jnp.ones(5),), 2)
     np.testing.assert_allclose(out, 10.0 + np.arange(5.0))
+
+
+def test_nuts_every_width_samples_alike(F):
+    import jax
+
+    run = dict(num_warmup=30, num_samples=30, num_chains=2, progress=False)
+    G = F.take(np.arange(3))
+    one = cx.nuts(G, jax.random.key(3), lanes=1, **run)
+    wide = cx.nuts(G, jax.random.key(3), lanes=3, **run)
+    assert one.samples.shape == wide.samples.shape == (3, 2, 30, 2)
+    np.testing.assert_allclose(one.samples, wide.samples, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(one.step_size, wide.step_size, rtol=1e-5)
+    with pytest.raises(cx.InferenceError, match="lanes must be an integer >= 1"):
+        cx.nuts(G, jax.random.key(3), lanes=0, **run)
+    with pytest.raises(cx.InferenceError, match="lanes and resume=True apply to batched"):
+        cx.nuts(F[0], jax.random.key(3), lanes=2, **run)

@@ -12,20 +12,23 @@ per-step overhead shared without either cost; ``benchmarks/batch.py`` measures i
 import jax
 import numpy as np
 
-__all__ = ["CPU_LANES", "resolve_lanes", "lanes_for", "map_datasets"]
+__all__ = ["CPU_LANES", "CPU_NUTS_LANES", "resolve_lanes", "lanes_for", "map_datasets"]
 
 # The fastest width for the tutorial's models on a 2-core CPU, from
 # ``python benchmarks/batch.py --lanes 1,2,4,8,16,32`` (see its table).
 CPU_LANES = 8
+# NUTS: a dataset's chains already run side by side, and every trajectory of a group
+# waits for the longest; ``python benchmarks/batch.py`` compares the widths.
+CPU_NUTS_LANES = 1
 
 
-def resolve_lanes(lanes, what: str) -> int | None:
-    """``lanes`` checked: ``None`` picks `CPU_LANES` on the CPU and every dataset at
-    once elsewhere (returned as ``None``); otherwise an integer >= 1."""
+def resolve_lanes(lanes, what: str, cpu: int = CPU_LANES) -> int | None:
+    """``lanes`` checked: ``None`` picks ``cpu`` on the CPU and every dataset at once
+    elsewhere (returned as ``None``); otherwise an integer >= 1."""
     from ..errors import InferenceError
 
     if lanes is None:
-        return CPU_LANES if jax.default_backend() == "cpu" else None
+        return cpu if jax.default_backend() == "cpu" else None
     ok = not isinstance(lanes, bool) and isinstance(lanes, (int, np.integer)) and lanes >= 1
     if not ok:
         raise InferenceError(
@@ -60,7 +63,8 @@ def map_datasets(one, arrays, in_axes, xs, lanes):
         full = tuple(next(it) if ax == 0 else a for a, ax in zip(arrays, in_axes))
         return one(full, *row)
 
-    return jax.lax.map(body, (own, tuple(xs)), batch_size=lanes)
+    # one lane: a plain scan, since a vmap of one still batches the loops inside
+    return jax.lax.map(body, (own, tuple(xs)), batch_size=None if lanes == 1 else lanes)
 
 
 def lanes_for(lanes, *trees) -> int | None:

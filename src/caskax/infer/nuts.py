@@ -49,6 +49,7 @@ from ._target import (
     start_vector,
 )
 from ._jit import inference_jit, run_once_jit
+from ._lanes import CPU_NUTS_LANES, map_datasets, resolve_lanes
 
 __all__ = ["nuts"]
 
@@ -229,13 +230,17 @@ def _sharded(fn, target, args, cfg, mesh):
     return mapped(dynamic, *args)
 
 
-def _over_datasets(fn, target, args, cfg):
-    # a _BatchedTarget: each dataset's chains vectorized, the datasets vmapped around them
+def _over_datasets(fn, target, args, cfg, lanes):
+    # a _BatchedTarget: each dataset's chains vectorized, ``lanes`` datasets vmapped
+    # around them at a time (all when None)
     F = target.F
-    return jax.vmap(
+    return map_datasets(
         lambda arrays, *a: _vectorized(fn, target.member(arrays), a, cfg),
-        in_axes=(F.in_axes,) + (0,) * len(args),
-    )(F.arrays, *args)
+        F.arrays,
+        F.in_axes,
+        tuple(args),
+        lanes,
+    )
 
 
 # The chain mappers of the programs of many steps (warmup, draws).
@@ -247,13 +252,15 @@ _MAPS = {
 }
 
 
-def _mapped_call(fn, target, args, cfg, chain_method, mesh):
+def _mapped_call(fn, target, args, cfg, chain_method, mesh, lanes=None):
     """``(jitted, call arguments)`` of ``fn`` mapped over all chains at once."""
     if chain_method == "datasets" and mesh is not None:
         # a batched Program spread over the devices: each device takes its datasets'
         # inputs, all chains of a dataset together, placed alike in every call
         args = jax.device_put(tuple(args), NamedSharding(mesh, PartitionSpec("datasets")))
-    if chain_method in ("vectorized", "datasets"):
+    if chain_method == "datasets":
+        return _MAPS[chain_method], (fn, target, tuple(args), cfg, lanes)
+    if chain_method == "vectorized":
         return _MAPS[chain_method], (fn, target, tuple(args), cfg)
     # every call's per-chain inputs placed alike (host arrays and earlier outputs), so
     # that the runner compiles once; from the host this is a plain transfer
@@ -261,10 +268,10 @@ def _mapped_call(fn, target, args, cfg, chain_method, mesh):
     return _MAPS["sharded"], (fn, target, args, cfg, mesh)
 
 
-def _map_chains(fn, target, args, cfg, chain_method, mesh):
+def _map_chains(fn, target, args, cfg, chain_method, mesh, lanes=None):
     """``fn(target, *per_chain_args, cfg)`` for every chain; results stacked on axis 0."""
     if chain_method != "sequential":
-        jitted, call_args = _mapped_call(fn, target, args, cfg, chain_method, mesh)
+        jitted, call_args = _mapped_call(fn, target, args, cfg, chain_method, mesh, lanes)
         return jitted(*call_args)
     n = jax.tree.leaves(args)[0].shape[0]
     outs = [
@@ -599,6 +606,7 @@ def nuts(
     *,
     batch_size: int | None = None,
     out=None,
+    lanes: int | None = None,
 ) -> Chains:
     """Sample ``f`` with blackjax NUTS after Stan-style window adaptation.
 
@@ -657,6 +665,9 @@ def nuts(
     program, ``chain_method="vectorized"`` only. ``x0`` is ``(N, n)`` or
     ``(N, num_chains, n)``; every field of the `Chains` leads with the dataset axis
     (``samples`` ``[N, num_chains, num_samples, n]``) and ``resume`` takes such Chains.
+    ``lanes`` datasets run side by side, the groups one after another in the same
+    compiled call (``None``: 1 on the CPU, where a dataset waits for the longest
+    trajectory of its group, and every dataset elsewhere).
     ``batch_size`` samples the datasets in chunks (one progress bar over datasets);
     ``out=path.h5`` writes each finished chunk and, at the end, all chains (read back
     with ``cx.batch_results``); ``resume=True`` with the same ``out`` and
@@ -694,10 +705,11 @@ def nuts(
             resume,
             batch_size,
             out,
+            resolve_lanes(lanes, "nuts", cpu=CPU_NUTS_LANES),
         )
-    if batch_size is not None or out is not None or isinstance(resume, bool):
+    if batch_size is not None or out is not None or isinstance(resume, bool) or lanes is not None:
         raise InferenceError(
-            "nuts: batch_size, out and resume=True apply to batched Programs (cx.batch), "
+            "nuts: batch_size, out, lanes and resume=True apply to batched Programs (cx.batch), "
             f"not to {type(f).__name__}; resume one Program's run with resume=chains."
         )
     check_program(f, "nuts")
@@ -977,6 +989,7 @@ def _nuts_batched(
     resume,
     batch_size=None,
     out=None,
+    lanes=None,
 ) -> Chains:
     """`nuts` on every dataset of a `BatchedProgram`: dataset ``k`` is sampled as
     ``nuts(F[k], jax.random.split(key, N)[k], ...)`` would sample it, all datasets and
@@ -1034,6 +1047,7 @@ def _nuts_batched(
         impl,
         layout,
         unconstrained,
+        lanes,
     )
 
     def solve(G, idx):
@@ -1112,6 +1126,7 @@ def _nuts_datasets(
     impl,
     layout,
     unconstrained,
+    lanes,
 ) -> Chains:
     """`_nuts_batched` on one chunk of datasets, each with its own key; with several
     local devices that divide the chunk, each device samples its share of the datasets
@@ -1123,7 +1138,8 @@ def _nuts_datasets(
     dataset_keys = put(dataset_keys)
     member = F[0]
     bt = _BatchedTarget(F, unconstrained)
-    chains_map = dict(chain_method="datasets", mesh=mesh)
+    # spread over devices, every dataset of a device runs side by side (see _lanes)
+    chains_map = dict(chain_method="datasets", mesh=mesh, lanes=None if mesh is not None else lanes)
     runner = _Runner(bt, _block_size(num_samples), _Sampling(int(thin), impl), chains_map)
     failed = []
 
