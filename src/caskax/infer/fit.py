@@ -327,7 +327,7 @@ def fit(
     process takes every ``P``-th chunk and all return every result (``out`` required,
     on a shared file system). ``lanes`` is how many datasets of a chunk run side by
     side in one vmapped loop, the groups one after another in the same compiled call:
-    ``None`` means 8 on the CPU, where wider groups spill the caches and wait on their
+    ``None`` means 16 on the CPU, where wider groups spill the caches and wait on their
     slowest fit, and the whole chunk elsewhere. These five apply to batched Programs
     only.
 
