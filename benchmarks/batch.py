@@ -673,7 +673,7 @@ def markdown(result) -> str:
     lines += [
         "",
         f"{m['cpu_count']} CPU cores ({m['cpu']}), jax {m['jax']} ({m['backend']}), "
-        f"optax {m['optax']}, python {m['python']}, caskax {m['commit']}; "
+        f"optax {m['optax']}, python {m['python']}; "
         f"{_load(m['load'])} at the start, {_load(m.get('load_end', ''))} at the end; "
         f"`{m['command']}`",
     ]

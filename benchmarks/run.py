@@ -274,6 +274,8 @@ PUBLISHED = {
     "cpu": ROOT / "benchmarks" / "results-cpu.json",
     "gpu": ROOT / "benchmarks" / "results-gpu.json",
     "workflows": ROOT / "benchmarks" / "results-workflows.json",
+    "stack": ROOT / "benchmarks" / "stack.json",
+    "batch": ROOT / "benchmarks" / "batch.json",
 }
 PAGE = ROOT / "benchmarks" / "RESULTS.md"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
@@ -780,8 +782,59 @@ def _device_section(result, tag, heading, img_dir, img_prefix, what, title_prefi
     return out + _figure_tables(rows, title_prefix) + _sampling_tables(rows, title_prefix)
 
 
+def _stack_section(stack) -> list:
+    """`benchmarks/stack.py`'s table with its machine and command."""
+    if not stack:
+        return []
+    m, v = stack["machine"], stack["versions"]
+    soft = ", ".join(f"{k} {val}" for k, val in v.items())
+    return [
+        "## Many components (`cx.stack`)",
+        "",
+        "k sources sharing one PSF width, k flux pointers to one light curve: the model "
+        "built with `cx.stack`, against the same model vectorised by hand (`hand-opt`), "
+        "the unrolled caskax model, and caskade on torch (its list of k modules). "
+        "[Many components](../docs/many-components.md) explains the columns.",
+        "",
+        stack["table"],
+        "",
+        f"{m['cpu_count']} CPU cores ({m['processor']}), {soft}; load average "
+        f"{_load_only(m.get('load', ''))}; `{stack['command']}`.",
+        "",
+    ]
+
+
+def _batch_section(batch) -> list:
+    """`benchmarks/batch.py`'s tables (they carry their machine and command)."""
+    if not batch:
+        return []
+    from benchmarks import batch as batch_bench
+
+    return [
+        "## Batch inference (`cx.batch`)",
+        "",
+        "One model, N datasets: `cx.fit(cx.batch(f, data=D))` against a Python loop of "
+        "`cx.fit`, hand-written `jax.vmap` of optax L-BFGS, and caskade + scipy; NUTS "
+        "batched against a loop. [Batch inference](../docs/batch-inference.md) explains "
+        "the rows.",
+        "",
+        batch_bench.markdown(batch),
+        "",
+    ]
+
+
+def _load_only(uptime_line: str) -> str:
+    return uptime_line.split("load average:")[-1].strip() if uptime_line else "?"
+
+
 def render(
-    cpu=None, gpu=None, workflows=None, img_dir=IMG_DIR, img_prefix="../docs/img/bench/"
+    cpu=None,
+    gpu=None,
+    workflows=None,
+    img_dir=IMG_DIR,
+    img_prefix="../docs/img/bench/",
+    stack=None,
+    batch=None,
 ) -> str:
     """The benchmark page (Markdown) from result dicts; the figures go to ``img_dir`` and
     are linked as ``img_prefix + name``."""
@@ -843,6 +896,7 @@ def render(
         out += _device_section(
             gpu, "gpu", "GPU", img_dir, img_prefix, "jax on the GPU", title_prefix="GPU "
         )
+    out += _stack_section(stack) + _batch_section(batch)
     out += [
         "## Reproducing",
         "",
@@ -853,6 +907,8 @@ def render(
         "--render-only --merge OUT/*/results.json` to publish its parts.",
         "* `python benchmarks/inference.py` and `python benchmarks/example.py --rounds 3` "
         "measure the inference and worked-example tables (`results-workflows.json`).",
+        "* `python benchmarks/stack.py` and `python benchmarks/batch.py` measure the "
+        "`cx.stack` and `cx.batch` sections (`stack.json`, `batch.json`).",
         "* `python benchmarks/run.py --render-only` renders this page and its figures "
         "from the JSON files alone.",
         "",
@@ -889,8 +945,11 @@ def publish(render_to=None):
             render_to / "img",
         )
     args = (data["cpu"], data["gpu"], data["workflows"], img_dir)
-    page = render(*args, img_prefix="../docs/img/bench/")
-    docs = DOCS_HEADER + render(*args, img_prefix="img/bench/").split("\n", 2)[2]
+    more = dict(stack=data["stack"], batch=data["batch"])
+    page = render(*args, img_prefix="../docs/img/bench/", **more)
+    docs = DOCS_HEADER + render(*args, img_prefix="img/bench/", **more).split("\n", 2)[2]
+    # the docs page sits beside the pages the sections link to
+    docs = docs.replace("](../docs/", "](")
     page_path.parent.mkdir(parents=True, exist_ok=True)
     page_path.write_text(page)
     docs_path.write_text(docs)
