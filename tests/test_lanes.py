@@ -101,3 +101,19 @@ def test_nuts_every_width_samples_alike(F):
         cx.nuts(G, jax.random.key(3), lanes=0, **run)
     with pytest.raises(cx.InferenceError, match="lanes and resume=True apply to batched"):
         cx.nuts(F[0], jax.random.key(3), lanes=2, **run)
+
+
+def test_laplace_every_width_gives_the_separate_errors(F):
+    x = cx.fit(F, tol=1e-4).x
+    ref = cx.laplace(F, x, lanes=N)
+    for lanes in (1, 3):
+        lap = cx.laplace(F, x, lanes=lanes)
+        np.testing.assert_allclose(lap.cov, ref.cov, rtol=1e-4, atol=1e-6)
+    alone = cx.laplace(F[2], x[2])
+    np.testing.assert_allclose(ref.sigma[2], alone.sigma, rtol=1e-4)
+    # the mean's error is s / sqrt(n) for 30 points
+    np.testing.assert_allclose(ref.sigma[:, 0], x[:, 1] / np.sqrt(30), rtol=1e-3)
+    with pytest.raises(cx.InferenceError, match="lanes must be an integer >= 1"):
+        cx.laplace(F, x, lanes=0)
+    with pytest.raises(cx.InferenceError, match="lanes apply to batched Programs"):
+        cx.laplace(F[0], x[0], lanes=2)

@@ -17,7 +17,8 @@ from ._target import (
     names_of,
     start_vector,
 )
-from ._jit import run_once_jit
+from ._jit import inference_jit, run_once_jit
+from ._lanes import CPU_LAPLACE_LANES, lanes_for, map_datasets, resolve_lanes
 
 __all__ = ["laplace", "Laplace"]
 
@@ -134,6 +135,7 @@ def laplace(
     progress: bool = False,
     out=None,
     resume: bool = False,
+    lanes: int | None = None,
 ) -> Laplace:
     """The Laplace approximation of ``f`` at ``x``: ``cov = inv(-hessian(f)(x))``.
 
@@ -153,7 +155,9 @@ def laplace(
     **Batched Programs** (`cx.batch`): ``x`` is ``(N, n)`` and each dataset's Hessian
     is taken at its row (one vmapped program) and inverted on its own: ``cov`` is
     ``(N, n, n)``; a dataset where ``-hessian`` is not positive definite is an error
-    naming it. ``batch_size``, ``progress``, ``out`` and ``resume`` work as in `fit`.
+    naming it. ``batch_size``, ``progress``, ``out``, ``resume`` and ``lanes`` work as
+    in `fit` (``lanes`` defaults to 1 on the CPU: each dataset's Hessian is already
+    one vectorised program).
 
     **Returns:** `Laplace` ``(mean, cov, sigma)``.
 
@@ -164,10 +168,11 @@ def laplace(
         [1.0, 3.0]
     """
     if isinstance(f, BatchedProgram):
-        return _laplace_batched(f, x, subset, batch_size, progress, out, resume)
-    if batch_size is not None or progress or out is not None or resume:
+        lanes = resolve_lanes(lanes, "laplace", cpu=CPU_LAPLACE_LANES)
+        return _laplace_batched(f, x, subset, batch_size, progress, out, resume, lanes)
+    if batch_size is not None or progress or out is not None or resume or lanes is not None:
         raise InferenceError(
-            "laplace: batch_size, progress, out and resume apply to batched Programs "
+            "laplace: batch_size, progress, out, resume and lanes apply to batched Programs "
             f"(cx.batch), not to {type(f).__name__}."
         )
     check_program(f, "laplace")
@@ -199,15 +204,21 @@ def _cov(hess: np.ndarray, names: list) -> np.ndarray:
     return (inv_chol.T @ inv_chol) * d[:, None] * d[None, :]
 
 
-@run_once_jit
-def _hessians(F, x):
-    return jax.vmap(
+# Optimised, unlike one Program's Hessian (run_once_jit): a batch runs the compiled
+# Hessian many times. 256 stage-3 datasets, first call / again: 2.0 s / 0.42 s at one
+# lane, against 5.3 s / 3.8 s at LLVM's -O0 with every dataset side by side.
+@inference_jit
+def _hessians(F, x, lanes):
+    return map_datasets(
         lambda a, x: _hessian_of(Target(F.member_of(a), unconstrained=False, density=False), x),
-        in_axes=(F.in_axes, 0),
-    )(F.arrays, x)
+        F.arrays,
+        F.in_axes,
+        (x,),
+        lanes,
+    )
 
 
-def _laplace_batched(F, x, subset, batch_size, progress, out, resume):
+def _laplace_batched(F, x, subset, batch_size, progress, out, resume, lanes):
     """`laplace` of every dataset of a `BatchedProgram` at its row of ``x``: the
     Hessians in one vmapped program, each inverted on its own."""
     member = F[0]
@@ -223,7 +234,7 @@ def _laplace_batched(F, x, subset, batch_size, progress, out, resume):
 
     def solve(G, idx):
         G, xs = on_devices(G, x[idx])
-        hess = np.asarray(_hessians(G, xs), dtype=np.float64)
+        hess = np.asarray(_hessians(G, xs, lanes_for(lanes, G, xs)), dtype=np.float64)
         covs = []
         for j, k in enumerate(idx):
             try:
