@@ -158,6 +158,14 @@ def test_pointer_function_is_applied_member_by_member():
     got = cx.stack_map(S, lambda s: s.brightness(X, Y))
     want = np.stack([np.asarray(m.brightness(X, Y)) for m in members])
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-9)
+    # the short method is the same map
+    np.testing.assert_array_equal(np.asarray(S.map(lambda s: s.brightness(X, Y))), got)
+
+
+def test_map_of_a_module_that_is_not_stacked_names_cx_stack():
+    g = Gaussian("g", x0=[0.0, 0.0], q=1.0, phi=0.0, sigma=0.5, flux=1.0)
+    with pytest.raises(cx.GraphError, match="build the module with cx.stack"):
+        g.map(lambda s: s.brightness(X, Y))
 
 
 def test_compiled_graph_does_not_grow_with_k():

@@ -310,6 +310,22 @@ class Module(eqx.Module, metaclass=_ModuleMeta):
                 return child.node
         return graph.lookup(self, key)
 
+    def map(self, fn):
+        """``fn(member)`` for every member of a module made by `caskax.stack`, the
+        results stacked along a leading axis: ``cx.stack_map(self, fn)``.
+
+        Example:
+            >>> import caskax as cx
+            >>> from caskax.examples import Gaussian1D
+            >>> lcs = cx.stack([Gaussian1D(f"lc{i}", t0=-i, sigma=1.0, peak_flux=1.0)
+            ...                 for i in range(3)])
+            >>> [round(float(v), 3) for v in lcs.map(lambda lc: lc.flux(1.0))]
+            [0.368, 1.0, 0.368]
+        """
+        from .stack import stack_map
+
+        return stack_map(self, fn)
+
     def to(self, dtype=None, device=None) -> "Module":
         """A copy with every float value cast to ``dtype`` and/or put on ``device``
         (caskade's ``Module.to``; a jax device, e.g. ``jax.devices()[0]``).
