@@ -47,12 +47,21 @@ Ratios are of fits/s: batched over each peer's (> 1: the batched fit is faster),
 chunked rows' over the loop's. Agreement: the largest ``|x|`` difference of each
 peer's fits from the batched ones on the same datasets, and converged counts.
 
+**Evaluation ceiling.** One value-and-gradient of the model timed alone against its
+time per dataset with 16 side by side (``jax.vmap`` over the images), each as 100
+evaluations inside one compiled loop so that no dispatch is counted. Their ratio bounds
+what any batching can gain over a loop of compute-bound fits on the machine.
+
 **Memory.** For each N (``--memory-sizes``), a fresh process builds the datasets and
 ``F`` and runs one ``cx.fit(F)`` (its first call, compile included); another does the
 same with ``batch_size``. Reported: the resident set before the fit (``VmRSS``), and
 the peak resident set during it: the kernel's high-water mark (``VmHWM``) reset before
 the fit through Linux's ``/proc/self/clear_refs``, so the imports and compiles before
-it do not count. (``resource.getrusage(...).ru_maxrss`` is kept in the JSON for
+it do not count. The worker waits for jax's background copy of the images onto the
+device and frees the numpy source before it reads the memory. The chunked row runs a
+second time with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``):
+by default glibc raises the threshold after large frees, and freed chunk buffers then
+stay in the heap, part of the resident set. (``resource.getrusage(...).ru_maxrss`` is kept in the JSON for
 reference: it cannot be reset, and a child process's starts from its parent's peak.)
 
 **NUTS.** ``--nuts-datasets`` (64) datasets x 4 chains (200 warmup + 200 draws, the
@@ -65,6 +74,7 @@ over the wall time, divided by the number of datasets.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -89,6 +99,7 @@ CHUNK = 16  # batch_size of the chunked variant
 LOOP_MAX = 64  # datasets of the cx.fit loop at large N
 HAND_MAX = 256  # datasets of the hand-written vmapped fits at large N
 CASKADE_DATASETS = 3  # Nelder-Mead on torch takes about a minute per fit
+MMAP_THRESHOLD = 128 * 1024  # bytes, for the memory rows' fixed-threshold variant
 MAXITER, TOL = 1000, 1e-6  # cx.fit's defaults, given to every peer
 FEW_ROUNDS_ABOVE = 256  # N above which each variant is timed in one round
 SLOW_S = 20.0  # a variant whose first call took longer is timed in one round
@@ -183,6 +194,61 @@ def hand_batched(builder, data, names):
 
 
 # -- caskade + scipy (its own process: caskade picks its backend at import) ----------------
+# -- the evaluation ceiling ----------------------------------------------------------------
+def run_ceiling(width=16, calls=100):
+    """What a batched fit can gain over a loop when both are compute-bound: the time of
+    one value-and-gradient of the model alone (``F[0]``) against its time per dataset
+    with ``width`` datasets side by side (``jax.vmap`` over their images). Each is
+    timed as ``calls`` evaluations in one compiled loop (no dispatch in the figure), the
+    best of 5 repeats; microseconds."""
+    import jax
+    import jax.numpy as jnp
+
+    import caskax as cx
+    from caskax.examples.stages import stage3_model
+
+    data, clean = clean_images()
+    f = cx.compile(stage3_model(data))
+    F = cx.batch(f, data=datasets(clean, width, data.sigma_read, data.exp_time))
+
+    def repeated(vg):
+        # each evaluation's x depends on the last value, so none can be hoisted
+        def run(arrays, x):
+            def body(_, acc):
+                value, grad = vg(arrays, x + 1e-30 * acc[..., None])
+                return acc + value + grad[..., 0]
+
+            return jax.lax.fori_loop(0, calls, body, jnp.zeros(x.shape[:-1], x.dtype))
+
+        return jax.jit(run)
+
+    def one(arrays, x):
+        return jax.value_and_grad(F.member_of(arrays))(x)
+
+    alone = repeated(one)
+    side = repeated(jax.vmap(one, in_axes=(F.in_axes, 0)))
+    member = [a[0] if ax == 0 else a for a, ax in zip(F.arrays, F.in_axes)]
+    x = jnp.asarray(F.init)
+
+    def best(call):
+        jax.block_until_ready(call())
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            times.append((time.perf_counter() - t0) / calls)
+        return min(times) * 1e6
+
+    one_us = best(lambda: alone(member, x[0]))
+    many_us = best(lambda: side(F.arrays, x)) / width
+    return {
+        "width": width,
+        "alone_us": one_us,
+        "per_dataset_us": many_us,
+        "ceiling": one_us / many_us,
+    }
+
+
 def caskade_worker(path):
     """Fit the datasets in ``path`` (.npz) with caskade on torch and scipy's Nelder-Mead,
     as caskade's tutorial fits its stage 3; writes the results next to it (.json)."""
@@ -403,7 +469,13 @@ def memory_worker(n, batch_size):
 
     data, clean = clean_images()
     f = cx.compile(stage3_model(data))
-    F = cx.batch(f, data=datasets(clean, n, data.sigma_read, data.exp_time))
+    images = datasets(clean, n, data.sigma_read, data.exp_time)
+    F = cx.batch(f, data=images)
+    # jax copies host arrays onto the device in the background: wait for the copy and
+    # free the numpy source, so that neither is counted as the fit's memory
+    jax.block_until_ready(F.arrays)
+    del images
+    gc.collect()
     rss_before = _status_mib("VmRSS")
     peak_before = _status_mib("VmHWM")
     # The peak resident set is a high-water mark: reset it (Linux clear_refs 5) so that
@@ -442,18 +514,25 @@ def memory_worker(n, batch_size):
 def run_memory(sizes, chunk):
     rows = []
     for n in sizes:
-        for bs in (None, chunk) if n > chunk else (None,):
+        # the chunked rows again with glibc's mmap threshold fixed at 128 KiB: by default
+        # glibc raises it after large frees, and the heap then keeps freed chunk buffers
+        variants = [(None, None)] + ([(chunk, None), (chunk, MMAP_THRESHOLD)] if n > chunk else [])
+        for bs, threshold in variants:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", str(n)]
             cmd += [] if bs is None else ["--batch-size", str(bs)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if threshold is not None:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 rows.append({"datasets": n, "batch_size": bs, "failed": proc.stderr[-2000:]})
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
+            r["mmap_threshold"] = threshold
             print(
-                f"memory N={n} batch_size={bs}: peak {r['peak_rss_mib']:.0f} MiB "
-                f"(before the fit {r['rss_before_fit_mib']:.0f} MiB)",
+                f"memory N={n} batch_size={bs} mmap_threshold={threshold}: peak "
+                f"{r['peak_rss_mib']:.0f} MiB (before the fit {r['rss_before_fit_mib']:.0f} MiB)",
                 flush=True,
             )
     return rows
@@ -605,6 +684,17 @@ def markdown(result) -> str:
         )
         cells.append(", ".join(f"{k} {v}" for k, v in r["steps_max"].items()))
         lines.append("| " + " | ".join(cells) + " |")
+    c = result.get("ceiling")
+    if c:
+        lines += [
+            "",
+            f"Evaluation ceiling: one value-and-gradient of the model costs {c['alone_us']:.0f} us "
+            f"alone and {c['per_dataset_us']:.0f} us per dataset with {c['width']} side by side "
+            f"(each timed in a compiled loop). A fit is that evaluation repeated, so on this "
+            f"machine batching can speed a compute-bound fit up by about {c['ceiling']:.1f}x; "
+            "the rest of the gain over the loop is the per-call and per-step overhead that "
+            "the batch shares.",
+        ]
     lanes = sorted({w for r in result["rows"] for w in r.get("lanes", {})}, key=int)
     if lanes:
         lines += [
@@ -640,16 +730,18 @@ def markdown(result) -> str:
             "data, model), the peak during one `cx.fit` (VmHWM, reset before the fit) "
             "and the fit's increase over the memory before it:",
             "",
-            "| N | batch_size | before the fit | peak during the fit | fit's increase "
+            "| N | batch_size | malloc | before the fit | peak during the fit | fit's increase "
             "| first call (s) |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---|---:|---:|---:|---:|",
         ]
         for r in result["memory"]:
             if "failed" in r:
-                lines.append(f"| {r['datasets']} | {r['batch_size'] or '-'} | failed | | | |")
+                lines.append(f"| {r['datasets']} | {r['batch_size'] or '-'} | | failed | | | |")
                 continue
+            threshold = r.get("mmap_threshold")
+            malloc = "default" if threshold is None else f"mmap threshold {threshold // 1024} KiB"
             lines.append(
-                f"| {r['datasets']} | {r['batch_size'] or '-'} | "
+                f"| {r['datasets']} | {r['batch_size'] or '-'} | {malloc} | "
                 f"{r['rss_before_fit_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
                 f"{r['fit_mib']:.0f} | {r['first_call_s']:.1f} |"
             )
@@ -762,6 +854,10 @@ def main(argv=None):
         images = datasets(clean, n_ck, data.sigma_read, data.exp_time)
         result["caskade"] = run_caskade(data, images, init, maxfev=30 if quick else 0)
         save()
+    result["ceiling"] = run_ceiling(calls=20 if quick else 100)
+    c = result["ceiling"]
+    print(f"evaluation ceiling {c['ceiling']:.2f}x at {c['width']} side by side", flush=True)
+    save()
     result["rows"] = run(
         sizes,
         repeats,

@@ -417,13 +417,26 @@ def test_batch_benchmark_quick(tmp_path):
     else:
         assert "not installed" in ck["skipped"]
     memory = result["memory"]
-    assert [(m["datasets"], m["batch_size"]) for m in memory] == [(1, None), (3, None), (3, 2)]
+    assert [(m["datasets"], m["batch_size"], m["mmap_threshold"]) for m in memory] == [
+        (1, None, None),
+        (3, None, None),
+        (3, 2, None),
+        (3, 2, 128 * 1024),
+    ]
     for m in memory:
         assert m["converged"] == m["datasets"]
         assert m["peak_rss_mib"] >= m["rss_before_fit_mib"] > 50
+    c = result["ceiling"]
+    assert c["width"] == 16 and c["alone_us"] > 0 and c["per_dataset_us"] > 0
+    assert math.isclose(c["ceiling"], c["alone_us"] / c["per_dataset_us"])
     nuts = result["nuts"]
     assert nuts["datasets"] == 2 and nuts["chains"] == 4
     for side in ("batched", "loop"):
         assert nuts[side]["ess_per_s_per_dataset"] > 0 and nuts[side]["wall_s"] > 0
-    for title in ("| N | cx.fit(cx.batch) |", "Resident memory", "NUTS, 2 datasets"):
+    for title in (
+        "| N | cx.fit(cx.batch) |",
+        "Evaluation ceiling",
+        "Resident memory",
+        "NUTS, 2 datasets",
+    ):
         assert title in proc.stdout
