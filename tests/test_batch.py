@@ -161,6 +161,8 @@ def test_swap_errors_name_the_paths(programs):
         cx.batch(programs[0], y=np.zeros((2, 19)))
     with pytest.raises(cx.ShapeError, match="stacks 3 datasets, the paths before it 2"):
         cx.batch(programs[0], {"y": np.zeros((2, 20)), "a": np.zeros(3)})
+    with pytest.raises(cx.ShapeError, match=r"'y' stacks no datasets \(shape \(0, 20\)\)"):
+        cx.batch(programs[0], y=np.zeros((0, 20)))
 
 
 def test_ten_thousand_datasets_build_well_under_a_second(programs):

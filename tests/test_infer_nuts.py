@@ -355,6 +355,28 @@ def test_bad_options(corr):
         cx.nuts(corr, jax.random.key(0), inverse_mass_matrix=[["a", "b"]], progress=False)
 
 
+@pytest.mark.parametrize(
+    "key, got",
+    [
+        (0, "got 0"),
+        (None, "got None"),
+        (jax.random.split(jax.random.key(0), 2), r"dtype key<fry> and shape \(2,\)"),
+        (np.zeros(2, np.float32), r"dtype float32 and shape \(2,\)"),
+    ],
+)
+def test_a_bad_key_is_named(corr, key, got):
+    # before any compile: a caskax error, not one from inside jax.random.split
+    with pytest.raises(cx.InferenceError, match=r"key must be one PRNG key.*" + got):
+        cx.nuts(corr, key, progress=False)
+
+
+def test_a_raw_uint32_key_samples_like_its_typed_key(corr):
+    kw = dict(num_warmup=20, num_samples=20, num_chains=2, progress=False)
+    raw = cx.nuts(corr, jax.random.PRNGKey(3), **kw)
+    typed = cx.nuts(corr, jax.random.wrap_key_data(jax.random.PRNGKey(3)), **kw)
+    np.testing.assert_array_equal(raw.samples, typed.samples)
+
+
 SHARDED = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np

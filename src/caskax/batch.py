@@ -455,6 +455,11 @@ def _swap(f: Program, by_path: dict) -> BatchedProgram:
                 f"(N, {', '.join(map(str, shape))}{',' if len(shape) == 1 else ''}) with one entry "
                 f"per dataset, got {tuple(value.shape)}."
             )
+        if value.shape[0] == 0:
+            raise ShapeError(
+                f"cx.batch: {path!r} stacks no datasets (shape {tuple(value.shape)}); a batched "
+                "Program needs at least one."
+            )
         if n is None:
             n = value.shape[0]
         elif value.shape[0] != n:

@@ -301,6 +301,25 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="draw")
 
 
+def _check_key(key) -> None:
+    """One PRNG key: a typed key of shape ``()`` (``jax.random.key``) or the raw
+    ``uint32`` data of one (``jax.random.PRNGKey``); anything else is an
+    `InferenceError` here rather than a message from inside ``jax.random.split``."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+    elif dtype == np.uint32 and shape is not None and len(shape) == 1:
+        return  # raw key data: jax checks its length against the default PRNG
+    got = repr(key)[:80] if dtype is None else f"an array of dtype {dtype} and shape {tuple(shape)}"
+    raise InferenceError(
+        f"nuts: key must be one PRNG key, e.g. jax.random.key(0) or jax.random.PRNGKey(0); "
+        f"got {got}. A batched Program also takes one key: dataset k is sampled with "
+        "jax.random.split(key, N)[k]."
+    )
+
+
 @run_once_jit
 def _keys(key, num_chains):
     """Raw key data of the starts' key and of each chain's warmup and draw keys, in one
@@ -683,6 +702,7 @@ def nuts(
         >>> chains.samples.shape
         (2, 100, 2)
     """
+    _check_key(key)
     if num_warmup is None:
         # measured (benchmarks/nuts_vs_blackjax.py, three models): with the Laplace
         # metric only the step size adapts, and 200 steps were within 0.83x of the best
