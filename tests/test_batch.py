@@ -225,6 +225,9 @@ def test_laplace_equals_separate_laplace(programs, F):
     sub = cx.laplace(F, X, subset=["line.s"])
     np.testing.assert_allclose(sub.sigma[:, 0], lap.sigma[:, 1], rtol=1e-6)
     assert lap.sample(jax.random.key(0), (7,)).shape == (7, 3, 2)
+    np.testing.assert_array_equal(  # an int is that many draws, as numpy's size=
+        lap.sample(jax.random.key(0), 7), lap.sample(jax.random.key(0), (7,))
+    )
     bad = np.array(X)
     bad[2, 1] = 50.0  # far from the mode in s: -hessian is not positive definite there
     with pytest.raises(cx.InferenceError, match=r"dataset 2 of 3"):

@@ -46,7 +46,8 @@ class Laplace(eqx.Module):
 
     def sample(self, key, shape=()):
         """Draws from ``N(mean, cov)``, shaped ``shape + mean.shape`` (for a batched
-        Laplace, ``shape + (N, n)``: each dataset's own Gaussian).
+        Laplace, ``shape + (N, n)``: each dataset's own Gaussian). ``shape`` is a tuple,
+        or an int for that many draws.
 
         Example:
             >>> import caskax as cx, jax, jax.numpy as jnp
@@ -54,7 +55,8 @@ class Laplace(eqx.Module):
             >>> lap.sample(jax.random.key(0), (5,)).shape
             (5, 2)
         """
-        shape = tuple(shape) + tuple(self.mean.shape[:-1])  # a batched Laplace: one per dataset
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        shape = shape + tuple(self.mean.shape[:-1])  # a batched Laplace: one per dataset
         return jax.random.multivariate_normal(key, self.mean, self.cov, shape, method="eigh")
 
 
