@@ -42,10 +42,10 @@ bench sampling 70
 bench scaling 120
 # batch inference (cx.batch) at the GPU sizes; its JSON is batch/batch.json
 # (batch-quick.json in tiny mode). The loop and the hand-written fits are timed on a
-# subset, as on the CPU.
+# subset, as on the CPU; chunks of 4096 (16 chunks at 65,536).
 if [ "$mode" = tiny ]; then
     step batch 120 python3 benchmarks/batch.py --quick --no-memory --out "$res/batch"
 else
     step batch 420 python3 benchmarks/batch.py --sizes 4096,65536 --no-memory \
-        --caskade-datasets 0 --loop-max 16 --hand-max 256 --out "$res/batch"
+        --caskade-datasets 0 --loop-max 16 --hand-max 256 --batch-size 4096 --out "$res/batch"
 fi
