@@ -3,9 +3,11 @@ or in groups of ``lanes`` run one group after another (``lax.map``).
 
 On a GPU every dataset of a chunk runs side by side. On the CPU a wide ``vmap`` loses
 twice: the arrays of many datasets no longer fit in the caches, so each evaluation costs
-more per dataset (the tutorial's five-epoch model: 150 us per dataset at 16 side by
-side, 590 us at 256, 220 us alone), and every dataset waits for the slowest of its
-group in a loop (a fit's line search, a NUTS trajectory). A few lanes keep the
+more per dataset, and every dataset waits for the slowest of its group in a loop (a
+fit's line search, a NUTS trajectory). For the tutorial's five-epoch model, one value
+and gradient timed inside a compiled loop (``benchmarks/batch.py``'s ``run_ceiling``)
+took 139-169 us alone, and per dataset 118 us at 4 side by side, 104 us at 16, 127 us
+at 64 and 153 us at 256. A few lanes keep the
 per-step overhead shared without either cost; ``benchmarks/batch.py`` measures it.
 """
 
