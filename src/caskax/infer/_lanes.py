@@ -7,8 +7,8 @@ more per dataset, and every dataset waits for the slowest of its group in a loop
 fit's line search, a NUTS trajectory). For the tutorial's five-epoch model, one value
 and gradient timed inside a compiled loop (``benchmarks/batch.py``'s ``run_ceiling``)
 took 139-169 us alone, and per dataset 118 us at 4 side by side, 104 us at 16, 127 us
-at 64 and 153 us at 256. A few lanes keep the
-per-step overhead shared without either cost; ``benchmarks/batch.py`` measures it.
+at 64 and 153 us at 256. A few lanes keep the per-step overhead shared without either
+cost; ``benchmarks/batch.py --lanes`` measures the fits.
 """
 
 import jax
