@@ -1,6 +1,7 @@
 """cx.batch: N datasets of one model as one batched Program, and cx.fit / cx.laplace /
 cx.nuts solving the N problems independently, each as a separate run would."""
 
+import importlib
 import textwrap
 import time
 
@@ -498,6 +499,47 @@ def test_resume_refuses_a_file_of_other_settings(F, tmp_path):
         match=r"other settings \(tol, batch_size: \[1e-06, 2\] there, \[0.0001, 3\] now",
     ):
         cx.fit(F, batch_size=3, tol=1e-4, out=path, resume=True)
+
+
+def test_resume_refuses_results_of_other_data(programs, tmp_path, monkeypatch):
+    """resume=True never returns results solved for other data, starts or shared arrays:
+    the chunk files and the finished file carry fingerprints of what they solved."""
+    batch_mod = importlib.import_module("caskax.batch")
+    F = cx.batch(programs[0], y=YS)
+    path = str(tmp_path / "fits.h5")
+    write = batch_mod._write_results
+
+    def interrupted(target, arrays, what, meta):
+        if target == path:  # every chunk written, the merged file not: a crash just then
+            raise KeyboardInterrupt
+        write(target, arrays, what, meta)
+
+    monkeypatch.setattr(batch_mod, "_write_results", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cx.fit(F, batch_size=1, out=path)
+    monkeypatch.undo()
+    other = YS.copy()
+    other[1] += 1.0  # dataset 1's data changed: chunk 0 still agrees, chunk 1 does not
+    with pytest.raises(cx.StateFileError, match=r"datasets 1\.\.1 solved for other data"):
+        cx.fit(cx.batch(programs[0], y=other), batch_size=1, out=path, resume=True)
+    starts = np.array(F.init)
+    starts[2, 0] = 0.5
+    with pytest.raises(cx.StateFileError, match=r"datasets 2\.\.2 solved for other data"):
+        cx.fit(F, starts, batch_size=1, out=path, resume=True)
+    heavier = cx.compile(Line(YS[0], weight=2.0), "loglike")  # a shared number changed
+    with pytest.raises(cx.StateFileError, match="arrays shared by every dataset"):
+        cx.fit(cx.batch(heavier, y=YS), batch_size=1, out=path, resume=True)
+    done = cx.fit(F, batch_size=1, out=path, resume=True)  # the same call: it finishes
+    np.testing.assert_allclose(done.x, cx.fit(F).x, rtol=1e-6)
+    # the finished file: read back for the same data, refused for other data
+    again = cx.fit(F, batch_size=1, out=path, resume=True)
+    np.testing.assert_array_equal(again.x, done.x)
+    with pytest.raises(cx.StateFileError, match=r"datasets 0\.\.2 solved for other data"):
+        cx.fit(cx.batch(programs[0], y=other), batch_size=1, out=path, resume=True)
+    X = np.asarray(done.x)
+    cx.laplace(F, X, out=tmp_path / "lap.h5")
+    with pytest.raises(cx.StateFileError, match="solved for other data or other starts"):
+        cx.laplace(F, X + 0.01, out=tmp_path / "lap.h5", resume=True)
 
 
 def test_ctrl_c_in_batched_nuts_keeps_every_dataset_draws(F, monkeypatch):

@@ -12,6 +12,7 @@ building N Programs.
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -744,6 +745,8 @@ def _run_in_chunks(
     resume=False,
     what="fit",
     meta=None,
+    inputs=(),
+    shared=(),
 ) -> dict:
     """Solve ``F``'s datasets chunk by chunk: ``solve(F_chunk, indices)`` returns a dict
     of arrays with a leading axis over the chunk's datasets. Chunks are padded to one
@@ -752,7 +755,10 @@ def _run_in_chunks(
     ``out + ".parts/"`` one file per finished chunk (written whole, then renamed: a crash
     leaves every finished chunk and no partial one), merged into ``out`` at the end.
     ``resume=True`` keeps the finished chunks of an earlier, interrupted call with the
-    same ``out`` and ``batch_size``. With several processes (``jax.distributed``) each
+    same ``out`` and ``batch_size``, and only when the data agree: every file carries a
+    fingerprint of its chunk's arrays and of ``inputs`` (per-dataset arrays such as the
+    starts, leading axis N), and ``shared`` (other arrays that decide the results) joins
+    the settings in ``meta``. With several processes (``jax.distributed``) each
     solves every P-th chunk, keeps a heartbeat in the parts folder, and waits for the
     others' chunks there, giving up on a process that stops (`_Peers`). Returns the
     merged dict, in dataset order."""
@@ -760,6 +766,17 @@ def _run_in_chunks(
     chunks = _chunk_indices(n, batch_size)
     meta = {**(meta or {}), "num_datasets": n, "batch_size": len(chunks[0][1])}
     parts_dir = None if out is None else os.fspath(out) + ".parts"
+    inputs = tuple(inputs)
+    if out is not None:
+        common = [a for a, ax in zip(F.arrays, F.in_axes) if ax is None]
+        # the model's plain numbers (a module's exp_time) too; other static leaves, such
+        # as a pointer's function, have no value that survives the process
+        numbers = [
+            repr(v)
+            for v in F._static.leaves
+            if isinstance(v, (bool, int, float, complex, str, np.number)) or v is None
+        ]
+        meta["shared"] = _fingerprint(common + numbers + list(shared))
     nproc, rank = jax.process_count(), jax.process_index()
     if nproc > 1 and out is None:
         raise InferenceError(
@@ -773,6 +790,8 @@ def _run_in_chunks(
         and not os.path.exists(parts_dir)
     ):
         _check_same_run(os.fspath(out), what, meta)
+        fps = [_chunk_fingerprint(F, padded, inputs) for _, padded in chunks]
+        _check_inputs(os.fspath(out), what, _fingerprint(fps), np.arange(n))
         return _read_results(os.fspath(out), what)
     if parts_dir is not None:
         if not resume and nproc == 1 and os.path.isdir(parts_dir):
@@ -793,13 +812,14 @@ def _run_in_chunks(
         peers = _Peers(parts_dir, rank, nproc, timeout, interval)
         heartbeat = _Heartbeat(parts_dir, rank, interval)
     with heartbeat:
-        results = _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress)
+        results = _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress, inputs)
         if nproc > 1:
             heartbeat.beat("done")
             results = _gather_parts(parts_dir, chunks, what, meta, rank, nproc, peers, resume)
+        fps = [r.pop(_FP, None) for r in results]
         merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
         if out is not None and rank == 0:
-            _write_results(os.fspath(out), merged, what, meta)
+            _write_results(os.fspath(out), merged, what, {**meta, "inputs": _fingerprint(fps)})
             if nproc > 1:  # the others have read the parts when their markers appear
                 _wait_for_readers(parts_dir, nproc, peers, what)
     if nproc > 1 and rank:
@@ -812,9 +832,10 @@ def _run_in_chunks(
     return merged
 
 
-def _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress) -> list:
+def _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress, inputs) -> list:
     """This process's chunks, solved (or with ``resume``, read back when finished
-    before), each written to the parts folder."""
+    before), each written to the parts folder with its fingerprint (kept in each
+    result under `_FP`)."""
     n = len(F)
     bar = None
     if progress:
@@ -825,20 +846,22 @@ def _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress) -> list
     try:
         for real, padded in mine:
             part = None if parts_dir is None else os.path.join(parts_dir, f"{real[0]:09d}.h5")
+            G = F if padded.size == n and np.array_equal(padded, np.arange(n)) else F.take(padded)
+            fp = None if part is None else _chunk_fingerprint(G, padded, inputs)
             if part is not None and resume and os.path.exists(part):
                 _check_same_run(part, what, meta)
+                _check_inputs(part, what, fp, real)
                 got = _read_results(part, what)
                 if np.array_equal(got["index"], real):
-                    results.append(got)
+                    results.append({**got, _FP: fp})
                     if bar is not None:
                         bar.update(real.size)
                     continue
-            G = F if padded.size == n and np.array_equal(padded, np.arange(n)) else F.take(padded)
             got = {k: np.asarray(v)[: real.size] for k, v in solve(G, padded).items()}
             got["index"] = real
             if part is not None:
-                _write_results(part, got, what, meta)
-            results.append(got)
+                _write_results(part, got, what, {**meta, "inputs": fp})
+            results.append({**got, _FP: fp})
             if bar is not None:
                 bar.update(real.size)
     finally:
@@ -905,7 +928,7 @@ def _gather_parts(parts_dir, chunks, what, meta, rank, nproc, peers, resume) -> 
             raise StateFileError(
                 f"'{path}' holds datasets {got['index'].tolist()}, expected {real.tolist()}."
             )
-        results.append(got)
+        results.append({**got, _FP: _read_attr(path, what, "inputs")})
     return results
 
 
@@ -930,6 +953,54 @@ def _wait_for_readers(parts_dir, nproc, peers, what) -> None:
         return [p for p, _, _ in gone]
 
     _wait_for(list(markers), check=check)
+
+
+_FP = "_fingerprint"  # a chunk's fingerprint beside its results, never written as one
+
+
+def _fingerprint(arrays) -> str:
+    """A BLAKE2 digest of arrays' dtypes, shapes and bytes (strings are taken as they
+    are): what a resumed call compares with its files, so that results solved for other
+    data are never returned for these."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if isinstance(a, str) or a is None:
+            h.update(repr(a).encode())
+            continue
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _chunk_fingerprint(G: "BatchedProgram", padded, inputs) -> str:
+    """The fingerprint of one chunk: its datasets' own arrays (``G`` is the chunk, or
+    the whole batch when the chunk is all of it) and their rows of ``inputs``."""
+    own = [a for a, ax in zip(G.arrays, G.in_axes) if ax == 0]
+    if len(G) != len(padded):
+        own = [a[padded] for a in own]
+    return _fingerprint(own + [None if x is None else np.asarray(x)[padded] for x in inputs])
+
+
+def _read_attr(path: str, what: str, name: str):
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        value = h5[what].attrs.get(name) if what in h5 else None
+    return None if value is None else json.loads(value)
+
+
+def _check_inputs(path: str, what: str, fp: str, datasets) -> None:
+    """Refuse to resume from a file solved for other data or starts."""
+    theirs = _read_attr(path, what, "inputs")
+    if theirs != fp:
+        shown = f"{int(datasets[0])}..{int(datasets[-1])}"
+        raise StateFileError(
+            f"'{path}' holds a batched {what} of datasets {shown} solved for other data or "
+            "other starts than this call's (their arrays' fingerprints differ); resume=True "
+            "continues the same call on the same data. Use another out path, or "
+            "resume=False to start over."
+        )
 
 
 def _write_results(path: str, arrays: dict, what: str, meta) -> None:
@@ -962,6 +1033,13 @@ def _check_same_run(path: str, what: str, meta: dict) -> None:
     ours = json.loads(json.dumps(meta))
     if theirs != ours:
         diff = [k for k in ours if theirs.get(k) != ours[k]]
+        if diff == ["shared"]:
+            raise StateFileError(
+                f"'{path}' was written by a batched {what} whose arrays shared by every "
+                "dataset (the model's fixed arrays, or a given mass matrix) differ from this "
+                "call's (their fingerprints differ); resume=True continues the same call. "
+                "Use another out path, or resume=False to start over."
+            )
         raise StateFileError(
             f"'{path}' was written by a batched {what} with other settings ({', '.join(diff)}: "
             f"{[theirs.get(k) for k in diff]} there, {[ours[k] for k in diff]} now); resume=True "

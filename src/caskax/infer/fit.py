@@ -452,6 +452,7 @@ def _fit_batched(
             "tol": float(tol),
             "valid": bool(valid),
         },
+        inputs=(x0,),
     )
     return FitResult(*(jax.device_put(done[name]) for name in _FIELDS), layout)
 

@@ -259,6 +259,7 @@ def _laplace_batched(F, x, subset, batch_size, progress, out, resume, lanes):
         resume=resume,
         what="laplace",
         meta={"names": names},
+        inputs=(x,),
     )
     cov, mean = done["cov"], np.asarray(x)
     if subset is not None:

@@ -1099,6 +1099,12 @@ def _nuts_batched(
             "num_chains": int(num_chains),
             "thin": int(thin),
         },
+        inputs=(x0, None if resume is None else resume.last_position),
+        shared=(
+            inverse_mass_matrix
+            if isinstance(inverse_mass_matrix, str) or inverse_mass_matrix is None
+            else np.asarray(inverse_mass_matrix),
+        ),
     )
     # each chunk's chains already follow its resumed draws
     return Chains(
