@@ -542,6 +542,27 @@ def test_resume_refuses_results_of_other_data(programs, tmp_path, monkeypatch):
         cx.laplace(F, X + 0.01, out=tmp_path / "lap.h5", resume=True)
 
 
+def test_device_out_of_memory_names_the_chunk_and_batch_size(F, monkeypatch):
+    fit_mod = importlib.import_module("caskax.infer.fit")
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes")
+
+    monkeypatch.setattr(fit_mod, "_fit_batched_jit", exhausted)
+    with pytest.raises(
+        cx.InferenceError, match=r"out of memory solving datasets 0\.\.1 \(2 in one chunk\)"
+    ) as err:
+        cx.fit(F, batch_size=2)
+    assert "batch_size=" in str(err.value)
+
+    def other(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(fit_mod, "_fit_batched_jit", other)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        cx.fit(F)
+
+
 def test_ctrl_c_in_batched_nuts_keeps_every_dataset_draws(F, monkeypatch):
     import importlib
 

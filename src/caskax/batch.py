@@ -857,7 +857,7 @@ def _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress, inputs)
                     if bar is not None:
                         bar.update(real.size)
                     continue
-            got = {k: np.asarray(v)[: real.size] for k, v in solve(G, padded).items()}
+            got = {k: np.asarray(v)[: real.size] for k, v in _solve_chunk(solve, G, padded, what)}
             got["index"] = real
             if part is not None:
                 _write_results(part, got, what, {**meta, "inputs": fp})
@@ -868,6 +868,23 @@ def _solve_mine(F, solve, mine, parts_dir, resume, what, meta, progress, inputs)
         if bar is not None:
             bar.close()
     return results
+
+
+def _solve_chunk(solve, G, padded, what):
+    """``solve(G, padded).items()``, with a device out of memory turned into an error
+    that says which chunk and what to change."""
+    try:
+        return solve(G, padded).items()
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        size = int(padded.size)
+        raise InferenceError(
+            f"batched {what}: the device ran out of memory solving datasets "
+            f"{int(padded[0])}..{int(padded[-1])} ({size} in one chunk). Pass a smaller "
+            f"batch_size= (such as {max(1, size // 4)}) to solve fewer at a time; with out= "
+            "and resume=True the chunks already finished are kept."
+        ) from err
 
 
 def _wait_for(paths, poll_s: float = 0.05, check=None, usable=os.path.exists) -> None:
