@@ -143,6 +143,14 @@ def test_vmap_with_batch_axes_and_stack_map_see_one_member_each():
         np.asarray(cx.stack_map(S, lambda s: s.brightness(X, Y))), want, rtol=1e-5, atol=1e-9
     )
     assert cx.stack_size(S) == 3
+    # the axes tree prints like a module, its axes where the values were (a notebook
+    # shows it when it is the cell's last line)
+    axes = cx.batch_axes(S)
+    text = str(axes)
+    assert "x0: dynamic 0" in text and "t: static 0" in text
+    assert not any(
+        p.batched for p in jax.tree.leaves(axes, is_leaf=lambda n: isinstance(n, cx.Param))
+    )
 
 
 def test_pointer_function_is_applied_member_by_member():

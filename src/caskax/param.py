@@ -476,7 +476,9 @@ class Param(eqx.Module):
             ((3,), (3,), 3)
         """
         if self.stored is not None and self.shape is not None:
-            return tuple(self.stored.shape[: self.stored.ndim - len(self.shape)])
+            # np.shape: a tree of vmap axes (cx.batch_axes) holds ints here, not arrays
+            full = np.shape(self.stored)
+            return tuple(full[: max(len(full) - len(self.shape), 0)])
         if self.declared_batch_shape is not None:
             return self.declared_batch_shape
         return ()
