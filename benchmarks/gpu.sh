@@ -40,8 +40,8 @@ step example 100 python3 -m caskax.examples.sn_lightcurve --no-figures \
 rm -rf "$res/jax-cache"
 bench sampling 70
 bench scaling 120
-# batch inference (cx.batch) at the GPU sizes; its JSON is batch/batch.json
-# (batch-quick.json in tiny mode). The loop and the hand-written fits are timed on a
+# batch inference (cx.batch) at the GPU sizes; its JSON is batch/batch.json (batch-quick.json
+# in tiny mode): copied to benchmarks/batch-gpu.json, run.py --render-only publishes it. The loop and the hand-written fits are timed on a
 # subset, as on the CPU; chunks of 4096 (16 chunks at 65,536).
 if [ "$mode" = tiny ]; then
     step batch 120 python3 benchmarks/batch.py --quick --no-memory --out "$res/batch"

@@ -276,6 +276,8 @@ PUBLISHED = {
     "workflows": ROOT / "benchmarks" / "results-workflows.json",
     "stack": ROOT / "benchmarks" / "stack.json",
     "batch": ROOT / "benchmarks" / "batch.json",
+    # benchmarks/gpu.sh's batch step (OUT/batch/batch.json), copied here to publish it
+    "batch_gpu": ROOT / "benchmarks" / "batch-gpu.json",
 }
 PAGE = ROOT / "benchmarks" / "RESULTS.md"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
@@ -804,13 +806,14 @@ def _stack_section(stack) -> list:
     ]
 
 
-def _batch_section(batch) -> list:
-    """`benchmarks/batch.py`'s tables (they carry their machine and command)."""
+def _batch_section(batch, gpu=None) -> list:
+    """`benchmarks/batch.py`'s tables (they carry their machine and command); with
+    ``gpu``, the same run on a GPU and its fits/s over the CPU run's at each shared N."""
     if not batch:
         return []
     from benchmarks import batch as batch_bench
 
-    return [
+    out = [
         "## Batch inference (`cx.batch`)",
         "",
         "One model, N datasets: `cx.fit(cx.batch(f, data=D))` against a Python loop of "
@@ -821,6 +824,24 @@ def _batch_section(batch) -> list:
         batch_bench.markdown(batch),
         "",
     ]
+    if gpu:
+        cpu_rate = {r["datasets"]: r["batched"]["fits_per_s"] for r in batch["rows"]}
+        shared = [r for r in gpu["rows"] if r["datasets"] in cpu_rate]
+        ratios = ", ".join(
+            f"N = {r['datasets']}: {r['batched']['fits_per_s'] / cpu_rate[r['datasets']]:.2f}x"
+            for r in shared
+        )
+        out += [
+            "### On a GPU",
+            "",
+            f"`benchmarks/gpu.sh`'s batch step, on {', '.join(gpu['meta']['devices'])}.",
+            "",
+            batch_bench.markdown(gpu),
+            "",
+        ]
+        if ratios:
+            out += [f"cx.fit(cx.batch) fits/s on the GPU over the CPU run above: {ratios}.", ""]
+    return out
 
 
 def _load_only(uptime_line: str) -> str:
@@ -835,6 +856,7 @@ def render(
     img_prefix="../docs/img/bench/",
     stack=None,
     batch=None,
+    batch_gpu=None,
 ) -> str:
     """The benchmark page (Markdown) from result dicts; the figures go to ``img_dir`` and
     are linked as ``img_prefix + name``."""
@@ -896,7 +918,7 @@ def render(
         out += _device_section(
             gpu, "gpu", "GPU", img_dir, img_prefix, "jax on the GPU", title_prefix="GPU "
         )
-    out += _stack_section(stack) + _batch_section(batch)
+    out += _stack_section(stack) + _batch_section(batch, batch_gpu)
     out += [
         "## Reproducing",
         "",
@@ -904,7 +926,9 @@ def render(
         "(about 7 minutes on 2 cores; `--quick`, `--tiny` for less), writes "
         "`benchmarks/results-cpu.json` (or `-gpu.json` on a GPU) and renders this page.",
         "* `bash benchmarks/gpu.sh OUT` on a GPU machine, then `python benchmarks/run.py "
-        "--render-only --merge OUT/*/results.json` to publish its parts.",
+        "--render-only --merge OUT/*/results.json` to publish its parts; its batch step's "
+        "`batch/batch.json` (in `OUT/res.tgz`), copied to `benchmarks/batch-gpu.json`, "
+        "adds the GPU rows of the `cx.batch` section.",
         "* `python benchmarks/inference.py` and `python benchmarks/example.py --rounds 3` "
         "measure the inference and worked-example tables (`results-workflows.json`).",
         "* `python benchmarks/stack.py` and `python benchmarks/batch.py` measure the "
@@ -945,7 +969,7 @@ def publish(render_to=None):
             render_to / "img",
         )
     args = (data["cpu"], data["gpu"], data["workflows"], img_dir)
-    more = dict(stack=data["stack"], batch=data["batch"])
+    more = dict(stack=data["stack"], batch=data["batch"], batch_gpu=data["batch_gpu"])
     page = render(*args, img_prefix="../docs/img/bench/", **more)
     docs = DOCS_HEADER + render(*args, img_prefix="img/bench/", **more).split("\n", 2)[2]
     # the docs page sits beside the pages the sections link to

@@ -440,3 +440,21 @@ def test_batch_benchmark_quick(tmp_path):
         "NUTS, 2 datasets",
     ):
         assert title in proc.stdout
+
+
+def test_batch_section_adds_the_gpu_run_and_its_ratio_to_the_cpu_run():
+    """A GPU batch.json (gpu.sh's batch step, published as benchmarks/batch-gpu.json)
+    renders below the CPU tables, with fits/s over the CPU run's at each shared N."""
+    import copy
+
+    from benchmarks import run
+
+    cpu = json.loads((ROOT / "benchmarks" / "batch.json").read_text())
+    assert "### On a GPU" not in "\n".join(run._batch_section(cpu))
+    gpu = copy.deepcopy(cpu)
+    gpu["meta"]["devices"] = ["cuda:0"]
+    gpu["rows"] = [r for r in gpu["rows"] if r["datasets"] == 4096]
+    gpu["rows"][0]["batched"]["fits_per_s"] *= 40
+    text = "\n".join(run._batch_section(cpu, gpu))
+    assert "### On a GPU" in text and "on cuda:0" in text
+    assert "fits/s on the GPU over the CPU run above: N = 4096: 40.00x." in text
